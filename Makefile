@@ -1,0 +1,62 @@
+# fakeface: two commands for a fresh machine.
+#   make demo   set up, build a small synthetic dataset, train a small CPU model, launch the app
+#   make test   set up (Python + Debian deps), run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.requirements-installed
+
+DEMO_DATA  ?= demo_data
+DEMO_MODEL ?= demo_model
+DEMO_N     ?= 600
+DEMO_EPOCHS ?= 4
+
+.PHONY: setup system-deps test test-fast demo demo-data demo-model benchmark load-test clean
+
+# Idempotent: reinstalls only when a requirements file changes.
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+setup: $(STAMP)
+
+system-deps:
+	bash scripts/install_system_deps.sh
+
+test: setup system-deps
+	$(BIN)/python -m pytest -q
+
+# Everything but the slow and browser tests, for a quick local loop.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+$(DEMO_DATA)/README.md: | $(STAMP)
+	$(BIN)/python scripts/build_dataset.py --synthetic $(DEMO_N) --output-dir $(DEMO_DATA) --seed 0
+
+$(DEMO_MODEL)/model.safetensors: $(DEMO_DATA)/README.md
+	$(BIN)/python train.py --dataset $(DEMO_DATA) --model mobilenetv2_100 --epochs $(DEMO_EPOCHS) \
+		--input-size 128 --output-dir $(DEMO_MODEL) --seed 0
+
+demo-data: $(DEMO_DATA)/README.md
+demo-model: $(DEMO_MODEL)/model.safetensors
+
+# With FAKEFACE_MODEL set, serve that model instead of training the demo one.
+ifeq ($(strip $(FAKEFACE_MODEL)),)
+demo: setup demo-model
+	FAKEFACE_MODEL=$(DEMO_MODEL) FAKEFACE_DATASET=$${FAKEFACE_DATASET:-$(DEMO_DATA)} FAKEFACE_DEMO_BANNER=1 \
+		GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
+else
+demo: setup
+	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
+endif
+
+benchmark: setup
+	$(BIN)/python scripts/benchmark.py
+
+load-test: setup
+	$(BIN)/python scripts/load_test.py
+
+clean:
+	rm -rf $(DEMO_DATA) $(DEMO_MODEL) .pytest_cache
