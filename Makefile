@@ -11,7 +11,7 @@ DEMO_MODEL ?= demo_model
 DEMO_N     ?= 600
 DEMO_EPOCHS ?= 4
 
-.PHONY: setup system-deps test test-fast demo demo-data demo-model benchmark load-test clean
+.PHONY: setup system-deps audit test test-fast demo demo-data demo-model benchmark load-test clean
 
 # Idempotent: reinstalls only when a requirements file changes.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -25,7 +25,12 @@ setup: $(STAMP)
 system-deps:
 	bash scripts/install_system_deps.sh
 
-test: setup system-deps
+# Known-vulnerability audit of the pins (PyPI data; never fails the build
+# on a network problem, the report says what could not be audited).
+audit: setup
+	-$(BIN)/python scripts/audit_dependencies.py --output test-results/dependency_audit.md
+
+test: setup system-deps audit
 	$(BIN)/python -m pytest -q
 
 # Everything but the slow and browser tests, for a quick local loop.
