@@ -53,7 +53,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 def _metric_row(name: str, metrics: Mapping[str, Any]) -> list[Any]:
-    return [name, metrics.get("n")] + [metrics.get(key) for key, _ in _METRIC_COLUMNS]
+    return [name, metrics.get("n_group", metrics.get("n"))] + [metrics.get(key) for key, _ in _METRIC_COLUMNS]
 
 
 def _metric_headers(first: str) -> list[str]:
