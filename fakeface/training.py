@@ -230,6 +230,10 @@ class TrainingProgress:
     best_nll: float = math.inf
     best_epoch: int = -1
     best_step: int = -1
+    # Training loss of the current epoch so far, summed over processes, as of
+    # the last checkpoint (so a resumed epoch reports the same mean loss).
+    epoch_loss_sum: float = 0.0
+    epoch_loss_batches: int = 0
     history: list = field(default_factory=list)   # one dict per validation
     fingerprint: dict = field(default_factory=dict)
 
@@ -392,6 +396,12 @@ def create_training_model(cfg: TrainingConfig) -> nn.Module:
         cfg.model, preprocessing=cfg.build_preprocessing(), pretrained=cfg.pretrained,
         pretrained_path=cfg.pretrained_path,
     )
+    # A fresh two-way head starts at zero: p(fake) = 0.5 for every image. timm's
+    # default (Google-style) init scales by fan-out, which for 2 classes gives
+    # weights of ~0.7 and initial losses of 5-10 that take epochs to undo.
+    with torch.no_grad():
+        for parameter in model.get_classifier().parameters():
+            parameter.zero_()
     if cfg.resolved_recipe().freeze_backbone:
         head = set(id(p) for p in model.get_classifier().parameters())
         for parameter in model.parameters():
@@ -637,6 +647,7 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
         bar = tqdm(total=batches_per_epoch, initial=progress.batches_done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not accelerator.is_local_main_process, leave=False)
         window_loss, window_images, window_wait = [], 0, 0.0
+        epoch_loss = torch.zeros(2, dtype=torch.float64)                    # (loss sum, batches) of this process
         window_start = time.perf_counter()
         fetch_start = time.perf_counter()
         for batch in loader:
@@ -656,6 +667,7 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
                 optimizer.zero_grad(set_to_none=True)
             progress.batches_done += 1
             window_loss.append(loss.detach())
+            epoch_loss += torch.stack([loss.detach().double().cpu(), torch.ones((), dtype=torch.float64)])
             window_images += labels.shape[0] * accelerator.num_processes
             bar.update(1)
             if accelerator.sync_gradients:
@@ -681,6 +693,7 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
                 stop = progress.global_step >= total_steps
                 epoch_done = progress.batches_done >= batches_per_epoch
                 if cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0 and not (stop or epoch_done):
+                    epoch_loss = _fold_epoch_loss(accelerator, progress, epoch_loss)
                     _save_checkpoint(accelerator, output_dir, progress, cfg.keep_checkpoints)
                 if stop:
                     break
@@ -689,7 +702,10 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
 
         # ---- end of epoch (or of the step budget): validate, keep the best, checkpoint
         validation = _validate(accelerator, model, val_loader, cfg.channels_last)
-        validation.update(epoch=epoch, step=progress.global_step)
+        _fold_epoch_loss(accelerator, progress, epoch_loss)
+        train_loss = progress.epoch_loss_sum / progress.epoch_loss_batches if progress.epoch_loss_batches else float("nan")
+        progress.epoch_loss_sum, progress.epoch_loss_batches = 0.0, 0
+        validation.update(epoch=epoch, step=progress.global_step, train_loss=train_loss)
         last_validation = validation
         if validation["rows_unique"] != len(val_data) or validation["rows_scored"] != len(val_data):
             raise RuntimeError(
@@ -705,11 +721,11 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
                 from .model import save_detector
 
                 save_detector(accelerator.unwrap_model(model), _checkpoint_root(output_dir) / BEST_DIR)
-        accelerator.log({"val/roc_auc": validation["roc_auc"], "val/nll": validation["nll"],
+        accelerator.log({"train/epoch_loss": train_loss, "val/roc_auc": validation["roc_auc"], "val/nll": validation["nll"],
                          "val/accuracy": validation["accuracy"], "val/ece": validation["ece"]},
                         step=progress.global_step)
-        progress.history.append({k: validation[k] for k in ("epoch", "step", "roc_auc", "average_precision", "accuracy",
-                                                            "nll", "ece", "n")})
+        progress.history.append({k: validation[k] for k in ("epoch", "step", "train_loss", "roc_auc", "average_precision",
+                                                            "accuracy", "nll", "ece", "n", "rows_unique")})
         if main:
             logger.info("epoch %d: validation AUC %.4f, NLL %.4f%s", epoch + 1, validation["roc_auc"],
                         validation["nll"], " (best so far)" if improved else "")
@@ -724,6 +740,14 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
         _finish_release(cfg, recipe, output_dir, result, train_split, val_split, test_split, data_notes)
     accelerator.wait_for_everyone()
     return result
+
+
+def _fold_epoch_loss(accelerator: Any, progress: TrainingProgress, local: torch.Tensor) -> torch.Tensor:
+    """Add every process's (loss sum, batches) into ``progress``; returns a zeroed local accumulator."""
+    total = accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()
+    progress.epoch_loss_sum += float(total[0])
+    progress.epoch_loss_batches += int(total[1])
+    return torch.zeros_like(local)
 
 
 def _resume(accelerator: Any, cfg: TrainingConfig, output_dir: Path, progress: TrainingProgress) -> None:
@@ -775,6 +799,7 @@ def _finish_release(cfg: TrainingConfig, recipe: Recipe, output_dir: Path, resul
                             "calibration": calibration}
     report["training"] = {"config": cfg.public_dict(), "recipe": asdict(recipe) | {"augmentation": asdict(recipe.augmentation)},
                           "throughput": result.throughput, "notes": data_notes,
+                          "num_processes": result.progress.fingerprint.get("num_processes", 1),
                           "splits": {"train": len(train_split), "validation": len(val_split), "test": len(test_split)}}
     result.report = report
 
