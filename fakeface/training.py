@@ -553,6 +553,9 @@ def train(cfg: TrainingConfig, *, step_callback: StepCallback | None = None) -> 
         ),
         dataloader_config=DataLoaderConfiguration(even_batches=True),
     )
+    if cfg.mixed_precision == "fp16" and accelerator.device.type == "cpu" and accelerator.is_main_process:
+        logger.warning("--mixed-precision fp16 has no CPU implementation in accelerate: training runs in fp32 "
+                       "(use bf16 on CPUs with AVX-512 BF16 / AMX)")
     try:
         # Same seed on every process: identical initial weights everywhere.
         set_seed(cfg.seed, deterministic=cfg.deterministic)
