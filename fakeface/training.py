@@ -30,7 +30,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -194,7 +194,9 @@ class TrainingConfig:
 
     def public_dict(self) -> dict[str, Any]:
         """The settings as published in the card and eval json: no local paths, no objects."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("dataset", "output_dir", "pretrained_path")}
+        # Not asdict(): it would deep-copy an in-memory DatasetDict.
+        private = ("dataset", "output_dir", "pretrained_path")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in private}
         data["dataset"] = describe_dataset_source(self.dataset)
         data["pretrained_path"] = Path(self.pretrained_path).name if self.pretrained_path else None
         return data
@@ -633,10 +635,11 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
             steps_per_epoch, total_steps,
         )
 
-    throughput: dict[str, float] = {}
+    # Whole-run training throughput (this invocation): images, loop seconds
+    # (excluding validation and checkpoint saves), seconds blocked on the loader.
+    totals = {"images": 0, "seconds": 0.0, "wait": 0.0}
     last_validation: dict[str, Any] | None = progress.history[-1] if progress.history else None
     stop = progress.global_step >= total_steps
-    images_per_step = cfg.batch_size * accelerator.num_processes
 
     while progress.epoch < cfg.epochs and not stop:
         epoch = progress.epoch
@@ -651,10 +654,13 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
                    disable=not accelerator.is_local_main_process, leave=False)
         window_loss, window_images, window_wait = [], 0, 0.0
         epoch_loss = torch.zeros(2, dtype=torch.float64)                    # (loss sum, batches) of this process
-        window_start = time.perf_counter()
+        window_start = epoch_start = time.perf_counter()
+        paused = 0.0                                                        # checkpoint time inside the loop
         fetch_start = time.perf_counter()
         for batch in loader:
-            window_wait += time.perf_counter() - fetch_start                 # time blocked on the loader
+            waited = time.perf_counter() - fetch_start                      # time blocked on the loader
+            window_wait += waited
+            totals["wait"] += waited
             pixels, labels = batch["pixel_values"], batch["labels"]          # (B, C, H, W), (B,)
             if cfg.channels_last:
                 pixels = pixels.contiguous(memory_format=torch.channels_last)
@@ -672,6 +678,7 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
             window_loss.append(loss.detach())
             epoch_loss += torch.stack([loss.detach().double().cpu(), torch.ones((), dtype=torch.float64)])
             window_images += labels.shape[0] * accelerator.num_processes
+            totals["images"] += labels.shape[0] * accelerator.num_processes
             bar.update(1)
             if accelerator.sync_gradients:
                 progress.global_step += 1
@@ -679,16 +686,13 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
                     elapsed = time.perf_counter() - window_start
                     # note: gather is a sync point; only every log_every steps
                     mean_loss = accelerator.gather(torch.stack(window_loss).mean().reshape(1)).mean().item()
-                    throughput = {
-                        "images_per_second": window_images / elapsed if elapsed > 0 else float("nan"),
-                        "loader_wait_fraction": window_wait / elapsed if elapsed > 0 else float("nan"),
-                    }
+                    images_per_second = window_images / elapsed if elapsed > 0 else float("nan")
                     accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0],
-                                     "train/images_per_second": throughput["images_per_second"],
-                                     "train/loader_wait_fraction": throughput["loader_wait_fraction"],
+                                     "train/images_per_second": images_per_second,
+                                     "train/loader_wait_fraction": window_wait / elapsed if elapsed > 0 else float("nan"),
                                      "train/epoch": epoch + progress.batches_done / batches_per_epoch},
                                     step=progress.global_step)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{throughput['images_per_second']:.1f}")
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{images_per_second:.1f}")
                     window_loss, window_images, window_wait = [], 0, 0.0
                     window_start = time.perf_counter()
                 if step_callback is not None:
@@ -696,11 +700,15 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
                 stop = progress.global_step >= total_steps
                 epoch_done = progress.batches_done >= batches_per_epoch
                 if cfg.checkpoint_every and progress.global_step % cfg.checkpoint_every == 0 and not (stop or epoch_done):
+                    saving = time.perf_counter()
                     epoch_loss = _fold_epoch_loss(accelerator, progress, epoch_loss)
                     _save_checkpoint(accelerator, output_dir, progress, cfg.keep_checkpoints)
+                    paused += time.perf_counter() - saving
+                    window_start += time.perf_counter() - saving
                 if stop:
                     break
             fetch_start = time.perf_counter()
+        totals["seconds"] += time.perf_counter() - epoch_start - paused
         bar.close()
 
         # ---- end of epoch (or of the step budget): validate, keep the best, checkpoint
@@ -738,6 +746,11 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
         _set_train_mode(model, recipe)
 
     accelerator.wait_for_everyone()
+    throughput = {
+        "images_per_second": totals["images"] / totals["seconds"] if totals["seconds"] > 0 else float("nan"),
+        "loader_wait_fraction": totals["wait"] / totals["seconds"] if totals["seconds"] > 0 else float("nan"),
+        "images": totals["images"], "seconds": totals["seconds"], "num_processes": accelerator.num_processes,
+    }
     result = TrainingResult(output_dir=output_dir, progress=progress, validation=last_validation, throughput=throughput)
     if main:
         _finish_release(cfg, recipe, output_dir, result, train_split, val_split, test_split, data_notes)
