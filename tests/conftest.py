@@ -27,4 +27,5 @@ for _var in ("OPENAI_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
 os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 
 pytest_plugins = [
+    "tests.fakes.hub_fixtures",
 ]
