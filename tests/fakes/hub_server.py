@@ -329,7 +329,10 @@ class FakeHub:
     def fail_next(self, method: str, path_regex: str, status: int = 500, count: int = 1,
                   message: str = "Injected failure (fake Hub)", error_code: str | None = None) -> InjectedFault:
         """Answer the next ``count`` requests matching ``method`` ('*' = any) and
-        ``path_regex`` (``re.search`` on the path, no query) with ``status``.
+        ``path_regex`` (``re.search`` on the URL-decoded path, without the query) with ``status``.
+
+        Useful targets: ``r"/commit/"`` (the commit POST), ``r"^/__fake_lfs__/"`` (LFS uploads),
+        ``r"/preupload/"``, ``r"\.git/info/lfs/objects/batch"``, ``r"/resolve/"`` (downloads).
 
         Note that huggingface_hub retries 429/5xx with backoff on some calls (LFS PUT,
         preupload, LFS batch: up to 5 retries, sleeping 1, 2, 4... s); use a 4xx status
@@ -955,14 +958,4 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 data, status = data[start:end + 1], 206
                 headers["Content-Range"] = f"bytes {start}-{end}/{total}"
         self._send(status, data, headers, content_type="application/octet-stream")
-
-
-@contextlib.contextmanager
-def running_fake_hub(token: str | None = None) -> Iterator[FakeHub]:
-    """Start a :class:`FakeHub` for the duration of the block (outside pytest)."""
-    hub = FakeHub(token=token).start()
-    try:
-        yield hub
-    finally:
-        hub.stop()
 
