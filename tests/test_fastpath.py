@@ -1,0 +1,270 @@
+"""The int8 fast path: same verdicts as fp32 within tolerance, and fp32 whenever it must not be used.
+
+A `mobilenetv2_050` is trained here for a few dozen steps on 48 px images
+(32 px crops) so that its probabilities spread over (0, 1) like a real
+detector's: "fake" is noise upsampled 2x with nearest neighbour, "real" is
+full-resolution noise blurred like a camera's optics. A random-weight network
+would not do: its logits are projections of random features, which int8
+rounding moves arbitrarily, so agreement with fp32 would say nothing.
+"""
+import json
+import random
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from fakeface.fastpath import (
+    ENV_THREADS, FAST_INFO_NAME, FAST_MODEL_NAME, FastDetector, compute_weights_fingerprint, export_fast_path,
+    load_fast_detector, read_fast_path_info, resolve_num_threads,
+)
+from fakeface.inference import Detector
+from fakeface.model import create_detector, load_detector, save_detector, update_detector_settings
+from fakeface.preprocess import Augmentation, Preprocessing, build_train_transform
+
+ARCH = "mobilenetv2_050"
+PREPROCESSING = Preprocessing(input_size=(3, 32, 32), num_test_crops=5)
+# Tolerances stated in docs/performance.md: the AUC budget itself, the mean and
+# worst |p_int8 - p_fp32|, and verdicts: equal for every image whose fp32
+# probability is further than MAX_ABS_DP from the decision thresholds.
+BUDGET_AUC = 0.005
+MEAN_ABS_DP = 0.03
+MAX_ABS_DP = 0.15
+# On the logit margin (fake - real): int8 rounding is noise around fp32, not a
+# change of scale (a bug such as a wrong temperature or crop weighting would be).
+MARGIN_REL_RMS = 0.15
+MARGIN_SLOPE = (0.9, 1.1)
+
+
+def _image(rng: np.random.Generator, fake: bool, size: int = 48) -> Image.Image:
+    if fake:
+        low = rng.integers(0, 256, (size // 2, size // 2, 3), dtype=np.uint8)
+        return Image.fromarray(low).resize((size, size), Image.Resampling.NEAREST)
+    noise = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return Image.fromarray(noise).filter(ImageFilter.GaussianBlur(1.0))
+
+
+def _images(seed: int, n: int) -> tuple[list[Image.Image], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    return [_image(rng, bool(label)) for label in labels], labels
+
+
+def _train_tiny_detector(steps: int = 40) -> torch.nn.Module:
+    torch.manual_seed(0)
+    images, labels = _images(0, 96)
+    model = create_detector(ARCH, preprocessing=PREPROCESSING)
+    head = model.get_classifier()
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    transform = build_train_transform(PREPROCESSING, Augmentation(), rng=random.Random(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    for step in range(steps):
+        rows = np.random.default_rng(step).choice(len(images), 16, replace=False)
+        x = torch.stack([transform(images[i]) for i in rows])
+        loss = torch.nn.functional.cross_entropy(model(x), torch.as_tensor(labels[rows]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """A saved tiny detector with its fast path exported (calibration and holdout are disjoint)."""
+    folder = tmp_path_factory.mktemp("release")
+    save_detector(_train_tiny_detector(), folder)
+    model = load_detector(folder)
+    calibration, _ = _images(1, 16)
+    holdout, labels = _images(2, 64)
+    info = export_fast_path(model, folder, calibration, holdout, labels, budget_auc=BUDGET_AUC)
+    return folder, info
+
+
+@pytest.fixture(scope="module")
+def fixed_set():
+    return _images(3, 64)
+
+
+def _copy(folder, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(folder, target)
+    return target
+
+
+def test_export_writes_the_graph_and_an_honest_report(release, fixed_set):
+    folder, info = release
+    assert (folder / FAST_MODEL_NAME).is_file() and (folder / FAST_INFO_NAME).is_file()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    assert read_fast_path_info(folder) == json.loads(json.dumps(info))
+    assert info["measured_on"] == "holdout" and info["images"] == 64 and info["calibration_images"] == 16
+    assert info["within_budget"] is (info["auc_drop"] <= BUDGET_AUC)
+    # The report's numbers are recomputable from the two detectors.
+    model = load_detector(folder)
+    holdout, labels = _images(2, 64)
+    p32 = Detector(model).score(holdout).p_fake
+    p8 = load_fast_detector(folder).score(holdout).p_fake
+    assert info["max_abs_dp"] == pytest.approx(float(np.abs(p32 - p8).max()), abs=1e-5)
+    assert info["source"]["weights_sha256"] == compute_weights_fingerprint(model)
+
+
+def test_fast_path_gives_fp32_verdicts_within_tolerance(release, fixed_set):
+    folder, info = release
+    assert info["within_budget"] is True, info
+    fast = load_fast_detector(folder)
+    assert isinstance(fast, FastDetector) and isinstance(fast, Detector)
+    reference = Detector(load_detector(folder))
+    images, labels = fixed_set
+    ref, new = reference.score(images), fast.score(images)
+    from fakeface.evaluation import roc_auc
+
+    auc32, auc8 = roc_auc(labels, ref.p_fake), roc_auc(labels, new.p_fake)
+    assert auc32 > 0.9, "the tiny detector did not learn; the comparison would be meaningless"
+    assert auc32 - auc8 <= BUDGET_AUC
+    diff = np.abs(ref.p_fake - new.p_fake)
+    assert diff.mean() <= MEAN_ABS_DP and diff.max() <= MAX_ABS_DP, (diff.mean(), diff.max())
+    assert 0.05 < ref.p_fake.std(), "probabilities collapsed: nothing to compare"
+    margin32, margin8 = ref.logits[:, 1] - ref.logits[:, 0], new.logits[:, 1] - new.logits[:, 0]
+    rel_rms = np.sqrt(np.mean((margin8 - margin32) ** 2) / np.mean(margin32 ** 2))
+    slope = float(margin32 @ margin8 / (margin32 @ margin32))
+    assert rel_rms <= MARGIN_REL_RMS and MARGIN_SLOPE[0] <= slope <= MARGIN_SLOPE[1], (rel_rms, slope)
+    settings = reference.settings
+    clear = [i for i, p in enumerate(ref.p_fake)
+             if min(abs(p - settings["threshold_fake"]), abs(p - settings["threshold_real"])) > MAX_ABS_DP]
+    assert len(clear) >= len(images) // 2
+    assert [new.verdicts[i] for i in clear] == [ref.verdicts[i] for i in clear]
+
+
+def test_graph_takes_the_detector_crops_for_any_batch(release):
+    folder, _ = release
+    fast = load_fast_detector(folder)
+    images, _ = _images(4, 5)
+    crops = fast.prepare(images)
+    assert tuple(crops.shape) == (5, PREPROCESSING.crops_per_image, *PREPROCESSING.input_size)
+    one_by_one = np.concatenate([fast.logits([image]) for image in images])
+    together = fast.logits(images)
+    assert together.shape == (5, 2) and together.dtype == np.float32
+    np.testing.assert_allclose(together, one_by_one, atol=1e-4)
+
+
+def test_calibration_and_thresholds_stay_in_one_place(release):
+    folder, _ = release
+    fast = load_fast_detector(folder)
+    images, _ = _images(5, 8)
+    logits = fast.logits(images)
+    update_detector_settings(fast.model, temperature=3.0, threshold_fake=0.9, threshold_real=0.1)
+    scores = fast.score(images)
+    expected = Detector(fast.model).scores_from_logits(logits)
+    np.testing.assert_allclose(scores.p_fake, expected.p_fake, atol=1e-6)
+    assert scores.verdicts == expected.verdicts
+    assert "uncertain" in scores.verdicts  # T=3 squeezes probabilities into the wide uncertain band
+
+
+def test_fast_detector_accepts_a_loaded_model_or_detector(release):
+    folder, _ = release
+    model = load_detector(folder)
+    assert isinstance(load_fast_detector(model), FastDetector)
+    assert isinstance(load_fast_detector(Detector(model)), FastDetector)
+    fresh = create_detector(ARCH, preprocessing=PREPROCESSING)  # not loaded from a folder
+    assert load_fast_detector(fresh) is None
+
+
+def test_absent_fast_path_means_fp32(tmp_path, caplog):
+    folder = tmp_path / "plain"
+    save_detector(create_detector(ARCH, preprocessing=PREPROCESSING), folder)
+    assert load_fast_detector(folder) is None
+    # ...and the fp32 path serves on its own.
+    images, _ = _images(6, 3)
+    scores = Detector(load_detector(folder)).score(images)
+    assert len(scores.verdicts) == 3 and np.isfinite(scores.p_fake).all()
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("over_budget", "loses"),
+    ("unmeasured", "never measured"),
+    ("no_json", "missing or unreadable"),
+    ("no_onnx", "model.int8.onnx is missing"),
+    ("corrupt_onnx", "cannot be loaded"),
+    ("other_weights", "different weights"),
+    ("other_preprocessing", "different preprocessing"),
+    ("bad_json", "missing or unreadable"),
+])
+def test_fast_path_is_refused_with_a_reason(release, tmp_path, caplog, damage, reason):
+    folder = _copy(release[0], tmp_path)
+    info_path = folder / FAST_INFO_NAME
+    info = json.loads(info_path.read_text())
+    if damage == "over_budget":
+        info.update(within_budget=False, auc_drop=0.02)
+        info_path.write_text(json.dumps(info))
+    elif damage == "unmeasured":
+        info["within_budget"] = None
+        info_path.write_text(json.dumps(info))
+    elif damage == "no_json":
+        info_path.unlink()
+    elif damage == "bad_json":
+        info_path.write_text("{not json")
+    elif damage == "no_onnx":
+        (folder / FAST_MODEL_NAME).unlink()
+    elif damage == "corrupt_onnx":
+        data = (folder / FAST_MODEL_NAME).read_bytes()
+        (folder / FAST_MODEL_NAME).write_bytes(data[: len(data) // 3])
+    elif damage == "other_weights":
+        model = load_detector(folder)
+        with torch.no_grad():
+            model.get_classifier().bias.add_(0.5)
+        save_detector(model, folder)
+    elif damage == "other_preprocessing":
+        config = json.loads((folder / "config.json").read_text())
+        config["fakeface"]["num_test_crops"] = 1
+        (folder / "config.json").write_text(json.dumps(config))
+    caplog.set_level("INFO", logger="fakeface.fastpath")
+    assert load_fast_detector(folder) is None
+    assert reason in caplog.text
+    # The release still serves, in fp32.
+    images, _ = _images(7, 2)
+    assert len(Detector(load_detector(folder)).score(images).verdicts) == 2
+
+
+def test_missing_onnxruntime_means_fp32(release, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    caplog.set_level("INFO", logger="fakeface.fastpath")
+    assert load_fast_detector(release[0]) is None
+    assert "onnxruntime is not installed" in caplog.text
+
+
+def test_export_without_labels_is_not_trusted(tmp_path):
+    folder = tmp_path / "unlabelled"
+    save_detector(create_detector(ARCH, preprocessing=PREPROCESSING), folder)
+    images, _ = _images(8, 6)
+    info = export_fast_path(load_detector(folder), folder, images)
+    assert info["measured_on"] == "calibration" and info["within_budget"] is None and "auc_drop" not in info
+    assert load_fast_detector(folder) is None
+
+
+def test_bad_export_arguments_write_nothing(tmp_path):
+    folder = tmp_path / "bad"
+    model = create_detector(ARCH, preprocessing=PREPROCESSING)
+    images, labels = _images(9, 4)
+    with pytest.raises(ValueError, match="calibration image"):
+        export_fast_path(model, folder, [])
+    with pytest.raises(ValueError, match="one label per holdout image"):
+        export_fast_path(model, folder, images, images, labels[:2])
+    assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_thread_count_from_env(monkeypatch, release):
+    monkeypatch.delenv(ENV_THREADS, raising=False)
+    assert 1 <= resolve_num_threads() <= 2
+    monkeypatch.setenv(ENV_THREADS, "1")
+    assert resolve_num_threads() == 1
+    fast = load_fast_detector(release[0])
+    assert fast.session.get_session_options().intra_op_num_threads == 1
+    assert fast.session.get_session_options().inter_op_num_threads == 1
+    for bad in ("0", "two", "-3"):
+        monkeypatch.setenv(ENV_THREADS, bad)
+        with pytest.raises(ValueError, match=ENV_THREADS):
+            resolve_num_threads()
