@@ -244,8 +244,14 @@ def fetch_detector_files(
         GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
     )
 
+    from huggingface_hub import HfApi
+
     patterns = list(RELEASE_PATTERNS)
     try:
+        # Resolve the revision first: snapshot_download alone falls back to the
+        # cache silently when the Hub is down, and users must be told.
+        HfApi(token=token).model_info(src.location, revision=src.revision)
+        # By branch name, not sha, so the cache records the ref for offline use.
         folder = snapshot_download(src.location, revision=src.revision, token=token, allow_patterns=patterns)
         return DetectorFiles(Path(folder), src, Path(folder).name)
     except RepositoryNotFoundError as error:
