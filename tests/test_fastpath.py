@@ -73,16 +73,22 @@ def _train_tiny_detector(steps: int = 40) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    """A saved tiny detector with its fast path exported (calibration and holdout are disjoint)."""
-    folder = tmp_path_factory.mktemp("release")
+def build_trained_release(folder) -> tuple:
+    """A saved tiny trained detector with its fast path exported (calibration and holdout disjoint).
+
+    Also used by tests/test_benchmark.py.
+    """
     save_detector(_train_tiny_detector(), folder)
     model = load_detector(folder)
     calibration, _ = _images(1, 16)
     holdout, labels = _images(2, 64)
     info = export_fast_path(model, folder, calibration, holdout, labels, budget_auc=BUDGET_AUC)
     return folder, info
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    return build_trained_release(tmp_path_factory.mktemp("release"))
 
 
 @pytest.fixture(scope="module")

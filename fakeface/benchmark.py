@@ -1,0 +1,780 @@
+"""CPU inference benchmark: the plain timm baseline beside the app's serving paths, in one process.
+
+Every comparison is made *within one run*, in interleaved rounds on the same
+inputs (round r runs the variants in an order rotated by r), so a machine
+shared with other work slows all variants alike and the ratios hold even when
+the absolute times drift. Reported per variant: median and p90 latency,
+images/s, and the speed-up against the baseline measured beside it.
+
+Sections of the result:
+
+``environment``  CPU model and flags, cores, load, library versions.
+``ceiling``      fp32 (torch GEMM) and int8 (ONNX Runtime MatMulInteger) matrix
+                 multiply throughput, and each model's FLOPs, hence its floor.
+``forward``      tensor -> logits for B 224² crops: timm eager fp32 (baseline),
+                 torch channels_last, torch bf16, ONNX Runtime fp32, int8
+                 QOperator, int8 QDQ (the fast path), per architecture,
+                 threads and batch.
+``end_to_end``   file bytes -> verdicts: the baseline (PIL + timm's standard
+                 eval transform + eager fp32), the app's fp32 path and its
+                 int8 fast path (``fakeface.images.load_image`` + the
+                 detector's own crops, calibration and thresholds).
+``decode``       decode (+ preprocess) of 1024² PNG and JPEG files.
+``cold_start``   process start -> first verdict, weights on local disk.
+``accuracy``     int8 against fp32 on a labelled test split (AUC, |Δp|, verdicts).
+``targets``      the issue's targets next to what was reached.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ARCHITECTURES = ("resnet50", "mobilenetv2_100")
+BASELINE = "timm eager fp32 (baseline)"
+FAST = "onnxruntime int8 QDQ (fast path)"
+SERVING_FP32 = "app path, torch fp32"
+SERVING_FAST = "app path, int8 fast path"
+# The issue's targets (2 threads, batch 1, same-run ratios).
+TARGETS = {
+    "forward_ms": {"resnet50": 12.0, "mobilenetv2_100": 3.0},
+    "forward_speedup": 4.5,
+    "end_to_end_png_ms": {"mobilenetv2_100": 45.0},
+    "auc_drop": 0.005,
+    "cold_start_s": 8.0,
+}
+_CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+              "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
+@dataclass
+class BenchmarkConfig:
+    """What to measure. ``quick`` shrinks everything to a smoke run (tests)."""
+
+    architectures: tuple[str, ...] = DEFAULT_ARCHITECTURES
+    threads: tuple[int, ...] = (1, 2)
+    batches: tuple[int, ...] = (1, 8)
+    rounds: int = 7
+    min_round_seconds: float = 0.25   # per variant per round
+    warmup_calls: int = 2
+    image_size: int = 1024
+    input_size: int = 224
+    num_test_crops: int = 5           # the app's default native-crops protocol
+    models: dict[str, str] = field(default_factory=dict)   # architecture -> trained release folder
+    dataset: str | None = None        # labelled face dataset (test split) for the accuracy section
+    accuracy_max_images: int | None = None
+    cold_start_runs: int = 3
+    extra_variants: bool = True       # bf16 and QOperator beside the main ones
+    work_dir: str | None = None
+    quick: bool = False
+
+    @classmethod
+    def quick_config(cls, **overrides: Any) -> "BenchmarkConfig":
+        """A smoke run: one tiny architecture, small inputs, one round."""
+        values: dict[str, Any] = dict(
+            architectures=("mobilenetv2_050",), threads=(1,), batches=(1, 2), rounds=2, min_round_seconds=0.0,
+            warmup_calls=1, image_size=128, input_size=64, cold_start_runs=1, extra_variants=False, quick=True,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+# --------------------------------------------------------------------------- timing
+
+@dataclass
+class Timing:
+    samples_ms: list[float]
+
+    def as_dict(self, batch: int) -> dict[str, float]:
+        samples = np.asarray(self.samples_ms)
+        median = float(np.median(samples))
+        return {"median_ms": median, "p90_ms": float(np.percentile(samples, 90)), "min_ms": float(samples.min()),
+                "calls": int(samples.size), "images_per_s": 1000.0 * batch / median if median > 0 else float("nan")}
+
+
+def time_interleaved(variants: Mapping[str, Callable[[], Any]], *, rounds: int, min_round_seconds: float,
+                     warmup_calls: int = 2) -> dict[str, Timing]:
+    """Time each callable in interleaved rounds; round r starts at variant r (mod n).
+
+    Each variant gets enough calls per round to fill ``min_round_seconds``
+    (at least one), estimated from its warm-up calls.
+    """
+    names = list(variants)
+    calls: dict[str, int] = {}
+    for name in names:
+        start = time.perf_counter()
+        for _ in range(max(1, warmup_calls)):
+            variants[name]()
+        per_call = (time.perf_counter() - start) / max(1, warmup_calls)
+        calls[name] = max(1, min(200, math.ceil(min_round_seconds / per_call))) if per_call > 0 else 1
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = variants[name]
+            for _ in range(calls[name]):
+                start = time.perf_counter()
+                fn()
+                samples[name].append(1000.0 * (time.perf_counter() - start))
+    return {name: Timing(samples[name]) for name in names}
+
+
+def _rows(group: dict[str, Any], timings: Mapping[str, Timing], batch: int, baseline: str | None) -> list[dict]:
+    rows = []
+    base = timings[baseline].as_dict(batch)["median_ms"] if baseline in timings else None
+    for name, timing in timings.items():
+        stats = timing.as_dict(batch)
+        rows.append({**group, "variant": name, **stats,
+                     "speedup": (base / stats["median_ms"]) if base else None})
+    return rows
+
+
+# --------------------------------------------------------------------------- environment
+
+def collect_environment() -> dict[str, Any]:
+    """CPU, cores, load and library versions, as the results file records them."""
+    import importlib.metadata as md
+
+    cpu, flags = platform.processor() or "", set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", platform.processor()):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    versions = {}
+    for name in ("torch", "timm", "onnxruntime", "onnx", "onnxscript", "numpy", "pillow", "gradio"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cpu_flags": [f for f in _CPU_FLAGS if f in flags],
+        "logical_cpus": os.cpu_count(),
+        "cpus_available": affinity,
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "torch_parallel": torch.__config__.parallel_info().splitlines()[:6],
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "FAKEFACE_THREADS", "OMP_WAIT_POLICY")},
+    }
+
+
+def measure_matmul_ceiling(threads: int, *, n: int = 1024, rounds: int = 7) -> dict[str, float]:
+    """Best-of-rounds GEMM throughput: fp32 (torch) and u8 x s8 -> s32 (ONNX Runtime MatMulInteger)."""
+    import onnx
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .fastpath import create_session
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "B")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "gemm_int8",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])], [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gemm_int8.onnx"
+        onnx.save(model, path)
+        session = create_session(path, threads=threads)
+    activations = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    timings = time_interleaved(
+        {"fp32": lambda: torch.mm(a, b), "int8": lambda: session.run(None, {"A": activations})},
+        rounds=rounds, min_round_seconds=0.05, warmup_calls=2,
+    )
+    ops = 2.0 * n ** 3
+    return {"threads": threads, "n": n,
+            "fp32_gflops": ops / (min(timings["fp32"].samples_ms) / 1000) / 1e9,
+            "int8_gops": ops / (min(timings["int8"].samples_ms) / 1000) / 1e9}
+
+
+def count_forward_flops(model: Any, input_size: Sequence[int]) -> float:
+    """FLOPs (2 x multiply-adds) of one forward pass of one input, by torch's flop counter."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *input_size))
+    return float(counter.get_total_flops())
+
+
+# --------------------------------------------------------------------------- inputs
+
+def create_benchmark_images(size: int, count: int, seed: int = 0) -> list[Any]:
+    """Deterministic face-sized test images: smooth shading, blobs and sensor-like noise.
+
+    Their PNG files compress like photographs (about 1.6 MB at 1024²), which
+    is what decode time depends on; the content is irrelevant to speed.
+    """
+    from PIL import Image
+
+    images = []
+    for index in range(count):
+        rng = np.random.default_rng(seed + index)
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        pixels = np.zeros((size, size, 3), np.float32)
+        for c in range(3):
+            pixels[..., c] = 120 + 60 * np.sin(3 * xx + c + index) + 40 * np.cos(4 * yy - c)
+        for _ in range(12):
+            cx, cy = rng.uniform(0.2, 0.8, 2)
+            radius = rng.uniform(0.05, 0.25)
+            mask = np.exp(-3 * ((xx - cx) ** 2 + (yy - cy) ** 2) / radius ** 2)
+            pixels += mask[..., None] * rng.uniform(-60, 60, 3)
+        pixels += rng.normal(0, 3, pixels.shape)
+        images.append(Image.fromarray(pixels.clip(0, 255).astype(np.uint8)))
+    return images
+
+
+def encode_images(images: Sequence[Any], image_format: str) -> list[bytes]:
+    out = []
+    for image in images:
+        buffer = io.BytesIO()
+        if image_format == "JPEG":
+            image.save(buffer, format="JPEG", quality=90)
+        else:
+            image.save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def _decoder() -> tuple[Callable[[bytes], Any], str]:
+    """The app's safe decoder, ``fakeface.images.load_image`` (PIL only until that module exists)."""
+    try:
+        from .images import load_image
+    except ImportError:
+        from PIL import Image
+
+        def decode(data: bytes):
+            with Image.open(io.BytesIO(data)) as image:
+                return image.convert("RGB")
+
+        return decode, "PIL (fakeface.images is not available)"
+    return (lambda data: load_image(data).image), "fakeface.images.load_image"
+
+
+# --------------------------------------------------------------------------- models
+
+@dataclass
+class _Variants:
+    """The models of one architecture, built once, shared by all sections."""
+
+    architecture: str
+    baseline: Any                 # timm.create_model(...) eager fp32
+    baseline_transform: Any       # timm's standard eval transform
+    detector: Any                 # fakeface Detector (torch fp32), the app's fallback
+    fast: Any                     # FastDetector (int8) with the app's crops
+    fast_source: str              # "release" (load_fast_detector) or "exported here"
+    crop_sessions: dict           # (kind, threads) -> ORT session on (B, 1, C, H, W)
+    folder: Path
+    flops: float
+    notes: list[str] = field(default_factory=list)
+    fast_by_threads: dict = field(default_factory=dict)   # threads -> FastDetector
+
+
+def _build_variants(arch: str, config: BenchmarkConfig, work: Path, calibration_images: list) -> _Variants:
+    import timm
+
+    from .fastpath import FastDetector, create_session, export_onnx, load_fast_detector, quantize_onnx
+    from .inference import Detector
+    from .model import create_detector, load_detector, save_detector
+    from .preprocess import Preprocessing
+
+    notes: list[str] = []
+    baseline = timm.create_model(arch, pretrained=False, num_classes=2).eval()
+    data_config = timm.data.resolve_data_config({"input_size": (3, config.input_size, config.input_size)},
+                                                model=baseline)
+    baseline_transform = timm.data.create_transform(**data_config, is_training=False)
+
+    # The app's detector: a trained release when given (its own fast path,
+    # through the same loader the app uses), otherwise random weights at the
+    # benchmark's input size with a fast path exported here (speed does not
+    # depend on the weights; accuracy is then not measured).
+    folder = Path(config.models[arch]) if arch in config.models else None
+    if folder is not None:
+        model = load_detector(folder)
+        fast = load_fast_detector(model)
+        fast_source = "release"
+        if fast is None:
+            raise RuntimeError(f"{folder} has no usable fast path (see the log); re-export it with export_fast_path")
+    else:
+        folder = work / f"{arch}-random"
+        pp = Preprocessing(input_size=(3, config.input_size, config.input_size), num_test_crops=config.num_test_crops)
+        save_detector(create_detector(arch, preprocessing=pp), folder)
+        model = load_detector(folder)
+        onnx_fp32, onnx_int8 = work / f"{arch}-serving.fp32.onnx", work / f"{arch}-serving.int8.onnx"
+        export_onnx(model, onnx_fp32)
+        quantize_onnx(onnx_fp32, onnx_int8, Detector(model), calibration_images)
+        fast = FastDetector(model, onnx_int8)
+        fast_source = "exported here (random weights)"
+        notes.append(f"{arch}: random weights; serving fast path quantized here on {len(calibration_images)} images")
+    detector = Detector(model)
+
+    # Graphs on single crops (K = 1) for the forward comparison with the baseline.
+    single = create_detector(arch, preprocessing=Preprocessing(input_size=(3, config.input_size, config.input_size),
+                                                                num_test_crops=1))
+    single.load_state_dict(model.state_dict())
+    single_detector = Detector(single)
+    paths = {"fp32": work / f"{arch}-crop.fp32.onnx", "int8-qdq": work / f"{arch}-crop.int8-qdq.onnx",
+             "int8-qoperator": work / f"{arch}-crop.int8-qop.onnx"}
+    export_onnx(single, paths["fp32"])
+    quantize_onnx(paths["fp32"], paths["int8-qdq"], single_detector, calibration_images)
+    if config.extra_variants:
+        quantize_onnx(paths["fp32"], paths["int8-qoperator"], single_detector, calibration_images,
+                      quant_format="QOperator")
+    sessions = {}
+    for threads in config.threads:
+        for kind, path in paths.items():
+            if path.exists():
+                sessions[(kind, threads)] = create_session(path, threads=threads)
+    flops = count_forward_flops(baseline, (3, config.input_size, config.input_size))
+    return _Variants(arch, baseline, baseline_transform, detector, fast, fast_source, sessions, folder, flops, notes)
+
+
+# --------------------------------------------------------------------------- sections
+
+def _set_threads(threads: int) -> None:
+    """torch's threads; ONNX Runtime sessions get theirs when created (one session per thread count)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _fast_for_threads(variants: _Variants, threads: int) -> Any:
+    from .fastpath import FastDetector
+
+    if threads not in variants.fast_by_threads:
+        variants.fast_by_threads[threads] = FastDetector(variants.detector.model, variants.fast.onnx_path,
+                                                         threads=threads, info=variants.fast.info)
+    return variants.fast_by_threads[threads]
+
+
+def benchmark_forward(variants: _Variants, config: BenchmarkConfig) -> list[dict]:
+    """Tensor -> logits for B crops of 224² (or the configured size)."""
+    import copy
+
+    import torch
+
+    rows = []
+    c, h, w = 3, config.input_size, config.input_size
+    cl_model = copy.deepcopy(variants.baseline).to(memory_format=torch.channels_last)
+    for threads in config.threads:
+        _set_threads(threads)
+        for batch in config.batches:
+            x = torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(batch))
+            x_np = x.numpy()[:, None]   # (B, 1, C, H, W): the graphs take the detector's crop layout
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+
+            def eager(model=variants.baseline, x=x):
+                with torch.inference_mode():
+                    return model(x)
+
+            def eager_cl(model=cl_model, x=x_cl):
+                with torch.inference_mode():
+                    return model(x)
+
+            runs: dict[str, Callable[[], Any]] = {BASELINE: eager, "torch fp32 channels_last": eager_cl}
+            if config.extra_variants:
+                def eager_bf16(model=cl_model, x=x_cl):
+                    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                        return model(x)
+                runs["torch bf16 autocast channels_last"] = eager_bf16
+            for kind, label in (("fp32", "onnxruntime fp32"), ("int8-qoperator", "onnxruntime int8 QOperator"),
+                                ("int8-qdq", FAST)):
+                session = variants.crop_sessions.get((kind, threads))
+                if session is not None:
+                    runs[label] = (lambda s=session, x=x_np: s.run(None, {s.get_inputs()[0].name: x}))
+            timings = time_interleaved(runs, rounds=config.rounds, min_round_seconds=config.min_round_seconds,
+                                       warmup_calls=config.warmup_calls)
+            rows += _rows({"architecture": variants.architecture, "threads": threads, "batch": batch},
+                          timings, batch, BASELINE)
+    return rows
+
+
+def benchmark_end_to_end(variants: _Variants, config: BenchmarkConfig, files: Mapping[str, list[bytes]]) -> list[dict]:
+    """File bytes -> verdicts: the baseline beside the app's fp32 and int8 paths."""
+    import torch
+    from PIL import Image
+
+    from .model import label_names
+
+    decode, _ = _decoder()
+    names = label_names(variants.detector.model)
+
+    def baseline(batch: list[bytes]) -> list[str]:
+        tensors = []
+        for data in batch:
+            with Image.open(io.BytesIO(data)) as image:
+                tensors.append(variants.baseline_transform(image.convert("RGB")))
+        with torch.inference_mode():
+            p = torch.softmax(variants.baseline(torch.stack(tensors)), dim=-1)
+        return [names[i] for i in p.argmax(dim=-1).tolist()]
+
+    def serve(detector, batch: list[bytes]) -> list[str]:
+        return detector.score([decode(data) for data in batch]).verdicts
+
+    rows = []
+    for image_format, blobs in files.items():
+        for threads in config.threads:
+            _set_threads(threads)
+            fast = _fast_for_threads(variants, threads)
+            for batch_size in config.batches:
+                batch = list(blobs[:batch_size])
+                runs = {
+                    BASELINE: lambda b=batch: baseline(b),
+                    SERVING_FP32: lambda b=batch: serve(variants.detector, b),
+                    SERVING_FAST: lambda b=batch, f=fast: serve(f, b),
+                }
+                timings = time_interleaved(runs, rounds=config.rounds, min_round_seconds=config.min_round_seconds,
+                                           warmup_calls=config.warmup_calls)
+                rows += _rows({"architecture": variants.architecture, "format": image_format, "threads": threads,
+                               "batch": batch_size, "crops_per_image": variants.detector.preprocessing.crops_per_image},
+                              timings, batch_size, BASELINE)
+    return rows
+
+
+def benchmark_decode(variants: _Variants, config: BenchmarkConfig, files: Mapping[str, list[bytes]]) -> list[dict]:
+    """Decode (+ preprocess) of one file, at the largest thread count."""
+    from PIL import Image
+
+    decode, decoder_name = _decoder()
+    threads = max(config.threads)
+    _set_threads(threads)
+    detector = variants.detector
+    draft_side = config.input_size * 2
+
+    def pil(data: bytes):
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
+
+    def pil_draft(data: bytes):
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (draft_side, draft_side))
+            return image.convert("RGB")
+
+    rows = []
+    for image_format, blobs in files.items():
+        data = blobs[0]
+        runs = {
+            "PIL decode": lambda d=data: pil(d),
+            f"app decode ({decoder_name})": lambda d=data: decode(d),
+            "baseline: PIL decode + timm eval transform": lambda d=data: variants.baseline_transform(pil(d)),
+            "app: decode + detector crops (prepare)": lambda d=data: detector.prepare([decode(d)]),
+        }
+        if image_format == "JPEG":
+            runs[f"PIL decode with JPEG draft to >= {draft_side}² (NOT used: changes the pixels)"] = (
+                lambda d=data: pil_draft(d))
+        timings = time_interleaved(runs, rounds=config.rounds, min_round_seconds=config.min_round_seconds,
+                                   warmup_calls=config.warmup_calls)
+        rows += _rows({"format": image_format, "bytes": len(data), "threads": threads,
+                       "size": f"{config.image_size}x{config.image_size}"}, timings, 1, "PIL decode")
+    return rows
+
+
+_COLD_START_CHILD = r"""
+import json, sys, time
+folder, image_path, mode, onnx_path = sys.argv[1:5]
+t0 = time.time()
+from fakeface.inference import Detector
+from fakeface.model import load_detector
+try:
+    from fakeface.images import load_image
+    decode = lambda data: load_image(data).image
+except ImportError:
+    from PIL import Image
+    import io
+    decode = lambda data: Image.open(io.BytesIO(data)).convert("RGB")
+t_import = time.time()
+if mode == "fp32":
+    detector = Detector(load_detector(folder))
+else:
+    from fakeface.fastpath import FastDetector, load_fast_detector
+    model = load_detector(folder)
+    detector = load_fast_detector(model) if onnx_path == "-" else FastDetector(model, onnx_path)
+    assert detector is not None, "fast path refused"
+t_load = time.time()
+with open(image_path, "rb") as handle:
+    verdict = detector.score([decode(handle.read())]).verdicts[0]
+t_verdict = time.time()
+print(json.dumps({"verdict_at": t_verdict, "import_s": t_import - t0, "load_s": t_load - t_import,
+                  "first_verdict_s": t_verdict - t_load, "verdict": verdict, "runtime": type(detector).__name__}))
+"""
+
+
+def benchmark_cold_start(variants: _Variants, config: BenchmarkConfig, png_path: Path) -> list[dict]:
+    """Process start -> first verdict, in a fresh interpreter, weights already on local disk."""
+    rows = []
+    repo_root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
+    onnx_arg = "-" if variants.fast_source == "release" else os.fspath(variants.fast.onnx_path)
+    for mode in ("int8", "fp32"):
+        runs = []
+        for _ in range(max(1, config.cold_start_runs)):
+            started = time.time()
+            done = subprocess.run(
+                [sys.executable, "-c", _COLD_START_CHILD, os.fspath(variants.folder), os.fspath(png_path), mode, onnx_arg],
+                capture_output=True, text=True, env=env, timeout=300,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"cold-start child failed: {done.stderr.strip().splitlines()[-1:]}")
+            child = json.loads(done.stdout.strip().splitlines()[-1])
+            runs.append({"to_first_verdict_s": child["verdict_at"] - started, **child})
+        best = sorted(runs, key=lambda r: r["to_first_verdict_s"])[len(runs) // 2]   # the median run
+        rows.append({"architecture": variants.architecture, "mode": mode, "runs": len(runs),
+                     "to_first_verdict_s": best["to_first_verdict_s"], "import_s": best["import_s"],
+                     "load_s": best["load_s"], "first_verdict_s": best["first_verdict_s"],
+                     "interpreter_start_s": best["to_first_verdict_s"] - best["import_s"] - best["load_s"]
+                     - best["first_verdict_s"], "all_runs_s": [r["to_first_verdict_s"] for r in runs]})
+    return rows
+
+
+def benchmark_accuracy(variants: _Variants, config: BenchmarkConfig) -> dict[str, Any] | None:
+    """int8 against fp32 on the labelled test split (re-measured here), else the release's own record."""
+    if variants.fast_source != "release":
+        return None
+    if config.dataset:
+        from .dataset import load_face_dataset
+        from .evaluation import decode_split
+        from .fastpath import compare_detectors
+
+        test = load_face_dataset(config.dataset, split="test")
+        images, labels, _ = decode_split(test, max_images=config.accuracy_max_images)
+        return {"source": f"re-measured on the test split of {Path(config.dataset).name}",
+                **compare_detectors(variants.detector, variants.fast, images, labels)}
+    info = dict(variants.fast.info)
+    info.pop("source", None)
+    return {"source": "the release's fastpath.json (measured at export)", **info}
+
+
+# --------------------------------------------------------------------------- run
+
+def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
+    """Run every section and return the results (JSON-ready)."""
+    import torch
+
+    started = time.time()
+    environment = collect_environment()
+    logger.info("benchmark on %s (%s cores available)", environment["cpu"], environment["cpus_available"])
+    work_ctx = tempfile.TemporaryDirectory(prefix="fakeface-benchmark-") if config.work_dir is None else None
+    work = Path(work_ctx.name if work_ctx else config.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"config": {k: v for k, v in asdict(config).items() if k != "work_dir"},
+                               "environment": environment, "notes": []}
+    try:
+        images = create_benchmark_images(config.image_size, max(config.batches))
+        files = {"PNG": encode_images(images, "PNG"), "JPEG": encode_images(images, "JPEG")}
+        png_path = work / "cold_start.png"
+        png_path.write_bytes(files["PNG"][0])
+        results["inputs"] = {"size": config.image_size, "count": len(images),
+                             "png_bytes": [len(b) for b in files["PNG"]], "jpeg_bytes": [len(b) for b in files["JPEG"]],
+                             "decoder": _decoder()[1]}
+        calibration = create_benchmark_images(max(config.input_size + 32, config.image_size // 2), 4, seed=100)
+
+        results["ceiling"] = [measure_matmul_ceiling(t, n=256 if config.quick else 1024) for t in config.threads]
+        sections: dict[str, list] = {"forward": [], "end_to_end": [], "decode": [], "cold_start": []}
+        accuracy: dict[str, Any] = {}
+        flops: dict[str, float] = {}
+        for arch in config.architectures:
+            logger.info("%s: building variants", arch)
+            variants = _build_variants(arch, config, work, calibration)
+            results["notes"] += variants.notes
+            flops[arch] = variants.flops
+            logger.info("%s: forward", arch)
+            sections["forward"] += benchmark_forward(variants, config)
+            logger.info("%s: end to end", arch)
+            sections["end_to_end"] += benchmark_end_to_end(variants, config, files)
+            if not sections["decode"]:
+                sections["decode"] = benchmark_decode(variants, config, files)
+            logger.info("%s: cold start", arch)
+            sections["cold_start"] += benchmark_cold_start(variants, config, png_path)
+            measured = benchmark_accuracy(variants, config)
+            if measured is not None:
+                accuracy[arch] = measured
+            del variants
+        results.update(sections)
+        results["accuracy"] = accuracy
+        results["flops"] = {arch: {"gflops": f / 1e9, **_floors(f, results["ceiling"])} for arch, f in flops.items()}
+        results["targets"] = evaluate_targets(results)
+    finally:
+        if work_ctx is not None:
+            work_ctx.cleanup()
+        torch.set_num_threads(max(config.threads))
+    environment["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["seconds"] = round(time.time() - started, 1)
+    return _json_ready(results)
+
+
+def _floors(flops: float, ceilings: list[dict]) -> dict[str, float]:
+    out = {}
+    for c in ceilings:
+        out[f"fp32_floor_ms_{c['threads']}t"] = 1000 * flops / (c["fp32_gflops"] * 1e9)
+        out[f"int8_floor_ms_{c['threads']}t"] = 1000 * flops / (c["int8_gops"] * 1e9)
+    return out
+
+
+def _find(rows: list[dict], **match: Any) -> dict | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def evaluate_targets(results: Mapping[str, Any]) -> list[dict]:
+    """The issue's targets beside the measured values (2 threads, batch 1)."""
+    threads = 2 if 2 in results["config"]["threads"] else max(results["config"]["threads"])
+    out = []
+    for arch, limit in TARGETS["forward_ms"].items():
+        row = _find(results["forward"], architecture=arch, threads=threads, batch=1, variant=FAST)
+        if row:
+            out.append({"target": f"forward {arch} int8, {threads} threads, batch 1", "limit": f"<= {limit} ms",
+                        "measured": f"{row['median_ms']:.2f} ms", "met": row["median_ms"] <= limit})
+            out.append({"target": f"forward {arch} speed-up vs baseline", "limit": f">= {TARGETS['forward_speedup']}x",
+                        "measured": f"{row['speedup']:.2f}x", "met": row["speedup"] >= TARGETS["forward_speedup"]})
+    for arch, limit in TARGETS["end_to_end_png_ms"].items():
+        row = _find(results["end_to_end"], architecture=arch, format="PNG", threads=threads, batch=1,
+                    variant=SERVING_FAST)
+        if row:
+            out.append({"target": f"end to end {arch}, 1024² PNG bytes -> verdict", "limit": f"<= {limit} ms",
+                        "measured": f"{row['median_ms']:.1f} ms ({row['crops_per_image']} crops)",
+                        "met": row["median_ms"] <= limit})
+    for arch, acc in (results.get("accuracy") or {}).items():
+        drop = acc.get("auc_drop")
+        if drop is not None:
+            out.append({"target": f"AUC loss int8 vs fp32, {arch}", "limit": f"<= {TARGETS['auc_drop']}",
+                        "measured": f"{drop:.4f} (fp32 {acc['auc_fp32']:.4f}, int8 {acc['auc_int8']:.4f})",
+                        "met": drop <= TARGETS["auc_drop"]})
+    for row in results.get("cold_start") or []:
+        if row["mode"] == "int8":
+            out.append({"target": f"cold start {row['architecture']} (int8), process start -> first verdict",
+                        "limit": f"<= {TARGETS['cold_start_s']} s", "measured": f"{row['to_first_verdict_s']:.2f} s",
+                        "met": row["to_first_verdict_s"] <= TARGETS["cold_start_s"]})
+    return out
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return round(value, 4) if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return value.name
+    return value
+
+
+# --------------------------------------------------------------------------- report
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "**NO**"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_benchmark_markdown(results: Mapping[str, Any], *, command: str | None = None) -> str:
+    """The results as Markdown tables (generated, never edited by hand)."""
+    env = results["environment"]
+    parts = ["# fakeface CPU inference benchmark", ""]
+    parts.append("Generated by `scripts/benchmark.py`" + (f" (`{command}`)" if command else "") + "; do not edit.")
+    parts.append("")
+    parts.append(f"- CPU: {env['cpu']} — {env['cpus_available']} cores available, flags: {', '.join(env['cpu_flags'])}")
+    parts.append(f"- load average before / after: {env['load_average']} / {env.get('load_average_after')}")
+    parts.append("- " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))
+    parts.append(f"- inputs: {results['inputs']['size']}² images, PNG {results['inputs']['png_bytes'][0]:,} bytes, "
+                 f"JPEG q90 {results['inputs']['jpeg_bytes'][0]:,} bytes; app decoder: {results['inputs']['decoder']}")
+    parts.append(f"- timing: {results['config']['rounds']} interleaved rounds per group, median and p90 over all calls; "
+                 f"speed-up = baseline median / variant median, same group, same run")
+    for note in results.get("notes") or []:
+        parts.append(f"- note: {note}")
+    parts += ["", "## Targets (2 threads, batch 1)", ""]
+    parts.append(_table(["target", "limit", "measured", "met"],
+                        [[t["target"], t["limit"], t["measured"], t["met"]] for t in results["targets"]]))
+    parts += ["", "## Matrix-multiply ceiling and model floors", ""]
+    parts.append(_table(["threads", "fp32 GEMM GFLOP/s", "int8 GEMM GOP/s"],
+                        [[c["threads"], c["fp32_gflops"], c["int8_gops"]] for c in results["ceiling"]]))
+    parts.append("")
+    floor_cols = sorted({k for f in results["flops"].values() for k in f if k != "gflops"})
+    parts.append(_table(["architecture", "GFLOP per crop", *floor_cols],
+                        [[a, f["gflops"], *[f.get(k) for k in floor_cols]] for a, f in results["flops"].items()]))
+    parts += ["", "## Forward pass (tensor -> logits), B crops per call", ""]
+    parts.append(_table(["architecture", "threads", "batch", "variant", "median ms", "p90 ms", "images/s", "speed-up"],
+                        [[r["architecture"], r["threads"], r["batch"], r["variant"], r["median_ms"], r["p90_ms"],
+                          r["images_per_s"], r["speedup"]] for r in results["forward"]]))
+    parts += ["", "## End to end (file bytes -> verdicts), server side", "",
+              "The baseline decodes with PIL, applies timm's standard eval transform (one resized, centre-cropped "
+              "view) and runs eager fp32. The app path decodes with the app's decoder and scores the detector's own "
+              "native-resolution crops (averaged), with its calibration and thresholds.", ""]
+    parts.append(_table(["architecture", "format", "threads", "batch", "crops/image", "variant", "median ms", "p90 ms",
+                         "images/s", "speed-up"],
+                        [[r["architecture"], r["format"], r["threads"], r["batch"], r["crops_per_image"], r["variant"],
+                          r["median_ms"], r["p90_ms"], r["images_per_s"], r["speedup"]] for r in results["end_to_end"]]))
+    parts += ["", "## Decode and preprocess (one file)", ""]
+    parts.append(_table(["format", "bytes", "variant", "median ms", "p90 ms"],
+                        [[r["format"], r["bytes"], r["variant"], r["median_ms"], r["p90_ms"]] for r in results["decode"]]))
+    parts += ["", "## Cold start (process start -> first verdict, weights on local disk)", ""]
+    parts.append(_table(["architecture", "runtime", "total s", "interpreter s", "imports s", "load s", "first verdict s",
+                         "runs (s)"],
+                        [[r["architecture"], r["mode"], r["to_first_verdict_s"], r["interpreter_start_s"],
+                          r["import_s"], r["load_s"], r["first_verdict_s"],
+                          ", ".join(f"{v:.2f}" for v in r["all_runs_s"])] for r in results["cold_start"]]))
+    parts += ["", "## Accuracy of the int8 fast path against fp32", ""]
+    if results.get("accuracy"):
+        keys = ["images", "auc_fp32", "auc_int8", "auc_drop", "max_abs_dp", "mean_abs_dp", "verdict_agreement"]
+        parts.append(_table(["architecture", *keys, "measured on"],
+                            [[a, *[acc.get(k) for k in keys], acc.get("source")] for a, acc in results["accuracy"].items()]))
+    else:
+        parts.append("Not measured in this run: no trained release was given (random weights measure speed only).")
+    parts += ["", f"Run time: {results['seconds']} s.", ""]
+    return "\n".join(parts)
+
+
+def write_benchmark_results(results: Mapping[str, Any], json_path: str | os.PathLike, md_path: str | os.PathLike,
+                            *, command: str | None = None) -> None:
+    """Write the JSON and the Markdown table."""
+    json_path, md_path = Path(json_path), Path(md_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    payload = dict(results)
+    if command:
+        payload["command"] = command
+    json_path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    md_path.write_text(render_benchmark_markdown(results, command=command))

@@ -1,0 +1,125 @@
+"""The benchmark: a tiny smoke run through the CLI, the timing harness and the targets logic (not timings)."""
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fakeface.benchmark import (
+    BASELINE, FAST, SERVING_FAST, SERVING_FP32, TARGETS, evaluate_targets, render_benchmark_markdown,
+    time_interleaved,
+)
+from tests.test_fastpath import ARCH, build_trained_release
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """`scripts/benchmark.py --quick` on a tiny trained release, in a subprocess like a user runs it."""
+    tmp = tmp_path_factory.mktemp("bench")
+    folder, info = build_trained_release(tmp / "release")
+    output = tmp / "out" / "benchmark"
+    done = subprocess.run(
+        [sys.executable, "scripts/benchmark.py", "--quick", "--architectures", ARCH, "--models", f"{ARCH}={folder}",
+         "--threads", "1", "--batches", "1,2", "--output", str(output)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(output.with_suffix(".json").read_text()), output.with_suffix(".md").read_text(), done.stdout, info
+
+
+def test_quick_run_reports_every_section(quick_run):
+    results, markdown, stdout, _ = quick_run
+    assert '"cpu_flags"' in stdout  # the environment is printed first
+    for section in ("environment", "ceiling", "forward", "end_to_end", "decode", "cold_start", "accuracy", "targets"):
+        assert results[section], section
+    assert results["command"].startswith("python scripts/benchmark.py --quick")
+    forward = {(r["batch"], r["variant"]): r for r in results["forward"]}
+    for batch in (1, 2):
+        for variant in (BASELINE, FAST, "onnxruntime fp32", "torch fp32 channels_last"):
+            row = forward[(batch, variant)]
+            assert 0 < row["median_ms"] <= row["p90_ms"] and row["calls"] >= 2
+            assert row["images_per_s"] == pytest.approx(1000 * batch / row["median_ms"], rel=1e-3)
+        assert forward[(batch, BASELINE)]["speedup"] == 1.0
+        fast = forward[(batch, FAST)]
+        assert fast["speedup"] == pytest.approx(forward[(batch, BASELINE)]["median_ms"] / fast["median_ms"], rel=1e-2)
+    variants = {r["variant"] for r in results["end_to_end"]}
+    assert variants == {BASELINE, SERVING_FP32, SERVING_FAST}
+    assert {r["format"] for r in results["end_to_end"]} == {"PNG", "JPEG"}
+    assert all(r["crops_per_image"] == 5 for r in results["end_to_end"])
+    assert results["ceiling"][0]["fp32_gflops"] > 0 and results["ceiling"][0]["int8_gops"] > 0
+    assert results["flops"][ARCH]["gflops"] > 0
+
+
+def test_quick_run_serves_the_release_fast_path_and_reports_its_accuracy(quick_run):
+    results, markdown, _, info = quick_run
+    accuracy = results["accuracy"][ARCH]
+    assert accuracy["source"].startswith("the release's fastpath.json")
+    assert accuracy["auc_drop"] == pytest.approx(info["auc_drop"], abs=1e-4)
+    assert not any("random weights" in n for n in results["notes"])
+    cold = {r["mode"]: r for r in results["cold_start"]}
+    assert set(cold) == {"int8", "fp32"}
+    for row in cold.values():
+        assert row["to_first_verdict_s"] >= row["import_s"] + row["load_s"] + row["first_verdict_s"] - 0.01
+    targets = {t["target"]: t for t in results["targets"]}
+    assert any(name.startswith("AUC loss") for name in targets)
+    assert any(name.startswith("cold start") for name in targets)
+
+
+def test_markdown_has_the_tables_with_the_measured_numbers(quick_run):
+    results, markdown, _, _ = quick_run
+    for heading in ("## Targets", "## Matrix-multiply ceiling", "## Forward pass", "## End to end", "## Decode",
+                    "## Cold start", "## Accuracy"):
+        assert heading in markdown
+    assert markdown == render_benchmark_markdown(results, command=results["command"])
+    row = next(r for r in results["forward"] if r["variant"] == FAST)
+    assert f"| {FAST} | {row['median_ms']:.2f} |" in markdown
+
+
+def test_interleaved_rounds_rotate_the_order_and_fill_the_round():
+    order = []
+    variants = {name: (lambda n=name: order.append(n)) for name in "abc"}
+    timings = time_interleaved(variants, rounds=3, min_round_seconds=0.0, warmup_calls=1)
+    assert order[:3] == ["a", "b", "c"]              # warm-up
+    assert order[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(len(t.samples_ms) == 3 for t in timings.values())
+    slow = time_interleaved({"sleep": lambda: time.sleep(0.01)}, rounds=2, min_round_seconds=0.05, warmup_calls=1)
+    assert 8 <= len(slow["sleep"].samples_ms) <= 14  # ~5 calls per round
+    stats = slow["sleep"].as_dict(batch=4)
+    assert 9 <= stats["median_ms"] <= 30 and stats["images_per_s"] == pytest.approx(4000 / stats["median_ms"])
+
+
+def test_targets_are_judged_against_the_issue_limits():
+    def fwd(arch, ms, speedup):
+        return {"architecture": arch, "threads": 2, "batch": 1, "variant": FAST, "median_ms": ms, "speedup": speedup}
+
+    limit = TARGETS["forward_ms"]["resnet50"]
+    results = {
+        "config": {"threads": [1, 2]},
+        "forward": [fwd("resnet50", limit + 0.5, 5.0), fwd("mobilenetv2_100", 2.0, 4.4)],
+        "end_to_end": [{"architecture": "mobilenetv2_100", "format": "PNG", "threads": 2, "batch": 1,
+                        "variant": SERVING_FAST, "median_ms": 30.0, "crops_per_image": 5}],
+        "accuracy": {"resnet50": {"auc_drop": 0.0051, "auc_fp32": 0.99, "auc_int8": 0.9849}},
+        "cold_start": [{"architecture": "resnet50", "mode": "int8", "to_first_verdict_s": 7.9}],
+    }
+    met = {t["target"]: t["met"] for t in evaluate_targets(results)}
+    assert met == {
+        "forward resnet50 int8, 2 threads, batch 1": False,
+        "forward resnet50 speed-up vs baseline": True,
+        "forward mobilenetv2_100 int8, 2 threads, batch 1": True,
+        "forward mobilenetv2_100 speed-up vs baseline": False,
+        "end to end mobilenetv2_100, 1024² PNG bytes -> verdict": True,
+        "AUC loss int8 vs fp32, resnet50": False,
+        "cold start resnet50 (int8), process start -> first verdict": True,
+    }
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    for args, message in ((["--threads", "0"], "positive"), (["--models", "resnet50"], "ARCH=FOLDER"),
+                          (["--models", f"resnet50={tmp_path / 'nope'}"], "not a folder")):
+        done = subprocess.run([sys.executable, "scripts/benchmark.py", *args], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
