@@ -28,4 +28,5 @@ os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
 
 pytest_plugins = [
     "tests.fakes.hub_fixtures",
+    "tests.fakes.openai_fixtures",
 ]
