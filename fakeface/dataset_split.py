@@ -94,9 +94,9 @@ def assign_group_splits(
 
     ``groups`` maps a group key to its rows per stratum (here: (label,
     generator) → count). Groups are placed largest first (ties broken by a
-    seeded hash) into the split that most lacks those strata relative to its
-    target fraction, so every stratum ends up close to the fractions and no
-    group is ever divided.
+    seeded hash), each into the split furthest below its target for the
+    group's strata, measured relative to that target so small splits get
+    their share as early as large ones. No group is ever divided.
     """
     if len(fractions) != len(names):
         raise ValueError(f"{len(names)} split fractions expected ({', '.join(names)}), got {len(fractions)}")
@@ -107,19 +107,17 @@ def assign_group_splits(
         for stratum, count in strata.items():
             totals[stratum] += count
     placed = {name: defaultdict(int) for name in names}
+    open_splits = [k for k, f in enumerate(fractions) if f > 0]
     order = sorted(groups, key=lambda g: (-sum(groups[g].values()), seeded_key(seed, g)))
     assignment: dict[str, str] = {}
     for group in order:
         strata = groups[group]
-        size = sum(strata.values())
 
-        def need(split: str, fraction: float) -> float:
-            # Shortfall of this split for the group's strata, each stratum weighted by its share of the group.
-            return sum(
-                count / size * (fraction * totals[s] - placed[split][s]) / totals[s] for s, count in strata.items()
-            )
+        def shortfall(k: int) -> float:
+            # Rows of these strata the split still lacks, as a fraction of its target for them.
+            return sum(count * (1 - placed[names[k]][s] / (fractions[k] * totals[s])) for s, count in strata.items())
 
-        best = max(range(len(names)), key=lambda k: (need(names[k], fractions[k]), fractions[k], -k))
+        best = max(open_splits, key=lambda k: (shortfall(k), fractions[k], -k))
         assignment[group] = names[best]
         for stratum, count in strata.items():
             placed[names[best]][stratum] += count

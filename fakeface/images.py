@@ -203,7 +203,7 @@ def _open(data: bytes) -> Image.Image:
         fmt = _magic_format(data) or "image"
         raise ImageDecodeError(f"corrupt {fmt} file: its header cannot be read ({_short(error)})") from None
     magic = _magic_format(data)
-    if magic in ("AVIF", "HEIF"):
+    if magic in ("AVIF", "HEIF") and magic not in _registered_safe_formats():
         raise ImageDecodeError(f"unsupported format {magic}: no decoder for it is installed")
     if magic is not None:
         raise ImageDecodeError(f"corrupt or truncated {magic} file: its header cannot be read")
