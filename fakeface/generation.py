@@ -799,7 +799,7 @@ def _reconcile(out_dir: Path, plan: Sequence[PlannedImage], summary: GenerationS
                 # Cannot happen with atomic writes unless the disk lies; keep the
                 # bytes for inspection but out of the dataset's way.
                 log.warning("%s does not decode (%s); moved aside and regenerated", orphan.name, error)
-                orphan.rename(orphan.with_name(orphan.name + ".corrupt"))
+                orphan.rename(orphan.with_name(f".{orphan.name}.corrupt"))
                 continue
             stat = orphan.stat()
             manifest.append(_record(
@@ -827,7 +827,7 @@ def run_generation(
     max_retry_after_s: float = 120.0,
     backoff_s: float = 2.0,
     max_consecutive_failures: int = 10,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     progress: bool = True,
     client=None,
 ) -> GenerationSummary:
@@ -842,7 +842,9 @@ def run_generation(
     (retried by the next run). An invalid key, permission denied or exhausted
     quota stops the run at once (images in flight are still saved), as do
     ``max_consecutive_failures`` failures in a row (a cost guard against a
-    misconfigured run). ``sleep`` is injectable so tests need not wait.
+    misconfigured run). Waits end early when the run stops; ``sleep`` replaces them
+    so tests need not wait. Ctrl-C stops the run after the requests in flight
+    have finished and been saved (they are paid for).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -875,6 +877,8 @@ def run_generation(
             finally:
                 if own_client:
                     client.close()
+    summary.not_attempted = summary.planned - (summary.already_done + summary.adopted + summary.ok
+                                               + summary.refused + summary.failed + summary.capped)
     summary.elapsed_s = time.monotonic() - started
     return summary
 
@@ -883,12 +887,13 @@ class _Runner:
     """The worker pool of one run: requests, retries, saving, counting."""
 
     def __init__(self, client, api_key: str | None, out: Path, manifest: _Manifest, summary: GenerationSummary,
-                 policy: _RetryPolicy, sleep: Callable[[float], None], timeout: float,
+                 policy: _RetryPolicy, sleep: Callable[[float], None] | None, timeout: float,
                  max_consecutive_failures: int):
         self.client, self.api_key, self.out, self.manifest = client, api_key, out, manifest
-        self.summary, self.policy, self.sleep, self.timeout = summary, policy, sleep, timeout
+        self.summary, self.policy, self.timeout = summary, policy, timeout
         self.max_consecutive_failures = max_consecutive_failures
         self.stop = threading.Event()
+        self.sleep = sleep or self.stop.wait       # a stop cuts back-off and rate-limit waits short
         self.lock = threading.Lock()
         self.consecutive_failures = 0
         self.gate_until = 0.0          # monotonic time before which nobody calls (rate limit)
@@ -905,34 +910,29 @@ class _Runner:
             # The first image goes alone: a bad key, missing permission or empty
             # quota then costs one call, not `concurrency` of them.
             for position, item in enumerate(todo):
-                if self._skipped_by_stop():
-                    continue
                 while len(futures) >= (1 if position == 1 else concurrency):
                     finished, _ = wait(futures, return_when=FIRST_COMPLETED)
                     for future in finished:
                         futures.pop(future)
                         future.result()
-                if self._skipped_by_stop():
-                    continue
+                if self.stop.is_set():
+                    break
                 futures[pool.submit(self._make, item)] = item
             for future in list(futures):
                 future.result()
+        except KeyboardInterrupt:
+            # Requests in flight are paid for: let them finish and be saved, then report.
+            self._halt(None, "interrupted (Ctrl-C); every image received was saved; run the same command to continue",
+                       kind="interrupted")
+            log.warning("interrupted: waiting for the requests in flight to finish and be saved")
+            wait(futures)
         except BaseException:
-            # Ctrl-C or a crash: let requests in flight finish and save (they are paid for).
             self.stop.set()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
             if self.bar is not None:
                 self.bar.close()
-
-    def _skipped_by_stop(self) -> bool:
-        """True (and the image counted as not attempted) once the run has been stopped."""
-        if not self.stop.is_set():
-            return False
-        with self.lock:
-            self.summary.not_attempted += 1
-        return True
 
     def _show(self) -> None:
         if self.bar is not None:
@@ -946,7 +946,7 @@ class _Runner:
             self.sleep(remaining)
 
     def _make(self, item: PlannedImage) -> None:
-        if self._skipped_by_stop():
+        if self.stop.is_set():
             return
         try:
             request = _Request(item.prompt, item.model, item.size, item.quality, dict(item.attributes),
@@ -958,7 +958,7 @@ class _Runner:
             return
         attempts = rate_waits = 0
         while True:
-            if self._skipped_by_stop():
+            if self.stop.is_set():
                 return
             self._wait_for_gate()
             attempts += 1
@@ -973,8 +973,6 @@ class _Runner:
                     self.summary.errors[error.kind] += 1
                 if error.fatal:
                     self._halt(error)
-                    with self.lock:
-                        self.summary.not_attempted += 1
                     return
                 if isinstance(error, ContentRefusedError):
                     self._finish(item, "refused", error=error)
@@ -1022,11 +1020,11 @@ class _Runner:
             log.warning("image %s failed: %s", item.id, error.message if error else "")
         if too_many:
             self._halt(None, f"{self.max_consecutive_failures} images failed in a row; stopped to save money "
-                             f"(last error: {error.message if error else 'unknown'})")
+                             f"(last error: {error.message if error else 'unknown'})", kind="too_many_failures")
 
-    def _halt(self, error: GenerationError | None, reason: str | None = None) -> None:
+    def _halt(self, error: GenerationError | None, reason: str | None = None, *, kind: str | None = None) -> None:
         with self.lock:
             if self.summary.stopped is None:
                 self.summary.stopped = reason or error.message
-                self.summary.stopped_kind = error.kind if error else "too_many_failures"
+                self.summary.stopped_kind = kind or (error.kind if error else "too_many_failures")
         self.stop.set()

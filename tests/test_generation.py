@@ -24,7 +24,7 @@ from PIL import Image
 from fakeface import generation
 from fakeface.constants import ATTRIBUTE_COLUMNS, DEFAULT_IMAGE_MODEL, RETIRED_IMAGE_MODELS
 from fakeface.generation import (
-    AccessDeniedError, ContentRefusedError, GenerationError, InvalidKeyError, InvalidResponseError,
+    AccessDeniedError, ContentRefusedError, InvalidKeyError, InvalidResponseError,
     QuotaExceededError, RateLimitedError, RequestRejectedError, ServiceUnavailableError,
     available_image_models, available_image_qualities, generate_face, load_manifest, plan_generation,
     resolve_api_key, resolve_image_model, run_generation,
@@ -528,3 +528,50 @@ def test_key_never_appears_in_output_logs_or_files(openai_fake, tmp_path, monkey
     assert "refused" in seen and "STOPPED" in seen          # the errors were really reported
     assert openai_fake.api_key not in seen
     assert openai_fake.api_key[-12:] not in seen
+
+
+def test_output_folders_feed_build_dataset(openai_fake, tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    for i, color in enumerate([(200, 160, 140), (90, 70, 50), (240, 220, 200), (120, 90, 60)]):
+        (real / f"{i:05d}.png").write_bytes(png_bytes(color, size=(80, 80)))
+    run_quiet(plan_generation(6, seed=1), tmp_path / "grid", openai_fake)
+    run_quiet(plan_generation(None, real_dir=real), tmp_path / "look", openai_fake)
+    built = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_dataset.py"), "--real-dir", str(real),
+         "--fake-dir", str(tmp_path / "grid"), "--fake-dir", str(tmp_path / "look"),
+         "--output-dir", str(tmp_path / "ds"), "--no-progress"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert "skipped: 0 file(s)" in built.stdout
+    import pyarrow.parquet as pq
+
+    rows = [row for part in sorted((tmp_path / "ds" / "data").glob("*.parquet"))
+            for row in pq.read_table(part, columns=["label", "generator", "source_id", "gender", "age"]).to_pylist()]
+    fakes = [r for r in rows if r["label"] == 1]
+    assert len(fakes) == 10 and {r["generator"] for r in fakes} == {DEFAULT_IMAGE_MODEL}
+    assert sum(r["source_id"] in {"00000", "00001", "00002", "00003"} for r in fakes) == 4   # look-alikes
+    grid = {p.id: p for p in plan_generation(6, seed=1)}
+    assert sorted((r["gender"], r["age"]) for r in fakes if r["gender"]) == sorted(
+        (p.attributes["gender"], p.attributes["age"]) for p in grid.values())
+
+
+def test_ctrl_c_saves_every_image_in_flight_and_reports(openai_fake, tmp_path):
+    out = tmp_path / "interrupted"
+    openai_fake.delay = 0.4
+    env = {**os.environ, "OPENAI_API_KEY": openai_fake.api_key, "OPENAI_BASE_URL": openai_fake.base_url}
+    args = [sys.executable, str(SCRIPT), "--count", "12", "--out", str(out), "--concurrency", "3", "--no-progress"]
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(ok_records(out)) < 2:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1, stderr
+    assert "STOPPED: interrupted" in stdout
+    # Every image the fake handed out is on disk with its line: nothing paid for was dropped.
+    assert len(ok_records(out)) == len(openai_fake.images_served) < 12
+    openai_fake.delay = 0.0
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert rerun.returncode == 0, rerun.stderr
+    assert_folder_complete(out, plan_generation(12))
