@@ -8,6 +8,7 @@ Modules, by capability (imports go downwards only):
     inference      crops -> logits -> calibrated probability -> verdict
     synthetic      offline procedural real/fake image source
     dataset        build, split, card, push and load the face dataset
+    prompts        the attribute grid and portrait prompt builder
     generation     OpenAI image generation (prompted faces and look-alikes)
     training       the accelerate training loop
     evaluation     metrics, calibration, thresholds, robustness
