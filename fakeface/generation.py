@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from .constants import DEFAULT_IMAGE_MODEL, ENV_OPENAI_BASE_URL, ENV_OPENAI_KEY, RETIRED_IMAGE_MODELS
+from .fileio import TEMP_MARK, fsync_dir, write_atomic
 from .images import ImageDecodeError, load_image
 from .prompts import build_face_prompt, build_lookalike_prompt, plan_balanced_attributes, validate_attributes
 
@@ -92,7 +93,6 @@ _REAL_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff
 _SIZE_RE = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 # Anything shaped like an OpenAI secret key, in case a server message echoes one.
 _KEY_LIKE_RE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}")
-_TEMP_MARK = ".tmp-"
 
 
 # --------------------------------------------------------------------------- errors
@@ -597,26 +597,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):     # not every filesystem lets a directory be fsynced
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent or complete, never partial."""
-    temp = path.with_name(f".{path.name}{_TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
-
-
 def load_manifest(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Every complete record of ``out_dir/manifest.jsonl`` in order (a torn last line is ignored)."""
     path = Path(out_dir) / MANIFEST_NAME
@@ -771,7 +751,7 @@ class _RetryPolicy:
 def _reconcile(out_dir: Path, plan: Sequence[PlannedImage], summary: GenerationSummary,
                manifest: _Manifest) -> set[str]:
     """Ids already done, after removing temp files and adopting paid images that lack a line."""
-    for temp in out_dir.glob(f".*{_TEMP_MARK}*"):
+    for temp in out_dir.glob(f".*{TEMP_MARK}*"):
         log.info("removing %s left by an interrupted run", temp.name)
         temp.unlink(missing_ok=True)
     by_id: dict[str, dict[str, Any]] = {}
@@ -1002,7 +982,7 @@ class _Runner:
         name = item.id + image.extension
         # Order is the whole safety story: the file is complete on disk before the
         # line that says it is done, so a kill between the two loses nothing.
-        _write_atomic(self.out / name, image.data)
+        write_atomic(self.out / name, image.data)
         self.manifest.append(_record(item, status="ok", file=name, image=image))
         self._finish(item, "ok")
 
