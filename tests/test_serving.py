@@ -1,0 +1,358 @@
+"""The app's logic without a server (fakeface.serving): loading, one image, batches, rate limit, data.
+
+Detectors here have random weights (a MobileNetV2 at 64 px): enough for the
+plumbing, the verdicts mean nothing. Where a test needs a verdict to change
+it plugs in its own scorer.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+from fakeface.constants import SYNTHETIC_GENERATOR
+from fakeface.images import ImageDecodeError, load_image
+from fakeface.inference import Detector, decide, fake_probability
+from fakeface.model import create_detector, load_detector, push_detector, save_detector, update_detector_settings
+from fakeface.preprocess import Preprocessing
+from fakeface.serving import (
+    AppError, DatasetCache, GenerationRequest, LoadedModel, LoadFailure, ModelRegistry, RateLimiter,
+    RateLimitExceeded, analyze_bytes, analyze_files, describe_release, evaluate_sample, filter_indices,
+    generate_and_analyze, load_models, parse_model_sources, sample_gallery, summarize_dataset, write_rows_csv,
+)
+
+TINY_PP = Preprocessing(input_size=(3, 64, 64), num_test_crops=1)
+
+
+def save_tiny_detector(folder: Path, arch: str = "mobilenetv2_100", **settings) -> Path:
+    model = create_detector(arch, preprocessing=TINY_PP)
+    if settings:
+        update_detector_settings(model, **settings)
+    return save_detector(model, folder)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_detector(tmp_path_factory.mktemp("model") / "tiny", temperature=2.0, threshold_fake=0.6,
+                              threshold_real=0.4, calibrated=True)
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir) -> LoadedModel:
+    [model] = load_models([str(model_dir)])
+    assert isinstance(model, LoadedModel)
+    return model
+
+
+# --------------------------------------------------------------------------- loading
+
+def test_parse_model_sources():
+    assert parse_model_sources(" org/a, ./b ;org/c\n org/a ") == ["org/a", "./b", "org/c"]
+    assert parse_model_sources("") == [] and parse_model_sources(None) == []
+
+
+def test_load_failures_say_what_is_wrong_and_how_to_fix_it(tmp_path, model_dir):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((model_dir / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    results = load_models([str(tmp_path / "nowhere"), str(broken), str(model_dir)])
+    missing, corrupt, good = results
+    assert isinstance(missing, LoadFailure) and "does not exist" in missing.problem and "FAKEFACE_MODEL" in missing.fix
+    assert isinstance(corrupt, LoadFailure) and "corrupt" in corrupt.problem and "Re-download" in corrupt.fix
+    assert isinstance(good, LoadedModel)
+    [none] = load_models([])
+    assert isinstance(none, LoadFailure) and "FAKEFACE_MODEL" in none.problem and "make demo" in none.fix
+
+
+def test_registry_from_env_loads_once_and_reports_status(model_dir, tmp_path):
+    registry = ModelRegistry.from_env({"FAKEFACE_MODEL": f"{model_dir}, {tmp_path / 'missing'}",
+                                       "FAKEFACE_DATASET": "org/data", "FAKEFACE_DEMO_BANNER": "1"})
+    registry.start_loading()
+    first = registry.load()
+    assert registry.load() == first and registry.models[0] is first[0]      # loaded once
+    status = registry.status()
+    assert [m["source"] for m in status["models"]] == [str(model_dir)]
+    assert status["failures"][0]["source"] == str(tmp_path / "missing")
+    assert status["dataset"] == "org/data" and status["synthetic_demo"] is True
+    assert str(tmp_path) not in json.dumps(status["models"][0]["name"])
+
+
+def test_registry_without_models_raises_a_helpful_app_error(tmp_path):
+    registry = ModelRegistry([str(tmp_path / "missing")])
+    with pytest.raises(AppError, match="No detector is available.*does not exist"):
+        registry.require_models()
+
+
+def test_synthetic_training_data_in_the_config_turns_the_banner_on(tmp_path):
+    folder = save_tiny_detector(tmp_path / "demo", synthetic_training_data=True,
+                                trained_on={"fake_generators": [SYNTHETIC_GENERATOR], "real_sources": ["synthetic-camera"]})
+    registry = ModelRegistry([str(folder)])
+    assert registry.show_synthetic_banner
+    assert registry.models[0].describe()["synthetic_training_data"] is True
+    assert not ModelRegistry.from_models([]).show_synthetic_banner
+
+
+def test_hub_models_load_and_fall_back_to_the_cache_when_the_hub_is_down(hub, tmp_path, model_dir):
+    sha = push_detector(model_dir, "fakeface/tiny-detector")
+    [model] = load_models(["fakeface/tiny-detector"])
+    assert isinstance(model, LoadedModel)
+    assert model.revision == sha and model.notice is None
+    assert model.name.endswith(f"fakeface/tiny-detector@{sha[:7]}")
+    [missing] = load_models(["fakeface/no-such-model"])
+    assert isinstance(missing, LoadFailure) and "not found on the Hub" in missing.problem and "HF_TOKEN" in missing.fix
+    with hub.offline():
+        [cached] = load_models(["fakeface/tiny-detector"])
+        [never] = load_models(["fakeface/never-downloaded"])
+    assert isinstance(cached, LoadedModel) and "cached revision" in cached.notice
+    assert ModelRegistry.from_models([cached]).status()["models"][0]["notice"] == cached.notice
+    assert isinstance(never, LoadFailure) and "could not be reached" in never.problem
+    assert never.fix.startswith("Check the network")
+
+
+# --------------------------------------------------------------------------- one image
+
+def test_analyze_bytes_applies_the_models_preprocessing_temperature_and_thresholds(loaded, model_dir):
+    data = encode(noise(80, 80))
+    result = analyze_bytes(data, "/srv/uploads/tmp123/face.png", [loaded])
+    # The same numbers straight from the core: load_image -> Detector -> temperature -> thresholds.
+    detector = Detector(load_detector(model_dir))
+    logits = detector.logits([load_image(data).image])
+    p = float(fake_probability(logits, 2.0)[0])
+    assert result["p_fake"] == pytest.approx(p, abs=1e-5)
+    assert result["verdict"] == decide(p, 0.6, 0.4)
+    assert (result["threshold_fake"], result["threshold_real"]) == (0.6, 0.4)
+    row = result["models"][0]
+    assert row["temperature"] == 2.0 and row["calibrated"] is True and row["runtime"] == "torch-fp32"
+    assert result["file"] == "face.png"                               # never a server path
+    assert result["image"] == {**result["image"], "format": "PNG", "width": 80, "height": 80, "bytes": len(data)}
+    assert result["warnings"] == []
+    assert result["gradcam"].size == (80, 80)
+    assert {c["check"] for c in result["robustness"]["checks"]} == {"jpeg75", "downscale0.5"}
+    assert result["provenance"]["c2pa"]["status"] == "none"
+    json.dumps({k: v for k, v in result.items() if k != "gradcam"})  # everything else is JSON
+
+
+def test_every_model_is_scored_side_by_side(loaded, tmp_path):
+    [other] = load_models([str(save_tiny_detector(tmp_path / "other", "mobilenetv2_050"))])
+    result = analyze_bytes(encode(noise(64, 64)), "x.png", [loaded, other])
+    assert [r["architecture"] for r in result["models"]] == ["mobilenetv2_100", "mobilenetv2_050"]
+    assert result["agreement"] == (len({r["verdict"] for r in result["models"]}) == 1)
+    assert result["model"] == loaded.name
+
+
+def test_provenance_comes_from_the_original_bytes(loaded):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a portrait, Steps: 20")
+    result = analyze_bytes(encode(noise(64, 64), pnginfo=info), "sd.png", [loaded], explain=False, robustness=False)
+    assert result["provenance"]["text_chunks"] == {"parameters": "a portrait, Steps: 20"}
+    assert result["gradcam"] is None and result["robustness"] is None
+
+
+def test_bad_input_raises_a_clear_error_and_loses_nothing(loaded):
+    with pytest.raises(ImageDecodeError, match="text file"):
+        analyze_bytes(b"hello, not an image", "notes.png", [loaded])
+    with pytest.raises(ImageDecodeError, match="empty"):
+        analyze_bytes(b"", "empty.png", [loaded])
+    with pytest.raises(AppError, match="No detector"):
+        analyze_bytes(encode(noise(32, 32)), "x.png", [])
+    assert analyze_bytes(encode(noise(64, 64)), "ok.png", [loaded], explain=False)["verdict"] in ("real", "fake", "uncertain")
+
+
+@pytest.mark.parametrize("size, fmt, kwargs, expected", [
+    ((40, 40), "PNG", {}, "Small image"),
+    ((100, 64), "PNG", {}, "Not square"),
+    ((80, 80), "JPEG", {"quality": 35}, "Heavily compressed"),
+    ((600, 600), "PNG", {}, "Large image"),
+])
+def test_inputs_far_from_training_data_are_flagged(loaded, size, fmt, kwargs, expected):
+    result = analyze_bytes(encode(noise(*size), fmt, **kwargs), "x", [loaded], explain=False, robustness=False)
+    assert [w for w in result["warnings"] if w.startswith(expected)], result["warnings"]
+    assert len(result["warnings"]) == 1
+
+
+@dataclass
+class _Scores:
+    p_fake: np.ndarray
+    verdicts: list
+
+
+class SizeScorer:
+    """A pluggable scorer: 'fake' for images at least ``min_side`` px, 'real' below."""
+
+    runtime = "test-scorer"
+
+    def __init__(self, min_side: int):
+        self.min_side = min_side
+        self.calls = 0
+
+    def score(self, images):
+        self.calls += 1
+        p = np.array([0.9 if min(im.size) >= self.min_side else 0.1 for im in images])
+        return _Scores(p, ["fake" if v > 0.5 else "real" for v in p])
+
+
+def test_the_scorer_is_pluggable_and_robustness_flags_unstable_verdicts(loaded):
+    stable = LoadedModel("stub", loaded.detector, SizeScorer(min_side=10))
+    unstable = LoadedModel("stub", loaded.detector, SizeScorer(min_side=100))
+    data = encode(noise(128, 128))
+    ok = analyze_bytes(data, "a.png", [stable])
+    assert ok["verdict"] == "fake" and ok["models"][0]["runtime"] == "test-scorer"
+    assert ok["robustness"]["stable"] is True and ok["robustness"]["summary"].startswith("Stable")
+    shaky = analyze_bytes(data, "a.png", [unstable])
+    assert shaky["robustness"]["stable"] is False
+    half = next(c for c in shaky["robustness"]["checks"] if c["check"] == "downscale0.5")
+    assert half["verdict"] == "real" and half["delta"] == pytest.approx(-0.8)
+    assert "downscaled to half size" in shaky["robustness"]["summary"]
+    assert shaky["gradcam"] is not None                                  # Grad-CAM from the torch model
+
+
+def test_load_models_uses_a_valid_fast_path(monkeypatch, model_dir):
+    import fakeface.fastpath as fastpath
+
+    fast = SizeScorer(min_side=1)
+    monkeypatch.setattr(fastpath, "load_fast_detector", lambda model: fast)
+    [model] = load_models([str(model_dir)])
+    assert model.scorer is fast and model.runtime == "test-scorer"
+    [fp32] = load_models([str(model_dir)], use_fast_path=False)
+    assert fp32.scorer is fp32.detector
+    monkeypatch.setattr(fastpath, "load_fast_detector", lambda model: (_ for _ in ()).throw(RuntimeError("boom")))
+    [fallback] = load_models([str(model_dir)])
+    assert fallback.scorer is fallback.detector
+
+
+# --------------------------------------------------------------------------- batch
+
+def test_batch_rows_csv_and_per_file_errors(loaded, tmp_path):
+    good = tmp_path / "good.png"
+    good.write_bytes(encode(noise(64, 64)))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"<html>not an image</html>")
+    formula = tmp_path / "=HYPERLINK(1).png"
+    formula.write_bytes(encode(noise(64, 64, seed=2)))
+    seen = []
+    rows = analyze_files([good, bad, formula], [loaded], progress=lambda i, n, name: seen.append((i, n, name)))
+    assert [r["file"] for r in rows] == ["good.png", "bad.jpg", "=HYPERLINK(1).png"]
+    assert rows[1]["verdict"] == "error" and "HTML" in rows[1]["error"]
+    assert rows[0]["verdict"] in ("real", "fake", "uncertain") and rows[0]["error"] == ""
+    assert seen == [(0, 3, "good.png"), (1, 3, "bad.jpg"), (2, 3, "=HYPERLINK(1).png")]
+    path = write_rows_csv(rows, tmp_path / "out.csv")
+    with path.open(newline="", encoding="utf-8") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["file"] for r in table] == ["good.png", "bad.jpg", "'=HYPERLINK(1).png"]
+    assert float(table[0]["p_fake"]) == pytest.approx(rows[0]["p_fake"])
+    with pytest.raises(AppError, match="Too many files"):
+        analyze_files([good] * 101, [loaded])
+
+
+# --------------------------------------------------------------------------- rate limit
+
+def test_rate_limiter_per_session_global_and_window():
+    now = [0.0]
+    limiter = RateLimiter(per_session=2, global_limit=3, window_s=60, clock=lambda: now[0])
+    limiter.acquire("a")
+    limiter.acquire("a")
+    with pytest.raises(RateLimitExceeded, match="2 generation.*this session") as caught:
+        limiter.acquire("a")
+    assert caught.value.retry_after == pytest.approx(60)
+    limiter.acquire("b")
+    with pytest.raises(RateLimitExceeded, match="this Space"):
+        limiter.acquire("c")
+    now[0] = 61.0
+    limiter.acquire("a")
+    limiter.acquire("c")
+
+
+# --------------------------------------------------------------------------- generation
+
+def test_generation_uses_the_users_key_else_the_spaces_key_under_the_limit(openai_fake, loaded):
+    key = openai_fake.api_key
+    limiter = RateLimiter(per_session=1, global_limit=10)
+    request = GenerationRequest(attributes={"gender": "female", "age": "30-44"}, model="gpt-image-2", quality="low",
+                                user_key=key)
+    result = generate_and_analyze(request, [loaded], session_id="s1", limiter=limiter, environ={})
+    assert result["generated"]["key"] == "yours" and result["image_bytes"] == openai_fake.images_served[-1]
+    assert result["provenance"]["text_chunks"]["fake-openai"]            # the bytes as served
+    assert openai_fake.requests[-1].authorization == f"Bearer {key}"
+    assert key not in repr(request) and key not in json.dumps(result["generated"])
+
+    with pytest.raises(AppError, match="no OpenAI key"):
+        generate_and_analyze(GenerationRequest(prompt="a face"), [loaded], session_id="s1", limiter=limiter, environ={})
+    space = {"OPENAI_API_KEY": key}
+    generate_and_analyze(GenerationRequest(prompt="a face"), [loaded], session_id="s1", limiter=limiter, environ=space)
+    with pytest.raises(RateLimitExceeded):
+        generate_and_analyze(GenerationRequest(prompt="a face"), [loaded], session_id="s1", limiter=limiter, environ=space)
+    with pytest.raises(AppError, match="Describe the face"):
+        generate_and_analyze(GenerationRequest(user_key=key), [loaded], session_id="s2", limiter=limiter, environ={})
+
+
+# --------------------------------------------------------------------------- dataset browser
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    from fakeface.dataset import build_face_dataset
+
+    return build_face_dataset(tmp_path_factory.mktemp("data") / "faces", synthetic=24, synthetic_size=64,
+                              seed=0, progress=False).output_dir
+
+
+def test_dataset_cache_allows_only_the_configured_folder(dataset_dir, tmp_path):
+    with pytest.raises(AppError, match="Only Hub datasets"):
+        DatasetCache().load(str(dataset_dir))
+    cache = DatasetCache(allowed_folders=[str(dataset_dir)])
+    data = cache.load(str(dataset_dir))
+    assert cache.load(str(dataset_dir)) is data
+    with pytest.raises(AppError, match="Enter a dataset"):
+        cache.load("  ")
+    with pytest.raises(AppError, match="neither an existing folder nor a Hub dataset id"):
+        cache.load("not a dataset id")
+
+
+def test_dataset_summary_filters_gallery_and_evaluation(dataset_dir, loaded):
+    data = DatasetCache(allowed_folders=[str(dataset_dir)]).load(str(dataset_dir))
+    summary = summarize_dataset(data)
+    assert set(summary["splits"]) == {"train", "validation", "test"}
+    train = summary["splits"]["train"]
+    assert train["rows"] == train["real"] + train["fake"] == len(data["train"])
+    assert SYNTHETIC_GENERATOR in summary["generators"]
+    fakes = filter_indices(data["train"], label="fake")
+    assert fakes and all(data["train"][i]["label"] == 1 for i in fakes)
+    assert filter_indices(data["train"], label="any") == list(range(len(data["train"])))
+    gallery = sample_gallery(data["train"], fakes, n=4)
+    assert len(gallery) == min(4, len(fakes))
+    assert all(caption.startswith("fake · ") for _, caption in gallery)
+    progress = []
+    metrics = evaluate_sample(loaded, data["train"], n=10, batch_size=4, progress=lambda f, d: progress.append(f))
+    assert metrics["n"] == 10 and len(metrics["p_fake"]) == 10
+    assert metrics["threshold"] == 0.6 and sum(metrics["verdicts"].values()) == 10
+    assert progress[0] == 0.0 and progress[-1] == 1.0
+
+
+def test_describe_release_reads_metrics_and_card(tmp_path, model_dir):
+    folder = save_tiny_detector(tmp_path / "release")
+    (folder / "eval_results.json").write_text(json.dumps({
+        "overall": {"n": 40, "roc_auc": 0.97, "accuracy": 0.9},
+        "training": {"config": {"dataset": "org/faces", "dataset_revision": "abc123"}},
+    }))
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# Card\n![plot](plots/roc.png)\nText.\n")
+    [model] = load_models([str(folder)])
+    release = describe_release(model)
+    assert release["metrics"]["roc_auc"] == 0.97 and release["n_test"] == 40
+    assert (release["dataset"], release["dataset_revision"]) == ("org/faces", "abc123")
+    assert release["card"] == "# Card\n\nText."
