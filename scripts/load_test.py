@@ -1,0 +1,42 @@
+"""Load test: 16 concurrent gradio_client clients x 200 mixed detect requests against the launched app.
+
+    python scripts/load_test.py [--clients 16] [--requests 200] [--model DIR] [--output-dir results]
+
+Starts the app in its own process (a random-weight MobileNetV2 at 128 px
+unless --model is given), drives it, then drives a no-op endpoint on the same
+server the same way, and writes ``load_test.json`` and ``load_test.md``.
+Exit code 1 when any request failed or memory grew past the bound.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--requests", type=int, default=200, help="requests per client")
+    p.add_argument("--model", default=None, help="detector folder (default: a random-weight one, speed only)")
+    p.add_argument("--output-dir", default="results")
+    p.add_argument("--server-log", default=None, help="file for the app's own output")
+    p.add_argument("--no-noop", action="store_true", help="skip the no-op baseline")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    from fakeface.loadtest import render_report_markdown, run_load_test, save_report
+
+    report = run_load_test(clients=args.clients, requests_per_client=args.requests, model_dir=args.model,
+                           seed=args.seed, noop=not args.no_noop, server_log=args.server_log,
+                           progress=lambda message: print(message, flush=True))
+    json_path, md_path = save_report(report, args.output_dir)
+    print(render_report_markdown(report))
+    print(f"wrote {json_path} and {md_path}")
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
