@@ -18,6 +18,7 @@ reused (e.g. by a batch script) without a web server:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -728,7 +729,8 @@ class DatasetCache:
             raise AppError("Only Hub datasets (org/name) can be loaded here; local folders are limited to the "
                            f"one configured in {ENV_DATASET}.")
         try:
-            data = load_face_dataset(source)
+            with _quiet_datasets():
+                data = load_face_dataset(source)
         except (ValueError, OSError, RuntimeError) as error:
             raise AppError(f"The dataset {src.display} could not be loaded: {_first_line(error)}") from None
         if not hasattr(data, "keys"):
@@ -738,6 +740,20 @@ class DatasetCache:
             while len(self._entries) > self._max:
                 self._entries.pop(next(iter(self._entries)))
         return data
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """No per-split progress bars in the server log while a dataset loads (the UI has its own)."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
 
 
 def _first_line(error: BaseException) -> str:
