@@ -478,3 +478,11 @@ def test_loader_errors_are_specific(hub, tmp_path):
         load_face_dataset(str(wrong))
     assert resolve_dataset_source("hf-hub:org/x@v1").revision == "v1"
     assert resolve_dataset_source(str(wrong)).kind == "local"
+
+
+def test_parallel_decoding_gives_the_same_dataset(tmp_path):
+    one = build_face_dataset(tmp_path / "one", synthetic=80, synthetic_size=64, seed=2, progress=False)
+    two = build_face_dataset(tmp_path / "two", synthetic=80, synthetic_size=64, seed=2, progress=False, num_workers=2)
+    assert one.report == two.report
+    for shard in (one.output_dir / "data").iterdir():
+        assert (two.output_dir / "data" / shard.name).read_bytes() == shard.read_bytes()
