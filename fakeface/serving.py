@@ -126,11 +126,18 @@ class LoadedModel:
         scope = s.get("trained_on") or {}
         return bool(s.get("synthetic_training_data")) or SYNTHETIC_GENERATOR in (scope.get("fake_generators") or [])
 
+    @property
+    def public_source(self) -> str:
+        """Where the model is from, safe to show: the Hub id, or only a local folder's name."""
+        if self.revision is None and self.folder is not None:
+            return f"local folder '{Path(self.source.removeprefix('local-dir:')).name}'"
+        return self.source.removeprefix("hf-hub:")
+
     def describe(self) -> dict[str, Any]:
         """JSON-ready facts about the model (no local paths)."""
         s, pp = self.settings, self.preprocessing
         return {
-            "name": self.name, "source": self.source, "revision": self.revision, "architecture": self.architecture,
+            "name": self.name, "source": self.public_source, "revision": self.revision, "architecture": self.architecture,
             "runtime": self.runtime, "input_size": list(pp.input_size), "crop_protocol": pp.crop_protocol,
             "test_crops": pp.crops_per_image, "temperature": s.get("temperature"),
             "threshold_fake": s.get("threshold_fake"), "threshold_real": s.get("threshold_real"),
@@ -317,9 +324,7 @@ def describe_image(decoded: DecodedImage, n_bytes: int) -> dict[str, Any]:
 
 
 def assess_image(decoded: DecodedImage, model: LoadedModel) -> list[str]:
-    """Warnings when the input is far from what the model was trained on (tiny, not square, compressed...)."""
-    from .explain import crop_coverage
-
+    """Warnings when the input is far from what the model was trained on (tiny, not square, compressed)."""
     pp = model.preprocessing
     crop_h, crop_w = pp.crop_size
     width, height = decoded.width, decoded.height
@@ -340,19 +345,26 @@ def assess_image(decoded: DecodedImage, model: LoadedModel) -> list[str]:
             f"Heavily compressed JPEG (quality ≈ {decoded.jpeg_quality}): compression erases the traces "
             "generators leave, so the verdict is less reliable."
         )
-    coverage = crop_coverage(decoded.image, pp)
-    if coverage < LOW_CROP_COVERAGE:
-        warnings.append(
-            f"Large image: the model inspects {pp.crops_per_image} crop(s) of {crop_w}×{crop_h} px at full "
-            f"resolution, covering {coverage:.0%} of it; crop the face for a more complete check."
-        )
     return warnings
+
+
+def describe_coverage(decoded: DecodedImage, model: LoadedModel) -> str | None:
+    """A note when the model's native-resolution crops see only part of the image (by design, not a fault)."""
+    from .explain import crop_coverage
+
+    pp = model.preprocessing
+    coverage = crop_coverage(decoded.image, pp)
+    if coverage >= LOW_CROP_COVERAGE:
+        return None
+    crop_h, crop_w = pp.crop_size
+    return (f"The model inspects {pp.crops_per_image} crop(s) of {crop_w}×{crop_h} px at full resolution "
+            f"(never downscaling, which would erase generator traces), covering {coverage:.0%} of this image.")
 
 
 def _model_row(model: LoadedModel, p_fake: float, verdict: str) -> dict[str, Any]:
     s = model.settings
     return {
-        "model": model.name, "architecture": model.architecture, "source": model.source, "revision": model.revision,
+        "model": model.name, "architecture": model.architecture, "source": model.public_source, "revision": model.revision,
         "runtime": model.runtime, "p_fake": round(float(p_fake), 6), "verdict": verdict,
         "threshold_fake": s.get("threshold_fake"), "threshold_real": s.get("threshold_real"),
         "temperature": s.get("temperature"), "calibrated": bool(s.get("calibrated")),
@@ -400,7 +412,8 @@ def analyze_bytes(
 
     Returns a dict: ``verdict``/``p_fake``/``model`` of the primary (first)
     model, ``models`` (every model's score side by side, with its thresholds),
-    ``agreement``, ``image`` facts, ``warnings``, ``provenance``,
+    ``agreement``, ``image`` facts, ``warnings`` (input far from the
+    training data), ``notes`` (e.g. crop coverage), ``provenance``,
     ``robustness`` and ``gradcam`` (a PIL image, or None; the only value that
     is not JSON). Raises :class:`ImageDecodeError` (a ValueError with a
     user-facing reason) when the bytes are not a usable image, and
@@ -434,6 +447,7 @@ def analyze_bytes(
         "agreement": len(verdicts) == 1,
         "image": describe_image(decoded, len(data)),
         "warnings": assess_image(decoded, primary),
+        "notes": [n for n in [describe_coverage(decoded, primary)] if n],
         "synthetic_model": primary.synthetic,
         "robustness": None,
         "provenance": None,
@@ -775,8 +789,9 @@ def summarize_dataset(data: Mapping[str, Any]) -> dict[str, Any]:
         splits[name] = {"rows": len(split), **counts,
                         "generators": {g: int(sum(1 for x in gens if x == g)) for g in sorted(set(gens) - {None})}}
         for column in ATTRIBUTE_COLUMNS:
-            if column in split.column_names:
-                attributes.setdefault(column, set()).update(str(v) for v in split[column] if v is not None)
+            values = {str(v) for v in split[column] if v is not None} if column in split.column_names else set()
+            if values:
+                attributes.setdefault(column, set()).update(values)
     return {"splits": splits, "generators": sorted(generators),
             "attributes": {k: sorted(v) for k, v in attributes.items()}}
 

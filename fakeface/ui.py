@@ -12,9 +12,7 @@ what is wrong and how to fix it.
 """
 from __future__ import annotations
 
-import base64
 import functools
-import html
 import logging
 import os
 import tempfile
@@ -31,6 +29,7 @@ from .serving import (
     batch_columns, describe_release, evaluate_sample, filter_indices, generate_and_analyze, read_upload,
     sample_gallery, summarize_dataset, write_rows_csv,
 )
+from .ui_components import OriginalImage, user_error
 from .ui_render import (
     render_about, render_banner, render_dataset_summary, render_facts, render_generated, render_metrics,
     render_models_line, render_placeholder, render_provenance, render_robustness, render_verdict,
@@ -56,53 +55,7 @@ footer {opacity: 0.8}
 """
 
 
-# --------------------------------------------------------------------------- input that keeps the bytes
-
-class OriginalImage(gr.Image):
-    """``gr.Image`` whose callback gets the uploaded file exactly as sent.
-
-    Stock ``gr.Image`` opens the file with PIL in its preprocessing (a bad
-    file fails there with PIL's message, not ours) and, for mode changes,
-    re-encodes it, which drops C2PA and EXIF. This passes the path through
-    untouched; :func:`fakeface.images.load_image` does all decoding. It
-    renders with the stock image component (``is_template``).
-    """
-
-    is_template = True
-
-    def preprocess(self, payload: Any) -> str | None:
-        if payload is None:
-            return None
-        url = getattr(payload, "url", None)
-        if url and url.startswith("data:"):
-            return _save_data_url(url, self.GRADIO_CACHE)
-        if not getattr(payload, "path", None):
-            raise user_error("The image did not arrive; please upload it again.")
-        return str(payload.path)
-
-
-def _save_data_url(url: str, cache_dir: str) -> str:
-    """An inline ``data:`` image (some paste and webcam paths), saved byte for byte."""
-    header, _, encoded = url.partition(",")
-    if len(encoded) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
-        raise user_error(f"The image is too large; the limit is {MAX_UPLOAD_BYTES // 2**20} MiB.")
-    try:
-        data = base64.b64decode(encoded, validate=True) if ";base64" in header else encoded.encode()
-    except ValueError:
-        raise user_error("The pasted image could not be read (malformed data URL).") from None
-    folder = Path(cache_dir) / "pasted"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"pasted-{uuid.uuid4().hex}"
-    path.write_bytes(data)
-    return str(path)
-
-
 # --------------------------------------------------------------------------- error handling
-
-def user_error(message: str, title: str = "Error") -> gr.Error:
-    """A ``gr.Error`` for an expected problem: message HTML-escaped (Gradio renders it as HTML), no traceback."""
-    return gr.Error(html.escape(message, quote=False), title=title, print_exception=False)
-
 
 def user_errors(fn: Callable) -> Callable:
     """Turn every failure of a callback into a ``gr.Error`` with a clear, secret-free message.
@@ -261,7 +214,7 @@ def build_app(registry: ModelRegistry | None = None, *, limiter: RateLimiter | N
 
     with gr.Blocks(title="fakeface: real or AI-generated face?", analytics_enabled=False) as demo:
         with gr.Column(elem_classes="ff-header"):
-            gr.Markdown("# 🕵️ fakeface\nIs this face a photo or AI-generated? A calibrated verdict, with the evidence behind it.")
+            gr.Markdown("# fakeface\nIs this face a photo or AI-generated? A calibrated verdict, with the evidence behind it.")
         banner = gr.HTML(render_placeholder("Loading the models…"), label="banner", elem_id="banner")
         models_line = gr.HTML("", label="models")
 
@@ -324,10 +277,11 @@ def build_app(registry: ModelRegistry | None = None, *, limiter: RateLimiter | N
                             quality_in = gr.Dropdown(_image_qualities(), value="medium", label="Quality")
                         gr.Markdown("**Describe the face** with the prompt builder, or write your own prompt.")
                         attribute_inputs = []
-                        with gr.Row():
-                            for key in ("age", "gender", "race", "expression", "glasses"):
-                                attribute_inputs.append(gr.Dropdown(_attribute_choices(key), value=ANY,
-                                                                    label="ethnicity" if key == "race" else key, min_width=120))
+                        for keys in (("age", "gender", "race"), ("expression", "glasses")):
+                            with gr.Row():
+                                for key in keys:
+                                    attribute_inputs.append(gr.Dropdown(_attribute_choices(key), value=ANY, min_width=120,
+                                                                        label="ethnicity" if key == "race" else key))
                         prompt_in = gr.Textbox(label="Free-text prompt (overrides the builder)", lines=2,
                                                placeholder="A photorealistic portrait of …")
                         generate_btn = gr.Button("Generate and analyze", variant="primary")
@@ -359,7 +313,7 @@ def build_app(registry: ModelRegistry | None = None, *, limiter: RateLimiter | N
                     attr_filters = [gr.Dropdown([ANY], value=ANY, label=c, min_width=110, allow_custom_value=True)
                                     for c in ATTRIBUTE_COLUMNS]
                 samples_btn = gr.Button("Show samples")
-                gallery = gr.Gallery(label="Samples", columns=6, height=420, object_fit="contain")
+                gallery = gr.Gallery(label="Samples", columns=6, height=420, object_fit="contain", fit_columns=False)
                 gr.Markdown("### Evaluate a model on a sample")
                 with gr.Row():
                     eval_model_in = gr.Dropdown([], label="Model", scale=3, allow_custom_value=True)

@@ -7,6 +7,7 @@ controlled.
 """
 from __future__ import annotations
 
+import re
 from html import escape
 from typing import Any, Mapping, Sequence
 
@@ -115,6 +116,8 @@ def render_verdict(result: Mapping[str, Any]) -> str:
             for r in rows
         )
         parts.append(f'<table style="{_TABLE}"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>')
+    for note in result.get("notes") or []:
+        parts.append(f'<div style="margin-top:8px;{_MUTED}">{_e(note)}</div>')
     if result.get("synthetic_model"):
         parts.append(f'<div style="margin-top:10px;{_MUTED}"><b>Demo model:</b> trained on synthetic data, '
                      'not a face-forgery detector. Do not use this verdict to judge real images.</div>')
@@ -241,12 +244,17 @@ def render_banner(status: Mapping[str, Any]) -> str:
         parts.append(
             f'<div style="{_CARD.format(border="#b54708", bg="#fffaeb")}">'
             f'<b style="color:#b54708">Model {_e(failure.get("source"))} is not available.</b> '
-            f'{_e(failure.get("problem"))}.<div style="margin-top:4px"><b>How to fix:</b> {_e(failure.get("fix"))}</div></div>'
+            f'{_e(_sentence(failure.get("problem")))}<div style="margin-top:4px"><b>How to fix:</b> {_e(failure.get("fix"))}</div></div>'
         )
     for model in status.get("models") or []:
         if model.get("notice"):
             parts.append(f'<div style="{_CARD.format(border="#b54708", bg="#fffaeb")}">{_e(model["notice"])}</div>')
     return "".join(parts)
+
+
+def _sentence(text: Any) -> str:
+    text = str(text or "").strip()
+    return (text[:1].upper() + text[1:]).rstrip(".") + "." if text else ""
 
 
 def render_models_line(status: Mapping[str, Any]) -> str:
@@ -299,7 +307,7 @@ def render_dataset_summary(source: str, summary: Mapping[str, Any]) -> str:
     for name, split in (summary.get("splits") or {}).items():
         gens = ", ".join(f"{g} ({n})" for g, n in (split.get("generators") or {}).items())
         lines.append(f"| {name} | {split.get('rows')} | {split.get('real')} | {split.get('fake')} | {gens} |")
-    attrs = summary.get("attributes") or {}
+    attrs = {k: v for k, v in (summary.get("attributes") or {}).items() if v}
     if attrs:
         lines += ["", "Attributes: " + "; ".join(f"{k}: {', '.join(v[:8])}" for k, v in attrs.items())]
     if any("synthetic" in g for g in summary.get("generators") or []):
@@ -321,7 +329,7 @@ def render_about(status: Mapping[str, Any], releases: Sequence[Mapping[str, Any]
         lines += [
             f"- **Architecture:** `{model.get('architecture')}`, input {model.get('input_size')}, "
             f"{model.get('crop_protocol')} with {model.get('test_crops')} test crop(s), runtime {model.get('runtime')}",
-            f"- **Model:** `{model.get('source')}`" + (f" at revision `{model.get('revision')}`" if model.get("revision") else " (local folder)"),
+            f"- **Model:** `{model.get('source')}`" + (f" at revision `{model.get('revision')}`" if model.get("revision") else ""),
             f"- **Trained on:** fakes from {fakes}; real images from {reals}",
             f"- **Dataset:** `{release.get('dataset') or 'unrecorded'}`"
             + (f" at revision `{release['dataset_revision']}`" if release.get("dataset_revision") else ""),
@@ -341,6 +349,10 @@ def render_about(status: Mapping[str, Any], releases: Sequence[Mapping[str, Any]
             lines += ["", "_No test metrics ship with this model (no eval_results.json)._"]
         if model.get("synthetic_training_data"):
             lines += ["", "> **Synthetic training data.** This model demonstrates the pipeline; it is not a face-forgery detector."]
+        if release.get("card"):
+            # The card's own headings sit below this model's heading.
+            card = re.sub(r"(?m)^(#+)", r"###\1", str(release["card"]))
+            lines += ["", "#### The model card", "", card]
         lines.append("")
     lines += [
         "### Scope and limits",

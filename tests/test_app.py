@@ -170,6 +170,32 @@ def test_importing_app_builds_the_blocks_without_loading_anything(monkeypatch):
         sys.modules.pop("app", None)
 
 
+# --------------------------------------------------------------------------- the image input
+
+def test_the_image_input_passes_files_through_untouched(tmp_path):
+    import base64
+
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    from fakeface.ui_components import OriginalImage
+
+    component = OriginalImage(type="filepath")
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(b"any bytes at all")                  # not even decoded here
+    assert component.preprocess(ImageData(path=str(path), orig_name="photo.jpg")) == str(path)
+    assert component.preprocess(None) is None
+    pasted = _png(Image.new("RGB", (8, 8)), text={"k": "v"})
+    saved = component.preprocess(ImageData(url="data:image/png;base64," + base64.b64encode(pasted).decode()))
+    assert Path(saved).read_bytes() == pasted
+    with pytest.raises(gr.Error, match="malformed"):
+        component.preprocess(ImageData(url="data:image/png;base64,@@not-base64@@"))
+    assert component.get_block_name() == "image"
+    import fakeface
+
+    assert not list(Path(fakeface.__file__).parent.glob("*.pyi"))      # Gradio wrote no stub copy
+
+
 # --------------------------------------------------------------------------- detect
 
 def test_detect_scores_every_model_with_evidence(space):

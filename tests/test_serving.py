@@ -88,7 +88,7 @@ def test_registry_from_env_loads_once_and_reports_status(model_dir, tmp_path):
     first = registry.load()
     assert registry.load() == first and registry.models[0] is first[0]      # loaded once
     status = registry.status()
-    assert [m["source"] for m in status["models"]] == [str(model_dir)]
+    assert [m["source"] for m in status["models"]] == [f"local folder '{model_dir.name}'"]    # no server paths
     assert status["failures"][0]["source"] == str(tmp_path / "missing")
     assert status["dataset"] == "org/data" and status["synthetic_demo"] is True
     assert str(tmp_path) not in json.dumps(status["models"][0]["name"])
@@ -179,12 +179,19 @@ def test_bad_input_raises_a_clear_error_and_loses_nothing(loaded):
     ((40, 40), "PNG", {}, "Small image"),
     ((100, 64), "PNG", {}, "Not square"),
     ((80, 80), "JPEG", {"quality": 35}, "Heavily compressed"),
-    ((600, 600), "PNG", {}, "Large image"),
 ])
 def test_inputs_far_from_training_data_are_flagged(loaded, size, fmt, kwargs, expected):
     result = analyze_bytes(encode(noise(*size), fmt, **kwargs), "x", [loaded], explain=False, robustness=False)
     assert [w for w in result["warnings"] if w.startswith(expected)], result["warnings"]
     assert len(result["warnings"]) == 1
+
+
+def test_partial_crop_coverage_is_a_note_not_a_warning(loaded):
+    result = analyze_bytes(encode(noise(600, 600)), "big.png", [loaded], explain=False, robustness=False)
+    assert result["warnings"] == []
+    [note] = result["notes"]
+    assert "1 crop(s) of 64×64 px" in note and "covering 1%" in note
+    assert analyze_bytes(encode(noise(64, 64)), "s.png", [loaded], explain=False, robustness=False)["notes"] == []
 
 
 @dataclass
@@ -356,3 +363,8 @@ def test_describe_release_reads_metrics_and_card(tmp_path, model_dir):
     assert release["metrics"]["roc_auc"] == 0.97 and release["n_test"] == 40
     assert (release["dataset"], release["dataset_revision"]) == ("org/faces", "abc123")
     assert release["card"] == "# Card\n\nText."
+    from fakeface.ui_render import render_about
+
+    about = render_about(ModelRegistry.from_models([model]).status(), [release])
+    assert "#### # Card" not in about and "#### The model card" in about and "#### Card" in about
+    assert "0.970" in about and "`org/faces` at revision `abc123`" in about and str(tmp_path) not in about
