@@ -125,6 +125,31 @@ def safe_generator_name(text: str) -> str:
 
 # --------------------------------------------------------------------------- attribute table
 
+# Table spellings -> the generator's vocabulary (fakeface.prompts.ATTRIBUTE_GRID),
+# so real and generated faces line up in per-category evaluation.
+_VALUE_ALIASES = {
+    "glasses": {"noglasses": "none", "no": "none", "false": "none", "0": "none", "without": "none",
+                "readingglasses": "eyeglasses", "glasses": "eyeglasses", "yes": "eyeglasses", "true": "eyeglasses",
+                "1": "eyeglasses", "prescription": "eyeglasses", "sunglass": "sunglasses"},
+    "gender": {"m": "male", "man": "male", "f": "female", "woman": "female"},
+    "expression": {"smile": "smiling", "happy": "smiling", "laugh": "laughing", "neutralface": "neutral"},
+    "race": {"eastasian": "east_asian", "southeastasian": "southeast_asian",
+             "middleeastern": "middle_eastern", "latinohispanic": "latino_hispanic", "latino": "latino_hispanic",
+             "hispanic": "latino_hispanic"},
+}
+
+
+def normalise_attribute_value(field_name: str, value: str | None) -> str | None:
+    """``"NoGlasses"`` -> ``"none"``, ``"Male"`` -> ``"male"``, ``"East Asian"`` -> ``"east_asian"``.
+
+    Unknown spellings are kept, lower-cased with ``_`` for spaces, never dropped.
+    """
+    if value is None:
+        return None
+    text = re.sub(r"\s+", "_", value.strip().lower())
+    return _VALUE_ALIASES.get(field_name, {}).get(text.replace("_", ""), text)
+
+
 @dataclass
 class AttributeTable:
     """Attributes per file stem, read from a CSV such as FFHQ's ``Name, FacialExp, Glasses, Gender, Race``."""
@@ -186,7 +211,10 @@ def load_attribute_table(path: str | os.PathLike) -> AttributeTable:
             raise ValueError(f"attribute table {path}, line {line}: empty {key_column!r}")
         name = PurePosixPath(key.replace("\\", "/")).name
         stem = name.rsplit(".", 1)[0] if _IMAGE_SUFFIX.search(name) else name
-        by_stem[stem] = {field_name: _clean_value(row.get(column)) for column, field_name in columns.items()}
+        by_stem[stem] = {
+            field_name: normalise_attribute_value(field_name, _clean_value(row.get(column)))
+            for column, field_name in columns.items()
+        }
     return AttributeTable(by_stem, columns, ignored)
 
 
