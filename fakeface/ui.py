@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -46,6 +47,9 @@ IMAGE_SIZES = ("1024x1024", "1024x1536", "1536x1024", "auto")
 # of two; generation waits on OpenAI, not the CPU, so it gets its own.
 CPU_LANE, CPU_CONCURRENCY = "cpu", 2
 GENERATE_CONCURRENCY = 4
+# Uploads, overlays, CSVs and generated images are temporary: a long-running
+# Space deletes them after an hour (Gradio's cache and our own output folder).
+TEMP_FILE_TTL_S = 3600
 
 CSS = """
 .ff-header h1 {margin-bottom: 0.1em}
@@ -127,7 +131,7 @@ def build_app(registry: ModelRegistry | None = None, *, limiter: RateLimiter | N
             raise AppError("Add some image files first.")
         paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in files]
         rows = analyze_files(paths, models(), progress=lambda i, n, name: progress((i, n), desc=f"{name}"))
-        csv_path = write_rows_csv(rows, output_dir / f"fakeface-results-{uuid.uuid4().hex[:8]}.csv")
+        csv_path = write_rows_csv(rows, _new_output_path(output_dir, "fakeface-results", ".csv"))
         columns = batch_columns(rows)
         table = {"headers": columns, "data": [[_cell(row.get(c)) for c in columns] for row in rows]}
         return table, str(csv_path)
@@ -142,7 +146,7 @@ def build_app(registry: ModelRegistry | None = None, *, limiter: RateLimiter | N
         generation = GenerationRequest(prompt=prompt, attributes=attributes, model=image_model, size=size,
                                        quality=quality, user_key=api_key)
         result = generate_and_analyze(generation, models(), session_id=session, limiter=limiter, environ=env)
-        image_path = output_dir / f"generated-{uuid.uuid4().hex[:12]}.{result['image_format'].lower()}"
+        image_path = _new_output_path(output_dir, "generated", "." + result["image_format"].lower())
         image_path.write_bytes(result["image_bytes"])   # the bytes as OpenAI sent them (C2PA intact)
         return str(image_path), _public(result), result.get("gradcam")
 
@@ -212,7 +216,8 @@ def build_app(registry: ModelRegistry | None = None, *, limiter: RateLimiter | N
 
     # ------------------------------------------------------------------ layout
 
-    with gr.Blocks(title="fakeface: real or AI-generated face?", analytics_enabled=False) as demo:
+    with gr.Blocks(title="fakeface: real or AI-generated face?", analytics_enabled=False,
+                   delete_cache=(TEMP_FILE_TTL_S, TEMP_FILE_TTL_S)) as demo:
         with gr.Column(elem_classes="ff-header"):
             gr.Markdown("# fakeface\nIs this face a photo or AI-generated? A calibrated verdict, with the evidence behind it.")
         banner = gr.HTML(render_placeholder("Loading the models…"), label="banner", elem_id="banner")
@@ -363,6 +368,18 @@ def build_app(registry: ModelRegistry | None = None, *, limiter: RateLimiter | N
     demo.queue(default_concurrency_limit=CPU_CONCURRENCY, max_size=64)
     demo.fakeface_registry = registry
     return demo
+
+
+def _new_output_path(folder: Path, stem: str, suffix: str) -> Path:
+    """A fresh file name in ``folder``; files older than ``TEMP_FILE_TTL_S`` are removed first."""
+    cutoff = time.time() - TEMP_FILE_TTL_S
+    for old in folder.glob("*"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:
+            pass                              # another request removed it first
+    return folder / f"{stem}-{uuid.uuid4().hex[:12]}{suffix}"
 
 
 def _split_of(data: Any, split: str | None) -> Any:

@@ -196,6 +196,21 @@ def test_the_image_input_passes_files_through_untouched(tmp_path):
     assert not list(Path(fakeface.__file__).parent.glob("*.pyi"))      # Gradio wrote no stub copy
 
 
+def test_temporary_outputs_expire(tmp_path):
+    import os
+    import time
+
+    from fakeface.ui import TEMP_FILE_TTL_S, _new_output_path
+
+    old, recent = tmp_path / "old.csv", tmp_path / "recent.csv"
+    old.write_text("x")
+    recent.write_text("y")
+    os.utime(old, (time.time() - TEMP_FILE_TTL_S - 5,) * 2)
+    path = _new_output_path(tmp_path, "results", ".csv")
+    assert not old.exists() and recent.exists()
+    assert path.parent == tmp_path and path.suffix == ".csv" and not path.exists()
+
+
 # --------------------------------------------------------------------------- detect
 
 def test_detect_scores_every_model_with_evidence(space):
