@@ -88,7 +88,7 @@ class LoadedModel:
 
     source: str
     detector: Any                    # fakeface.inference.Detector (torch: Grad-CAM)
-    scorer: Any                      # .score(images) -> Scores; the fast path or ``detector``
+    scorer: Any                      # .score(images) / .logits(images), as Detector: the fast path or ``detector``
     revision: str | None = None
     notice: str | None = None        # e.g. "Hub unreachable; serving the cached revision ..."
     folder: Path | None = None
@@ -842,8 +842,10 @@ def evaluate_sample(model: LoadedModel, split: Any, *, n: int = 200, seed: int =
                     progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """Score a random sample of a split and compute metrics at the model's own threshold.
 
-    Returns the metrics dict of :func:`fakeface.evaluation.compute_metrics`
-    plus ``labels``/``p_fake`` (for the ROC curve) and ``verdicts`` counts.
+    Images are decoded and scored a batch at a time, so memory stays bounded
+    whatever the sample size. Returns the metrics dict of
+    :func:`fakeface.evaluation.compute_metrics` plus ``labels``/``p_fake``
+    (for the ROC curve) and ``verdicts`` counts.
     """
     from .evaluation import compute_metrics, decode_split, verdict_counts
 
@@ -851,21 +853,22 @@ def evaluate_sample(model: LoadedModel, split: Any, *, n: int = 200, seed: int =
     if size == 0:
         raise AppError("The split is empty.")
     chosen = sorted(random.Random(seed).sample(range(size), min(int(n), size)))
-    if progress:
-        progress(0.0, f"decoding {len(chosen)} images")
-    images, labels, _ = decode_split(split.select(chosen))
-    if not images:
-        raise AppError("None of the sampled images could be decoded.")
-    logits = []
-    for start in range(0, len(images), batch_size):
+    logits, labels = [], []
+    for start in range(0, len(chosen), batch_size):
         if progress:
-            progress(start / len(images), f"scoring {start}/{len(images)}")
-        logits.append(model.scorer.logits(images[start:start + batch_size]))
+            progress(start / len(chosen), f"scoring {start}/{len(chosen)}")
+        images, batch_labels, _ = decode_split(split.select(chosen[start:start + batch_size]))
+        if images:
+            logits.append(model.scorer.logits(images))
+            labels.append(batch_labels)
+    if not logits:
+        raise AppError("None of the sampled images could be decoded.")
     scores = model.detector.scores_from_logits(np.concatenate(logits))
+    labels_all = np.concatenate(labels)
     threshold = float(model.settings["threshold_fake"])
-    metrics = compute_metrics(labels, scores.p_fake, threshold)
+    metrics = compute_metrics(labels_all, scores.p_fake, threshold)
     metrics["verdicts"] = verdict_counts(scores.verdicts)
-    metrics["labels"] = labels.tolist()
+    metrics["labels"] = labels_all.tolist()
     metrics["p_fake"] = [float(p) for p in scores.p_fake]
     metrics["model"] = model.name
     if progress:

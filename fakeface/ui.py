@@ -446,12 +446,14 @@ Endpoints: `/detect`, `/detect_batch`, `/generate`, `/dataset_load`, `/dataset_s
 
 # --------------------------------------------------------------------------- launch
 
-def launch_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """``launch()`` arguments: host/port from GRADIO_SERVER_NAME/PORT (default 127.0.0.1:7860), upload limit, look."""
-    env = os.environ if environ is None else environ
+def launch_settings() -> dict[str, Any]:
+    """``launch()`` arguments: upload limit, error display, look.
+
+    Host and port are left to Gradio, which reads GRADIO_SERVER_NAME and
+    GRADIO_SERVER_PORT (default 127.0.0.1, port 7860 or the next free one;
+    a Space sets 0.0.0.0:7860).
+    """
     return {
-        "server_name": env.get("GRADIO_SERVER_NAME") or "127.0.0.1",
-        "server_port": int(env.get("GRADIO_SERVER_PORT") or 7860),
         "max_file_size": MAX_UPLOAD_BYTES,
         "show_error": False,
         "theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="pink"),

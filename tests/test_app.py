@@ -170,6 +170,41 @@ def test_importing_app_builds_the_blocks_without_loading_anything(monkeypatch):
         sys.modules.pop("app", None)
 
 
+def test_python_app_py_serves_on_the_configured_port_with_the_demo_banner(tmp_path):
+    """`python app.py` as `make demo` runs it: host/port from GRADIO_SERVER_*, banner from FAKEFACE_DEMO_BANNER."""
+    import os
+    import subprocess
+    import time
+
+    save_detector(create_detector("mobilenetv2_100", preprocessing=Preprocessing(input_size=(3, 64, 64), num_test_crops=1)),
+                  tmp_path / "demo_model")                    # its config does not say "synthetic": the variable must
+    port = _free_port()
+    env = {**os.environ, "FAKEFACE_MODEL": str(tmp_path / "demo_model"), "FAKEFACE_DEMO_BANNER": "1",
+           "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "OPENAI_API_KEY": PLANTED_KEY}
+    root = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "app.py did not come up"
+            time.sleep(0.5)
+        status, banner, *_ = Client(url, verbose=False).predict(api_name="/status")
+        assert status["synthetic_demo"] is True and "Demo model, synthetic training data" in banner
+        assert [m["architecture"] for m in status["models"]] == ["mobilenetv2_100"]
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert "PLANTED" not in output
+    assert "loaded mobilenetv2_100" in output                  # app.py logs at INFO
+
+
 # --------------------------------------------------------------------------- the image input
 
 def test_the_image_input_passes_files_through_untouched(tmp_path):
