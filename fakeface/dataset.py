@@ -39,12 +39,13 @@ from .dataset_split import (
     DEFAULT_NEAR_DUPLICATE_DISTANCE, DEFAULT_SPLIT_FRACTIONS, SPLIT_NAMES, UnionFind, assign_group_splits,
     find_near_duplicates, perceptual_hash, seeded_key,
 )
+from .hub import HubUnreachable, Source, parse_source, probe_repo
 from .images import ImageDecodeError, load_image
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "BuildResult", "DatasetLoadError", "DatasetSource", "REPORT_NAME", "build_face_dataset", "build_features",
+    "BuildResult", "DatasetLoadError", "REPORT_NAME", "build_face_dataset", "build_features",
     "format_build_summary", "load_face_dataset", "push_face_dataset", "resolve_dataset_source",
 ]
 
@@ -549,34 +550,12 @@ def _read_report(folder: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- load
 
-@dataclass(frozen=True)
-class DatasetSource:
-    kind: str                      # "local" or "hub"
-    location: str                  # folder or repo id
-    revision: str | None = None
-
-    @property
-    def display(self) -> str:
-        if self.kind == "local":
-            return f"local folder '{Path(self.location).name}'"
-        return self.location + (f"@{self.revision}" if self.revision else "")
-
-
-def resolve_dataset_source(source: str | os.PathLike, revision: str | None = None) -> DatasetSource:
+def resolve_dataset_source(source: str | os.PathLike, revision: str | None = None) -> Source:
     """``local-dir:PATH`` | an existing folder | ``hf-hub:org/name[@rev]`` | ``org/name[@rev]``."""
-    text = os.fspath(source).strip()
-    if not text:
-        raise DatasetLoadError("no dataset given: pass a local folder or a Hub id 'org/name'")
-    if text.startswith("local-dir:"):
-        return DatasetSource("local", str(Path(text[len("local-dir:"):]).expanduser()))
-    if text.startswith("hf-hub:"):
-        text = text[len("hf-hub:"):]
-    elif Path(text).expanduser().exists() or text.startswith((".", "/", "~")):
-        return DatasetSource("local", str(Path(text).expanduser()))
-    repo_id, _, rev = text.partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise DatasetLoadError(f"{source!r} is neither an existing folder nor a Hub dataset id of the form 'org/name'")
-    return DatasetSource("hub", repo_id, revision or rev or None)
+    try:
+        return parse_source(source, revision, what="dataset")
+    except ValueError as error:
+        raise DatasetLoadError(str(error)) from None
 
 
 def load_face_dataset(
@@ -608,7 +587,7 @@ def load_face_dataset(
     return data
 
 
-def _load_folder(folder: Path, split: str | None, streaming: bool, src: DatasetSource):
+def _load_folder(folder: Path, split: str | None, streaming: bool, src: Source):
     import datasets
 
     if not (folder / CARD_NAME).is_file() and not any(folder.glob(f"{DATA_DIR}/*.parquet")):
@@ -623,25 +602,15 @@ def _load_folder(folder: Path, split: str | None, streaming: bool, src: DatasetS
         raise DatasetLoadError(f"{src.display} cannot be loaded as a dataset ({error})") from error
 
 
-def _load_hub(src: DatasetSource, split: str | None, streaming: bool, token: str | None):
+def _load_hub(src: Source, split: str | None, streaming: bool, token: str | None):
     import datasets
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        # Asked first so that a Hub outage is told apart from a missing repo and
-        # reported, instead of datasets silently trying (or failing) its own way.
-        HfApi(token=token).dataset_info(src.location, revision=src.revision)
-    except RepositoryNotFoundError as error:
-        raise DatasetLoadError(
-            f"dataset repo {src.location!r} was not found on the Hub (or it is private and no valid token was given)"
-        ) from error
-    except RevisionNotFoundError as error:
-        raise DatasetLoadError(f"revision {src.revision!r} of dataset repo {src.location!r} does not exist") from error
-    except GatedRepoError as error:
-        raise DatasetLoadError(f"dataset repo {src.location!r} is gated: accept its terms and provide a token") from error
-    except Exception as error:  # noqa: BLE001 - unreachable Hub: connection refused, timeouts, 5xx
-        return _load_cached(src, split, streaming, type(error).__name__)
+        probe_repo(src, repo_type="dataset", token=token)
+    except LookupError as error:
+        raise DatasetLoadError(str(error)) from error
+    except HubUnreachable as error:
+        return _load_cached(src, split, streaming, error.reason)
     try:
         return datasets.load_dataset(src.location, split=split, streaming=streaming, revision=src.revision, token=token)
     except ValueError as error:
@@ -650,7 +619,7 @@ def _load_hub(src: DatasetSource, split: str | None, streaming: bool, token: str
         raise DatasetLoadError(f"{src.display} cannot be loaded ({error})") from error
 
 
-def _load_cached(src: DatasetSource, split: str | None, streaming: bool, reason: str):
+def _load_cached(src: Source, split: str | None, streaming: bool, reason: str):
     """The newest cached snapshot of a Hub dataset, loaded as a local folder (datasets cannot do this by id)."""
     from huggingface_hub import constants as hub_constants
     from huggingface_hub import snapshot_download
@@ -674,7 +643,7 @@ def _load_cached(src: DatasetSource, split: str | None, streaming: bool, reason:
     return _load_folder(folder, split, streaming, src)
 
 
-def _check_schema(data: Any, src: DatasetSource) -> None:
+def _check_schema(data: Any, src: Source) -> None:
     from datasets import ClassLabel, Image
 
     parts = data.values() if hasattr(data, "values") and not hasattr(data, "features") else [data]

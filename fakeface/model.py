@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .constants import DEFAULT_ARCHITECTURE, LABEL_NAMES
+from .hub import HubUnreachable, Source, parse_source, probe_repo
 from .preprocess import Preprocessing, resolve_preprocessing
 
 logger = logging.getLogger(__name__)
@@ -69,35 +70,12 @@ class PretrainedWeightsUnavailable(RuntimeError):
     """ImageNet weights were asked for but cannot be had (e.g. no internet)."""
 
 
-@dataclass(frozen=True)
-class DetectorSource:
-    """Where a detector comes from, as resolved from a user-given string."""
-
-    kind: str                 # "local" or "hub"
-    location: str             # folder path or repo id
-    revision: str | None = None
-
-    @property
-    def display(self) -> str:
-        rev = f"@{self.revision}" if self.revision else ""
-        return f"{self.location}{rev}" if self.kind == "local" else f"hf-hub:{self.location}{rev}"
-
-
-def parse_detector_source(source: str | os.PathLike, revision: str | None = None) -> DetectorSource:
+def parse_detector_source(source: str | os.PathLike, revision: str | None = None) -> Source:
     """``local-dir:PATH`` | an existing folder | ``hf-hub:org/name[@rev]`` | ``org/name``."""
-    text = os.fspath(source).strip()
-    if text.startswith("local-dir:"):
-        return DetectorSource("local", text[len("local-dir:"):])
-    if text.startswith("hf-hub:"):
-        text = text[len("hf-hub:"):]
-    elif Path(text).expanduser().exists() or text.startswith((".", "/", "~")):
-        return DetectorSource("local", str(Path(text).expanduser()))
-    repo_id, _, rev = text.partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise DetectorLoadError(
-            f"{source!r} is neither an existing folder nor a Hub model id of the form 'org/name'"
-        )
-    return DetectorSource("hub", repo_id, revision or rev or None)
+    try:
+        return parse_source(source, revision, what="model")
+    except ValueError as error:
+        raise DetectorLoadError(str(error)) from None
 
 
 # --------------------------------------------------------------------------- create
@@ -219,20 +197,20 @@ class DetectorFiles:
     """A detector's files on local disk, and where they came from."""
 
     folder: Path
-    source: DetectorSource
+    source: Source
     revision: str | None      # commit sha for Hub models
     notice: str | None = None  # e.g. "Hub unreachable, using cached revision ..."
 
 
 def fetch_detector_files(
-    source: str | os.PathLike | DetectorSource, *, revision: str | None = None, token: str | None = None
+    source: str | os.PathLike | Source, *, revision: str | None = None, token: str | None = None
 ) -> DetectorFiles:
     """Resolve ``source`` to a local folder, downloading from the Hub if needed.
 
     When the Hub cannot be reached, a previously downloaded copy in the local
     cache is used and ``notice`` says so.
     """
-    src = source if isinstance(source, DetectorSource) else parse_detector_source(source, revision)
+    src = source if isinstance(source, Source) else parse_detector_source(source, revision)
     if src.kind == "local":
         folder = Path(src.location)
         if not folder.is_dir():
@@ -240,29 +218,19 @@ def fetch_detector_files(
         return DetectorFiles(folder, src, None)
 
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError,
-    )
-
-    from huggingface_hub import HfApi
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     patterns = list(RELEASE_PATTERNS)
     try:
-        # Resolve the revision first: snapshot_download alone falls back to the
-        # cache silently when the Hub is down, and users must be told.
-        HfApi(token=token).model_info(src.location, revision=src.revision)
+        probe_repo(src, repo_type="model", token=token)
         # By branch name, not sha, so the cache records the ref for offline use.
         folder = snapshot_download(src.location, revision=src.revision, token=token, allow_patterns=patterns)
         return DetectorFiles(Path(folder), src, Path(folder).name)
-    except RepositoryNotFoundError as error:
-        raise DetectorLoadError(
-            f"model repo {src.location!r} was not found on the Hub (or it is private and no valid token was given)"
-        ) from error
-    except RevisionNotFoundError as error:
-        raise DetectorLoadError(f"revision {src.revision!r} of model repo {src.location!r} does not exist") from error
-    except GatedRepoError as error:
-        raise DetectorLoadError(f"model repo {src.location!r} is gated: accept its terms and provide a token") from error
-    except Exception as error:  # unreachable Hub: connection refused, timeouts, 5xx
+    except LookupError as error:
+        raise DetectorLoadError(str(error)) from error
+    except HubUnreachable as error:
+        reason = error.reason
+    except Exception as error:  # noqa: BLE001 - the Hub went away between probe and download
         reason = type(error).__name__
     try:
         folder = snapshot_download(src.location, revision=src.revision, allow_patterns=patterns, local_files_only=True)
