@@ -339,6 +339,22 @@ def test_generate_with_the_users_key_shows_the_face_with_its_verdict(space):
     assert gradcam is not None
 
 
+def test_a_generated_face_shows_its_c2pa_credentials(space, monkeypatch):
+    """OpenAI's images carry C2PA content credentials: the fake signs its PNGs here, and the tab shows them."""
+    import tests.fakes.openai_server as fake_server
+    from tests.test_provenance import sign_png
+
+    unsigned = fake_server.render_png
+    monkeypatch.setattr(fake_server, "render_png", lambda *args, **kwargs: sign_png(unsigned(*args, **kwargs)))
+    image_path, result, _ = _generate(space.client, PLANTED_KEY, prompt="a signed portrait")
+    c2pa = result["provenance"]["c2pa"]
+    assert c2pa["status"] == "valid" and c2pa["ai_generated"] is True
+    assert c2pa["software_agents"] == ["gpt-image-2"] and c2pa["issuer"] == "Test Image Generator Inc"
+    from fakeface.provenance import read_provenance
+
+    assert read_provenance(Path(image_path).read_bytes())["c2pa"]["status"] == "valid"   # served unmodified
+
+
 FAILURES = [
     ("invalid_key", "rejected"),
     ("permission", "not allowed"),
