@@ -339,9 +339,10 @@ def build_app(registry: ModelRegistry | None = None, *, limiter: RateLimiter | N
         # ------------------------------------------------------------------ events
         demo.load(status, outputs=[status_json, banner, models_line, about_md, eval_model_in], api_name="status")
 
-        detect_btn.click(
-            detect, [image_in, explain_box, robust_box], [result_json, gradcam_out], api_name="detect",
-            concurrency_id=CPU_LANE, concurrency_limit=CPU_CONCURRENCY,
+        # Dropping or uploading an image analyses it at once; the button re-runs (e.g. with other options).
+        gr.on(
+            [detect_btn.click, image_in.upload], detect, [image_in, explain_box, robust_box], [result_json, gradcam_out],
+            api_name="detect", concurrency_id=CPU_LANE, concurrency_limit=CPU_CONCURRENCY,
         ).success(show_detection, [result_json], [verdict_html, provenance_html, robustness_html, facts_html],
                   api_visibility="private", queue=False)
 

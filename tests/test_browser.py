@@ -2,7 +2,8 @@
 
 Opens the app, drops a face image onto the Detect tab's image box (a real
 ``drop`` event with a ``DataTransfer``, as a person dragging a file does),
-presses Analyze, waits for the verdict card, checks it, and saves a
+waits for the verdict card (a drop analyses at once), checks it, re-runs it
+with the Analyze button, and saves a
 screenshot (pytest tmp dir, copied to ``test-results/``). The detector has
 random weights: the test is about the page, not the verdict.
 """
@@ -82,16 +83,23 @@ def test_drop_an_image_and_see_the_verdict(app_url, tmp_path):
             target = _drop_target(page)
             page.evaluate(DROP_FILE_JS, [target, EXAMPLE.name, "image/jpeg",
                                          base64.b64encode(EXAMPLE.read_bytes()).decode()])
-            # The dropped image shows up in the box once uploaded.
+            # The dropped image shows up in the box and is analysed at once, no click needed.
             page.wait_for_selector("#detect-input img", timeout=30_000)
-            page.click("#detect-button")
             verdict = page.wait_for_selector("#verdict [data-testid='verdict']", timeout=120_000)
             headline = verdict.inner_text()
             assert headline in ("Likely AI-generated", "Likely a real photo", "Uncertain")
             card = page.inner_text("#verdict")
             assert EXAMPLE.name in card and "probability of being AI-generated" in card
             assert "mobilenetv2_100" in card
-            page.wait_for_timeout(500)                   # let the Grad-CAM image finish painting
+            # Analyze runs it again, here without Grad-CAM: the verdict stays, the options apply.
+            page.get_by_label("Grad-CAM heatmap").uncheck()
+            page.click("#detect-button")
+            page.wait_for_function("document.querySelector('#verdict') && !document.querySelector('#verdict .pending')",
+                                   timeout=120_000)
+            assert page.inner_text("#verdict [data-testid='verdict']") == headline
+            page.get_by_label("Grad-CAM heatmap").check()
+            page.click("#detect-button")
+            page.wait_for_timeout(1500)                  # let the Grad-CAM image finish painting
             shot = tmp_path / "detect.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:
