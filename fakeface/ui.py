@@ -33,7 +33,7 @@ from .serving import (
 from .ui_components import OriginalImage, user_error
 from .ui_render import (
     render_about, render_banner, render_dataset_summary, render_facts, render_generated, render_metrics,
-    render_models_line, render_placeholder, render_provenance, render_robustness, render_verdict,
+    render_model_cards, render_models_line, render_placeholder, render_provenance, render_robustness, render_verdict,
 )
 
 logger = logging.getLogger(__name__)
@@ -189,7 +189,8 @@ def build_app(registry: ModelRegistry | None = None, *, limiter: RateLimiter | N
         releases = [describe_release(m) for m in registry.models]
         names = [m["name"] for m in state["models"]]
         choice = gr.update(choices=names, value=names[0] if names else None)
-        return state, render_banner(state), render_models_line(state), render_about(state, releases), choice
+        return (state, render_banner(state), render_models_line(state), render_about(state, releases), choice,
+                render_model_cards(releases))
 
     # ------------------------------------------------------------------ rendering (page only)
 
@@ -332,12 +333,15 @@ def build_app(registry: ModelRegistry | None = None, *, limiter: RateLimiter | N
 
             with gr.Tab("About", id="about"):
                 about_md = gr.Markdown("Loading…", label="about")
+                with gr.Accordion("The full model card", open=False):
+                    cards_md = gr.Markdown("", label="model cards")
                 gr.Markdown(_api_help())
 
         status_json = gr.JSON(visible=False, label="status")
 
         # ------------------------------------------------------------------ events
-        demo.load(status, outputs=[status_json, banner, models_line, about_md, eval_model_in], api_name="status")
+        demo.load(status, outputs=[status_json, banner, models_line, about_md, eval_model_in, cards_md],
+                  api_name="status")
 
         # Dropping or uploading an image analyses it at once; the button re-runs (e.g. with other options).
         gr.on(

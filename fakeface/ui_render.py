@@ -315,6 +315,16 @@ def render_dataset_summary(source: str, summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_model_cards(releases: Sequence[Mapping[str, Any]]) -> str:
+    """Each release's full model card (README.md), its headings nested under the model's name."""
+    parts = []
+    for release in releases:
+        if release.get("card"):
+            card = re.sub(r"(?m)^(#+)", r"##\1", str(release["card"]))
+            parts.append(f"## {(release.get('model') or {}).get('name')}\n\n{card}")
+    return "\n\n".join(parts) or "No model card ships with the loaded model(s)."
+
+
 def render_about(status: Mapping[str, Any], releases: Sequence[Mapping[str, Any]]) -> str:
     """The About tab: per model what it was trained on, measured metrics, scope, limits, revisions."""
     lines = ["## About the detector", ""]
@@ -349,10 +359,6 @@ def render_about(status: Mapping[str, Any], releases: Sequence[Mapping[str, Any]
             lines += ["", "_No test metrics ship with this model (no eval_results.json)._"]
         if model.get("synthetic_training_data"):
             lines += ["", "> **Synthetic training data.** This model demonstrates the pipeline; it is not a face-forgery detector."]
-        if release.get("card"):
-            # The card's own headings sit below this model's heading.
-            card = re.sub(r"(?m)^(#+)", r"###\1", str(release["card"]))
-            lines += ["", "#### The model card", "", card]
         lines.append("")
     lines += [
         "### Scope and limits",

@@ -130,7 +130,7 @@ def _example(name: str) -> str:
 # --------------------------------------------------------------------------- start-up, status, page
 
 def test_status_reports_models_failures_and_the_synthetic_banner(space):
-    status, banner, models_line, about, model_choice = space.client.predict(api_name="/status")
+    status, banner, models_line, about, model_choice, cards = space.client.predict(api_name="/status")
     names = [m["name"] for m in status["models"]]
     assert len(names) == 2 and names[0].startswith("mobilenetv2_100 · demo_model")
     assert status["models"][1]["revision"] == space.hub_sha
@@ -142,6 +142,7 @@ def test_status_reports_models_failures_and_the_synthetic_banner(space):
     assert MISSING_MODEL in banner and "How to fix" in banner
     assert "Serving 2 model(s)" in models_line
     assert "Scope and limits" in about and space.hub_sha in about
+    assert cards == "No model card ships with the loaded model(s)."
     assert model_choice["value"] == names[0] and [c[1] for c in model_choice["choices"]] == names
 
 

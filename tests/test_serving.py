@@ -363,8 +363,10 @@ def test_describe_release_reads_metrics_and_card(tmp_path, model_dir):
     assert release["metrics"]["roc_auc"] == 0.97 and release["n_test"] == 40
     assert (release["dataset"], release["dataset_revision"]) == ("org/faces", "abc123")
     assert release["card"] == "# Card\n\nText."
-    from fakeface.ui_render import render_about
+    from fakeface.ui_render import render_about, render_model_cards
 
     about = render_about(ModelRegistry.from_models([model]).status(), [release])
-    assert "#### # Card" not in about and "#### The model card" in about and "#### Card" in about
     assert "0.970" in about and "`org/faces` at revision `abc123`" in about and str(tmp_path) not in about
+    cards = render_model_cards([release])
+    assert cards.startswith(f"## {model.name}") and "\n### Card\n" in cards and "Text." in cards
+    assert render_model_cards([]) == "No model card ships with the loaded model(s)."
