@@ -13,7 +13,6 @@ reported as "present but invalid", unreadable metadata as absent.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 from typing import Any
@@ -396,13 +395,3 @@ def read_provenance(data: bytes, *, image_format: str | None = None) -> dict[str
         "summary": summary,
     }
 
-
-def describe_text_chunk(key: str, value: str) -> str:
-    """A one-line preview of a text chunk, pretty-printing JSON (ComfyUI) values."""
-    stripped = value.strip()
-    if stripped.startswith(("{", "[")):
-        try:
-            return _short(json.dumps(json.loads(stripped))[:400], 400)
-        except ValueError:
-            pass
-    return _short(stripped, 400)

@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from .constants import (
-    ATTRIBUTE_COLUMNS, ENV_DATASET, ENV_MODEL, ENV_OPENAI_KEY, FAKE, LABEL_NAMES, MAX_UPLOAD_BYTES,
+    ATTRIBUTE_COLUMNS, ENV_DATASET, ENV_MODEL, ENV_OPENAI_KEY, LABEL_NAMES, MAX_UPLOAD_BYTES,
     SYNTHETIC_GENERATOR,
 )
 from .images import DecodedImage, ImageDecodeError, load_image
