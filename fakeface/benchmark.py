@@ -50,6 +50,8 @@ BASELINE = "timm eager fp32 (baseline)"
 FAST = "onnxruntime int8 QDQ (fast path)"
 SERVING_FP32 = "app path, torch fp32"
 SERVING_FAST = "app path, int8 fast path"
+SERVING_FULL = "app full analysis, int8 (+ Grad-CAM, robustness re-check, provenance)"
+BATCHED_FAST = "int8, all files in one score() call"
 # The issue's targets (2 threads, batch 1, same-run ratios).
 TARGETS = {
     "forward_ms": {"resnet50": 12.0, "mobilenetv2_100": 3.0},
@@ -343,10 +345,13 @@ def _build_variants(arch: str, config: BenchmarkConfig, work: Path, calibration_
     single.load_state_dict(model.state_dict())
     single_detector = Detector(single)
     paths = {"fp32": work / f"{arch}-crop.fp32.onnx", "int8-qdq": work / f"{arch}-crop.int8-qdq.onnx",
+             "int8-qdq-all": work / f"{arch}-crop.int8-qdq-all.onnx",
              "int8-qoperator": work / f"{arch}-crop.int8-qop.onnx"}
     export_onnx(single, paths["fp32"])
     quantize_onnx(paths["fp32"], paths["int8-qdq"], single_detector, calibration_images)
     if config.extra_variants:
+        quantize_onnx(paths["fp32"], paths["int8-qdq-all"], single_detector, calibration_images,
+                      keep_stem_fp32=False)
         quantize_onnx(paths["fp32"], paths["int8-qoperator"], single_detector, calibration_images,
                       quant_format="QOperator")
     sessions = {}
@@ -407,7 +412,7 @@ def benchmark_forward(variants: _Variants, config: BenchmarkConfig) -> list[dict
                         return model(x)
                 runs["torch bf16 autocast channels_last"] = eager_bf16
             for kind, label in (("fp32", "onnxruntime fp32"), ("int8-qoperator", "onnxruntime int8 QOperator"),
-                                ("int8-qdq", FAST)):
+                                ("int8-qdq-all", "onnxruntime int8 QDQ, stem int8 too"), ("int8-qdq", FAST)):
                 session = variants.crop_sessions.get((kind, threads))
                 if session is not None:
                     runs[label] = (lambda s=session, x=x_np: s.run(None, {s.get_inputs()[0].name: x}))
@@ -418,8 +423,57 @@ def benchmark_forward(variants: _Variants, config: BenchmarkConfig) -> list[dict
     return rows
 
 
+def _serving_api() -> tuple[Callable, Callable] | None:
+    """``(load_model, analyze_bytes)`` of the app's ``fakeface.serving``, when that module is present."""
+    try:
+        from .serving import analyze_bytes, load_model
+    except ImportError:
+        return None
+    return load_model, analyze_bytes
+
+
+def _app_models(variants: _Variants, threads: int) -> tuple[Any, Any] | None:
+    """The app's fp32 and int8 ``LoadedModel`` of this release, loaded as the app loads them.
+
+    With random weights the release's fast path is (rightly) refused by the
+    loader, so the int8 model is the app's own ``LoadedModel`` with the
+    FastDetector exported here as its scorer: the same object the loader
+    would have put there.
+    """
+    from dataclasses import replace
+
+    api = _serving_api()
+    if api is None:
+        return None
+    load_model, _ = api
+    key = ("app", threads)
+    if key not in variants.fast_by_threads:
+        loaded = load_model(os.fspath(variants.folder), use_fast_path=False)
+        if not hasattr(loaded, "scorer"):
+            raise RuntimeError(f"the app could not load {variants.folder}: {getattr(loaded, 'message', loaded)}")
+        variants.fast_by_threads[key] = (loaded, replace(loaded, scorer=_fast_for_threads(variants, threads)))
+    return variants.fast_by_threads[key]
+
+
+def _works(fn: Callable[[], Any], name: str) -> bool:
+    """Optional rows (parts of the app owned elsewhere) are skipped, with the reason logged, if they fail."""
+    try:
+        fn()
+    except Exception as error:  # noqa: BLE001 - an optional row must not end the run
+        logger.warning("skipping %r: %s: %s", name, type(error).__name__, error)
+        return False
+    return True
+
+
 def benchmark_end_to_end(variants: _Variants, config: BenchmarkConfig, files: Mapping[str, list[bytes]]) -> list[dict]:
-    """File bytes -> verdicts: the baseline beside the app's fp32 and int8 paths."""
+    """File bytes -> verdicts: the baseline beside the app's fp32 and int8 paths.
+
+    The app's path is ``fakeface.serving.analyze_bytes`` with only the
+    verdict asked for (no Grad-CAM, robustness re-check or provenance), one
+    call per file as the app's batch tab makes them; without that module it
+    is ``load_image`` + ``Detector.score``. Extra rows: the app's full
+    single-image analysis, and batched scoring of all files in one call.
+    """
     import torch
     from PIL import Image
 
@@ -427,6 +481,7 @@ def benchmark_end_to_end(variants: _Variants, config: BenchmarkConfig, files: Ma
 
     decode, _ = _decoder()
     names = label_names(variants.detector.model)
+    api = _serving_api()
 
     def baseline(batch: list[bytes]) -> list[str]:
         tensors = []
@@ -437,25 +492,38 @@ def benchmark_end_to_end(variants: _Variants, config: BenchmarkConfig, files: Ma
             p = torch.softmax(variants.baseline(torch.stack(tensors)), dim=-1)
         return [names[i] for i in p.argmax(dim=-1).tolist()]
 
-    def serve(detector, batch: list[bytes]) -> list[str]:
+    def library(detector, batch: list[bytes]) -> list[str]:
         return detector.score([decode(data) for data in batch]).verdicts
+
+    def app(loaded, batch: list[bytes], **analysis) -> list[str]:
+        options = dict(explain=False, robustness=False, provenance=False) | analysis
+        return [api[1](data, "upload", [loaded], **options)["verdict"] for data in batch]
 
     rows = []
     for image_format, blobs in files.items():
         for threads in config.threads:
             _set_threads(threads)
             fast = _fast_for_threads(variants, threads)
+            models = _app_models(variants, threads)
             for batch_size in config.batches:
                 batch = list(blobs[:batch_size])
-                runs = {
-                    BASELINE: lambda b=batch: baseline(b),
-                    SERVING_FP32: lambda b=batch: serve(variants.detector, b),
-                    SERVING_FAST: lambda b=batch, f=fast: serve(f, b),
-                }
+                runs: dict[str, Callable[[], Any]] = {BASELINE: lambda b=batch: baseline(b)}
+                if models is not None:
+                    runs[SERVING_FP32] = lambda b=batch, m=models[0]: app(m, b)
+                    runs[SERVING_FAST] = lambda b=batch, m=models[1]: app(m, b)
+                    if batch_size == 1 and _works(full := (lambda b=batch, m=models[1]: app(
+                            m, b, explain=True, robustness=True, provenance=True)), SERVING_FULL):
+                        runs[SERVING_FULL] = full
+                else:
+                    runs[SERVING_FP32] = lambda b=batch: library(variants.detector, b)
+                    runs[SERVING_FAST] = lambda b=batch, f=fast: library(f, b)
+                if batch_size > 1:
+                    runs[BATCHED_FAST] = lambda b=batch, f=fast: library(f, b)
                 timings = time_interleaved(runs, rounds=config.rounds, min_round_seconds=config.min_round_seconds,
                                            warmup_calls=config.warmup_calls)
                 rows += _rows({"architecture": variants.architecture, "format": image_format, "threads": threads,
-                               "batch": batch_size, "crops_per_image": variants.detector.preprocessing.crops_per_image},
+                               "batch": batch_size, "crops_per_image": variants.detector.preprocessing.crops_per_image,
+                               "app_path": "fakeface.serving.analyze_bytes" if models else "load_image + score"},
                               timings, batch_size, BASELINE)
     return rows
 
@@ -474,10 +542,14 @@ def benchmark_decode(variants: _Variants, config: BenchmarkConfig, files: Mappin
         with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")
 
-    def pil_draft(data: bytes):
-        with Image.open(io.BytesIO(data)) as image:
-            image.draft("RGB", (draft_side, draft_side))
-            return image.convert("RGB")
+    def draft(data: bytes):
+        try:
+            from .images import load_image
+        except ImportError:
+            with Image.open(io.BytesIO(data)) as image:
+                image.draft("RGB", (draft_side, draft_side))
+                return image.convert("RGB")
+        return load_image(data, draft_size=(draft_side, draft_side)).image
 
     rows = []
     for image_format, blobs in files.items():
@@ -489,8 +561,8 @@ def benchmark_decode(variants: _Variants, config: BenchmarkConfig, files: Mappin
             "app: decode + detector crops (prepare)": lambda d=data: detector.prepare([decode(d)]),
         }
         if image_format == "JPEG":
-            runs[f"PIL decode with JPEG draft to >= {draft_side}² (NOT used: changes the pixels)"] = (
-                lambda d=data: pil_draft(d))
+            runs[f"app decode with JPEG draft to >= {draft_side}² (NOT used: changes the pixels)"] = (
+                lambda d=data: draft(d))
         timings = time_interleaved(runs, rounds=config.rounds, min_round_seconds=config.min_round_seconds,
                                    warmup_calls=config.warmup_calls)
         rows += _rows({"format": image_format, "bytes": len(data), "threads": threads,
@@ -502,39 +574,57 @@ _COLD_START_CHILD = r"""
 import json, sys, time
 folder, image_path, mode, onnx_path = sys.argv[1:5]
 t0 = time.time()
-from fakeface.inference import Detector
-from fakeface.model import load_detector
+if mode.endswith("+gradio"):
+    import gradio  # the Space's process imports it before the first request can arrive
 try:
-    from fakeface.images import load_image
-    decode = lambda data: load_image(data).image
+    from fakeface.serving import analyze_bytes, load_model
 except ImportError:
-    from PIL import Image
-    import io
-    decode = lambda data: Image.open(io.BytesIO(data)).convert("RGB")
+    analyze_bytes = load_model = None
+from fakeface.inference import Detector
+from fakeface.images import load_image
 t_import = time.time()
-if mode == "fp32":
-    detector = Detector(load_detector(folder))
+fast = not mode.startswith("fp32")
+if load_model is not None:
+    loaded = load_model(folder, use_fast_path=fast)
+    detector = loaded.scorer
 else:
-    from fakeface.fastpath import FastDetector, load_fast_detector
-    model = load_detector(folder)
-    detector = load_fast_detector(model) if onnx_path == "-" else FastDetector(model, onnx_path)
-    assert detector is not None, "fast path refused"
+    from fakeface.model import load_detector
+    detector = Detector(load_detector(folder))
+if fast and onnx_path != "-":   # random weights: the loader refuses their fast path; attach the exported one
+    from fakeface.fastpath import FastDetector
+    detector = FastDetector(detector.model, onnx_path)
+    if load_model is not None:
+        from dataclasses import replace
+        loaded = replace(loaded, scorer=detector)
+runtime = getattr(detector, "runtime", "torch-fp32")
+assert (runtime == "onnxruntime-int8") == fast, f"{mode} asked, {runtime} loaded"
 t_load = time.time()
 with open(image_path, "rb") as handle:
-    verdict = detector.score([decode(handle.read())]).verdicts[0]
+    data = handle.read()
+if load_model is not None:
+    verdict = analyze_bytes(data, "upload.png", [loaded], explain=False, robustness=False, provenance=False)["verdict"]
+else:
+    verdict = detector.score([load_image(data).image]).verdicts[0]
 t_verdict = time.time()
 print(json.dumps({"verdict_at": t_verdict, "import_s": t_import - t0, "load_s": t_load - t_import,
-                  "first_verdict_s": t_verdict - t_load, "verdict": verdict, "runtime": type(detector).__name__}))
+                  "first_verdict_s": t_verdict - t_load, "verdict": verdict, "runtime": runtime,
+                  "path": "fakeface.serving" if load_model else "load_image + score"}))
 """
+COLD_START_MODES = ("int8", "fp32", "int8+gradio")
 
 
 def benchmark_cold_start(variants: _Variants, config: BenchmarkConfig, png_path: Path) -> list[dict]:
-    """Process start -> first verdict, in a fresh interpreter, weights already on local disk."""
+    """Process start -> first verdict, in a fresh interpreter, weights already on local disk.
+
+    Modes: the int8 fast path, fp32, and int8 after importing gradio as the
+    Space's process does. The app's own path (``fakeface.serving``) is used
+    when present.
+    """
     rows = []
     repo_root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
     onnx_arg = "-" if variants.fast_source == "release" else os.fspath(variants.fast.onnx_path)
-    for mode in ("int8", "fp32"):
+    for mode in COLD_START_MODES if not config.quick else COLD_START_MODES[:2]:
         runs = []
         for _ in range(max(1, config.cold_start_runs)):
             started = time.time()
@@ -546,12 +636,12 @@ def benchmark_cold_start(variants: _Variants, config: BenchmarkConfig, png_path:
                 raise RuntimeError(f"cold-start child failed: {done.stderr.strip().splitlines()[-1:]}")
             child = json.loads(done.stdout.strip().splitlines()[-1])
             runs.append({"to_first_verdict_s": child["verdict_at"] - started, **child})
-        best = sorted(runs, key=lambda r: r["to_first_verdict_s"])[len(runs) // 2]   # the median run
-        rows.append({"architecture": variants.architecture, "mode": mode, "runs": len(runs),
-                     "to_first_verdict_s": best["to_first_verdict_s"], "import_s": best["import_s"],
-                     "load_s": best["load_s"], "first_verdict_s": best["first_verdict_s"],
-                     "interpreter_start_s": best["to_first_verdict_s"] - best["import_s"] - best["load_s"]
-                     - best["first_verdict_s"], "all_runs_s": [r["to_first_verdict_s"] for r in runs]})
+        median = sorted(runs, key=lambda r: r["to_first_verdict_s"])[len(runs) // 2]
+        rows.append({"architecture": variants.architecture, "mode": mode, "runs": len(runs), "path": median["path"],
+                     "to_first_verdict_s": median["to_first_verdict_s"], "import_s": median["import_s"],
+                     "load_s": median["load_s"], "first_verdict_s": median["first_verdict_s"],
+                     "interpreter_start_s": median["to_first_verdict_s"] - median["import_s"] - median["load_s"]
+                     - median["first_verdict_s"], "all_runs_s": [r["to_first_verdict_s"] for r in runs]})
     return rows
 
 
@@ -671,8 +761,8 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict]:
                         "measured": f"{drop:.4f} (fp32 {acc['auc_fp32']:.4f}, int8 {acc['auc_int8']:.4f})",
                         "met": drop <= TARGETS["auc_drop"]})
     for row in results.get("cold_start") or []:
-        if row["mode"] == "int8":
-            out.append({"target": f"cold start {row['architecture']} (int8), process start -> first verdict",
+        if row["mode"].startswith("int8"):
+            out.append({"target": f"cold start {row['architecture']} ({row['mode']}), process start -> first verdict",
                         "limit": f"<= {TARGETS['cold_start_s']} s", "measured": f"{row['to_first_verdict_s']:.2f} s",
                         "met": row["to_first_verdict_s"] <= TARGETS["cold_start_s"]})
     return out
@@ -742,7 +832,9 @@ def render_benchmark_markdown(results: Mapping[str, Any], *, command: str | None
     parts += ["", "## End to end (file bytes -> verdicts), server side", "",
               "The baseline decodes with PIL, applies timm's standard eval transform (one resized, centre-cropped "
               "view) and runs eager fp32. The app path decodes with the app's decoder and scores the detector's own "
-              "native-resolution crops (averaged), with its calibration and thresholds.", ""]
+              "native-resolution crops (averaged), with its calibration and thresholds, through "
+              f"`{(results['end_to_end'] or [{}])[0].get('app_path')}` (verdict only, one call per file; the "
+              "full-analysis row adds Grad-CAM, the robustness re-check and provenance).", ""]
     parts.append(_table(["architecture", "format", "threads", "batch", "crops/image", "variant", "median ms", "p90 ms",
                          "images/s", "speed-up"],
                         [[r["architecture"], r["format"], r["threads"], r["batch"], r["crops_per_image"], r["variant"],
@@ -750,7 +842,10 @@ def render_benchmark_markdown(results: Mapping[str, Any], *, command: str | None
     parts += ["", "## Decode and preprocess (one file)", ""]
     parts.append(_table(["format", "bytes", "variant", "median ms", "p90 ms"],
                         [[r["format"], r["bytes"], r["variant"], r["median_ms"], r["p90_ms"]] for r in results["decode"]]))
-    parts += ["", "## Cold start (process start -> first verdict, weights on local disk)", ""]
+    parts += ["", "## Cold start (process start -> first verdict, weights on local disk)", "",
+              "A fresh interpreter per run: imports, model load (and fast-path checks), one verdict through "
+              f"`{(results['cold_start'] or [{}])[0].get('path')}`. `+gradio` imports gradio first, as the Space "
+              "does. The median run is shown.", ""]
     parts.append(_table(["architecture", "runtime", "total s", "interpreter s", "imports s", "load s", "first verdict s",
                          "runs (s)"],
                         [[r["architecture"], r["mode"], r["to_first_verdict_s"], r["interpreter_start_s"],

