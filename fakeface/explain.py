@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from .constants import FAKE
-from .preprocess import Preprocessing, _upscale_to_cover, eval_crop_origins
+from .preprocess import Preprocessing, eval_canvas_size, eval_crop_origins
 
 __all__ = ["crop_coverage", "explain_image", "gradcam", "overlay_heatmap"]
 
@@ -111,7 +111,7 @@ def overlay_heatmap(
         canvas_heat = heatmap.mean(axis=0)
         covered = np.ones_like(canvas_heat, dtype=bool)
     else:
-        canvas_w, canvas_h = _upscale_to_cover(image, preprocessing).size
+        canvas_w, canvas_h = eval_canvas_size(image.width, image.height, preprocessing)
         origins = eval_crop_origins(canvas_h, canvas_w, preprocessing)
         if len(origins) != heatmap.shape[0]:
             raise ValueError(f"{heatmap.shape[0]} heatmaps for {len(origins)} crops")
@@ -160,7 +160,7 @@ def crop_coverage(image: Image.Image, preprocessing: Preprocessing) -> float:
         return 1.0
     crop_h, crop_w = preprocessing.crop_size
     # Only images smaller than a crop are enlarged, so this is cheap.
-    canvas_w, canvas_h = _upscale_to_cover(image, preprocessing).size
+    canvas_w, canvas_h = eval_canvas_size(image.width, image.height, preprocessing)
     mask = np.zeros((canvas_h, canvas_w), dtype=bool)
     for y, x in eval_crop_origins(canvas_h, canvas_w, preprocessing):
         mask[y:y + crop_h, x:x + crop_w] = True

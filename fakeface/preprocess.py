@@ -130,14 +130,19 @@ def _ensure_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def eval_canvas_size(width: int, height: int, pp: Preprocessing) -> tuple[int, int]:
+    """(width, height) of the image the crops are taken from: enlarged only if smaller than a crop."""
+    crop_h, crop_w = pp.crop_size
+    scale = max(crop_h / height, crop_w / width)
+    if scale <= 1.0:
+        return width, height
+    return max(crop_w, round(width * scale)), max(crop_h, round(height * scale))
+
+
 def _upscale_to_cover(image: Image.Image, pp: Preprocessing) -> Image.Image:
     """Images smaller than the crop are enlarged (never the other way round)."""
-    crop_h, crop_w = pp.crop_size
-    scale = max(crop_h / image.height, crop_w / image.width)
-    if scale <= 1.0:
-        return image
-    size = (max(crop_w, round(image.width * scale)), max(crop_h, round(image.height * scale)))
-    return image.resize(size, _PIL_INTERPOLATION[pp.interpolation])
+    size = eval_canvas_size(image.width, image.height, pp)
+    return image if size == image.size else image.resize(size, _PIL_INTERPOLATION[pp.interpolation])
 
 
 def eval_crop_origins(height: int, width: int, pp: Preprocessing) -> list[tuple[int, int]]:
