@@ -50,11 +50,11 @@ demo-model: $(DEMO_MODEL)/model.safetensors
 # With FAKEFACE_MODEL set, serve that model instead of training the demo one.
 ifeq ($(strip $(FAKEFACE_MODEL)),)
 demo: setup demo-model
-	FAKEFACE_MODEL=$(DEMO_MODEL) FAKEFACE_DATASET=$${FAKEFACE_DATASET:-$(DEMO_DATA)} FAKEFACE_DEMO_BANNER=1 \
+	FAKEFACE_MODEL=$(DEMO_MODEL) FAKEFACE_DATASET=$${FAKEFACE_DATASET:-$(DEMO_DATA)} FAKEFACE_DEMO_BANNER=1 MALLOC_ARENA_MAX=2 \
 		GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
 else
 demo: setup
-	GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
+	MALLOC_ARENA_MAX=2 GRADIO_ANALYTICS_ENABLED=False $(BIN)/python app.py
 endif
 
 benchmark: setup
