@@ -78,7 +78,7 @@ class BenchmarkConfig:
     input_size: int = 224
     num_test_crops: int = 5           # the app's default native-crops protocol
     models: dict[str, str] = field(default_factory=dict)   # architecture -> trained release folder
-    dataset: str | None = None        # labelled face dataset (test split) for the accuracy section
+    datasets: tuple[str, ...] = ()    # "DIR_OR_ID[:SPLIT|all]" labelled sets re-measuring accuracy (default split test)
     accuracy_max_images: int | None = None
     cold_start_runs: int = 3
     extra_variants: bool = True       # bf16 and QOperator beside the main ones
@@ -293,15 +293,17 @@ class _Variants:
     baseline_transform: Any       # timm's standard eval transform
     detector: Any                 # fakeface Detector (torch fp32), the app's fallback
     fast: Any                     # FastDetector (int8) with the app's crops
-    fast_source: str              # "release" (load_fast_detector) or "exported here"
     crop_sessions: dict           # (kind, threads) -> ORT session on (B, 1, C, H, W)
-    folder: Path
+    folder: Path                  # the speed detector's folder (random weights)
+    release: Path | None          # a trained release: cold start and accuracy
     flops: float
     notes: list[str] = field(default_factory=list)
     fast_by_threads: dict = field(default_factory=dict)   # threads -> FastDetector
 
 
 def _build_variants(arch: str, config: BenchmarkConfig, work: Path, calibration_images: list) -> _Variants:
+    """Speed is measured on random weights at the benchmark's input size (speed does not depend
+    on the weights); a trained release, when given, is what cold start and accuracy use."""
     import timm
 
     from .fastpath import FastDetector, create_session, export_onnx, load_fast_detector, quantize_onnx
@@ -315,28 +317,18 @@ def _build_variants(arch: str, config: BenchmarkConfig, work: Path, calibration_
                                                 model=baseline)
     baseline_transform = timm.data.create_transform(**data_config, is_training=False)
 
-    # The app's detector: a trained release when given (its own fast path,
-    # through the same loader the app uses), otherwise random weights at the
-    # benchmark's input size with a fast path exported here (speed does not
-    # depend on the weights; accuracy is then not measured).
-    folder = Path(config.models[arch]) if arch in config.models else None
-    if folder is not None:
-        model = load_detector(folder)
-        fast = load_fast_detector(model)
-        fast_source = "release"
-        if fast is None:
-            raise RuntimeError(f"{folder} has no usable fast path (see the log); re-export it with export_fast_path")
-    else:
-        folder = work / f"{arch}-random"
-        pp = Preprocessing(input_size=(3, config.input_size, config.input_size), num_test_crops=config.num_test_crops)
-        save_detector(create_detector(arch, preprocessing=pp), folder)
-        model = load_detector(folder)
-        onnx_fp32, onnx_int8 = work / f"{arch}-serving.fp32.onnx", work / f"{arch}-serving.int8.onnx"
-        export_onnx(model, onnx_fp32)
-        quantize_onnx(onnx_fp32, onnx_int8, Detector(model), calibration_images)
-        fast = FastDetector(model, onnx_int8)
-        fast_source = "exported here (random weights)"
-        notes.append(f"{arch}: random weights; serving fast path quantized here on {len(calibration_images)} images")
+    release = Path(config.models[arch]) if arch in config.models else None
+    if release is not None and load_fast_detector(release) is None:
+        raise RuntimeError(f"{release} has no usable fast path (see the log); re-export it with export_fast_path")
+
+    folder = work / f"{arch}-random"
+    pp = Preprocessing(input_size=(3, config.input_size, config.input_size), num_test_crops=config.num_test_crops)
+    save_detector(create_detector(arch, preprocessing=pp), folder)
+    model = load_detector(folder)
+    onnx_fp32, onnx_int8 = work / f"{arch}-serving.fp32.onnx", work / f"{arch}-serving.int8.onnx"
+    export_onnx(model, onnx_fp32)
+    quantize_onnx(onnx_fp32, onnx_int8, Detector(model), calibration_images)
+    fast = FastDetector(model, onnx_int8)
     detector = Detector(model)
 
     # Graphs on single crops (K = 1) for the forward comparison with the baseline.
@@ -360,7 +352,7 @@ def _build_variants(arch: str, config: BenchmarkConfig, work: Path, calibration_
             if path.exists():
                 sessions[(kind, threads)] = create_session(path, threads=threads)
     flops = count_forward_flops(baseline, (3, config.input_size, config.input_size))
-    return _Variants(arch, baseline, baseline_transform, detector, fast, fast_source, sessions, folder, flops, notes)
+    return _Variants(arch, baseline, baseline_transform, detector, fast, sessions, folder, release, flops, notes)
 
 
 # --------------------------------------------------------------------------- sections
@@ -623,13 +615,16 @@ def benchmark_cold_start(variants: _Variants, config: BenchmarkConfig, png_path:
     rows = []
     repo_root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
-    onnx_arg = "-" if variants.fast_source == "release" else os.fspath(variants.fast.onnx_path)
+    # A trained release goes through the app's loader unaided; random weights
+    # get the graph exported here attached (their fast path is never trusted).
+    folder = variants.release or variants.folder
+    onnx_arg = "-" if variants.release else os.fspath(variants.fast.onnx_path)
     for mode in COLD_START_MODES if not config.quick else COLD_START_MODES[:2]:
         runs = []
         for _ in range(max(1, config.cold_start_runs)):
             started = time.time()
             done = subprocess.run(
-                [sys.executable, "-c", _COLD_START_CHILD, os.fspath(variants.folder), os.fspath(png_path), mode, onnx_arg],
+                [sys.executable, "-c", _COLD_START_CHILD, os.fspath(folder), os.fspath(png_path), mode, onnx_arg],
                 capture_output=True, text=True, env=env, timeout=300,
             )
             if done.returncode != 0:
@@ -638,6 +633,7 @@ def benchmark_cold_start(variants: _Variants, config: BenchmarkConfig, png_path:
             runs.append({"to_first_verdict_s": child["verdict_at"] - started, **child})
         median = sorted(runs, key=lambda r: r["to_first_verdict_s"])[len(runs) // 2]
         rows.append({"architecture": variants.architecture, "mode": mode, "runs": len(runs), "path": median["path"],
+                     "weights": "trained release" if variants.release else "random",
                      "to_first_verdict_s": median["to_first_verdict_s"], "import_s": median["import_s"],
                      "load_s": median["load_s"], "first_verdict_s": median["first_verdict_s"],
                      "interpreter_start_s": median["to_first_verdict_s"] - median["import_s"] - median["load_s"]
@@ -645,22 +641,37 @@ def benchmark_cold_start(variants: _Variants, config: BenchmarkConfig, png_path:
     return rows
 
 
-def benchmark_accuracy(variants: _Variants, config: BenchmarkConfig) -> dict[str, Any] | None:
-    """int8 against fp32 on the labelled test split (re-measured here), else the release's own record."""
-    if variants.fast_source != "release":
-        return None
-    if config.dataset:
+def benchmark_accuracy(variants: _Variants, config: BenchmarkConfig) -> list[dict]:
+    """int8 against fp32 for a trained release: its own record, and re-measured on each ``config.datasets``."""
+    if variants.release is None:
+        return []
+    from .fastpath import compare_detectors, load_fast_detector, read_fast_path_info
+
+    fast = load_fast_detector(variants.release)
+    info = {k: v for k, v in (read_fast_path_info(variants.release) or {}).items() if not isinstance(v, dict)}
+    rows = [{**info, "architecture": variants.architecture, "input_size": fast.preprocessing.input_size[-1],
+             "measured_on": f"the release's fastpath.json (export time, its {info.get('measured_on')} images)"}]
+    if config.datasets:
         from .dataset import load_face_dataset
         from .evaluation import decode_split
-        from .fastpath import compare_detectors
+        from .inference import Detector
 
-        test = load_face_dataset(config.dataset, split="test")
-        images, labels, _ = decode_split(test, max_images=config.accuracy_max_images)
-        return {"source": f"re-measured on the test split of {Path(config.dataset).name}",
-                **compare_detectors(variants.detector, variants.fast, images, labels)}
-    info = dict(variants.fast.info)
-    info.pop("source", None)
-    return {"source": "the release's fastpath.json (measured at export)", **info}
+        reference = Detector(fast.model)
+        for spec in config.datasets:
+            source, _, split = spec.partition(":")
+            split = split or "test"
+            data = load_face_dataset(source)
+            names = list(data) if split == "all" else [split]
+            images, labels = [], []
+            for name in names:
+                decoded, y, _ = decode_split(data[name], max_images=config.accuracy_max_images)
+                images += decoded
+                labels += list(y)
+            rows.append({"architecture": variants.architecture,
+                         "measured_on": f"{Path(source).name} [{'+'.join(names)}] (re-measured now)",
+                         "input_size": fast.preprocessing.input_size[-1],
+                         **compare_detectors(reference, fast, images, labels)})
+    return rows
 
 
 # --------------------------------------------------------------------------- run
@@ -689,7 +700,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
 
         results["ceiling"] = [measure_matmul_ceiling(t, n=256 if config.quick else 1024) for t in config.threads]
         sections: dict[str, list] = {"forward": [], "end_to_end": [], "decode": [], "cold_start": []}
-        accuracy: dict[str, Any] = {}
+        accuracy: list[dict] = []
         flops: dict[str, float] = {}
         for arch in config.architectures:
             logger.info("%s: building variants", arch)
@@ -704,9 +715,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
                 sections["decode"] = benchmark_decode(variants, config, files)
             logger.info("%s: cold start", arch)
             sections["cold_start"] += benchmark_cold_start(variants, config, png_path)
-            measured = benchmark_accuracy(variants, config)
-            if measured is not None:
-                accuracy[arch] = measured
+            accuracy += benchmark_accuracy(variants, config)
             del variants
         results.update(sections)
         results["accuracy"] = accuracy
@@ -754,11 +763,13 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict]:
             out.append({"target": f"end to end {arch}, 1024² PNG bytes -> verdict", "limit": f"<= {limit} ms",
                         "measured": f"{row['median_ms']:.1f} ms ({row['crops_per_image']} crops)",
                         "met": row["median_ms"] <= limit})
-    for arch, acc in (results.get("accuracy") or {}).items():
+    for acc in results.get("accuracy") or []:
         drop = acc.get("auc_drop")
         if drop is not None:
-            out.append({"target": f"AUC loss int8 vs fp32, {arch}", "limit": f"<= {TARGETS['auc_drop']}",
-                        "measured": f"{drop:.4f} (fp32 {acc['auc_fp32']:.4f}, int8 {acc['auc_int8']:.4f})",
+            out.append({"target": f"AUC loss int8 vs fp32, {acc['architecture']}, {acc['measured_on']}",
+                        "limit": f"<= {TARGETS['auc_drop']}",
+                        "measured": f"{drop:.4f} (fp32 {acc['auc_fp32']:.4f}, int8 {acc['auc_int8']:.4f}, "
+                                    f"{acc['images']} images)",
                         "met": drop <= TARGETS["auc_drop"]})
     for row in results.get("cold_start") or []:
         if row["mode"].startswith("int8"):
@@ -846,18 +857,20 @@ def render_benchmark_markdown(results: Mapping[str, Any], *, command: str | None
               "A fresh interpreter per run: imports, model load (and fast-path checks), one verdict through "
               f"`{(results['cold_start'] or [{}])[0].get('path')}`. `+gradio` imports gradio first, as the Space "
               "does. The median run is shown.", ""]
-    parts.append(_table(["architecture", "runtime", "total s", "interpreter s", "imports s", "load s", "first verdict s",
-                         "runs (s)"],
-                        [[r["architecture"], r["mode"], r["to_first_verdict_s"], r["interpreter_start_s"],
+    parts.append(_table(["architecture", "weights", "runtime", "total s", "interpreter s", "imports s", "load s",
+                         "first verdict s", "runs (s)"],
+                        [[r["architecture"], r["weights"], r["mode"], r["to_first_verdict_s"], r["interpreter_start_s"],
                           r["import_s"], r["load_s"], r["first_verdict_s"],
                           ", ".join(f"{v:.2f}" for v in r["all_runs_s"])] for r in results["cold_start"]]))
     parts += ["", "## Accuracy of the int8 fast path against fp32", ""]
     if results.get("accuracy"):
         keys = ["images", "auc_fp32", "auc_int8", "auc_drop", "max_abs_dp", "mean_abs_dp", "verdict_agreement"]
-        parts.append(_table(["architecture", *keys, "measured on"],
-                            [[a, *[acc.get(k) for k in keys], acc.get("source")] for a, acc in results["accuracy"].items()]))
+        parts.append(_table(["architecture", "crop size", "measured on", *keys],
+                            [[a["architecture"], a.get("input_size"), a["measured_on"], *[a.get(k) for k in keys]]
+                             for a in results["accuracy"]]))
     else:
-        parts.append("Not measured in this run: no trained release was given (random weights measure speed only).")
+        parts.append("Not measured in this run: no trained release was given (`--models`); random weights measure "
+                     "speed only.")
     parts += ["", f"Run time: {results['seconds']} s.", ""]
     return "\n".join(parts)
 

@@ -1,7 +1,8 @@
 """CPU inference benchmark: plain timm baseline vs the app's fp32 and int8 serving paths.
 
     python scripts/benchmark.py                       # full run, random weights (speed only)
-    python scripts/benchmark.py --models mobilenetv2_100=demo_model --dataset demo_data   # + accuracy
+    python scripts/benchmark.py --models mobilenetv2_100=demo_model --dataset demo_data   # + cold start, accuracy
+                                                                                          # of a trained release
     python scripts/benchmark.py --quick               # smoke run (seconds)
 
 Writes ``results/benchmark.json`` and ``results/benchmark.md`` (or the paths
@@ -53,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per group")
     p.add_argument("--models", type=_models, default={},
                    help="trained releases ARCH=FOLDER,...: their own fast path is served and its accuracy reported")
-    p.add_argument("--dataset", default=None, help="labelled dataset (folder or Hub id) whose test split re-measures accuracy")
+    p.add_argument("--dataset", action="append", default=[], metavar="DIR_OR_ID[:SPLIT]",
+                   help="labelled face dataset re-measuring the releases' int8 accuracy (split: test by default, "
+                        "'all' for every split); repeatable")
     p.add_argument("--accuracy-max-images", type=int, default=None)
     p.add_argument("--cold-start-runs", type=int, default=None)
     p.add_argument("--work-dir", default=None, help="keep exported graphs here (default: a temporary folder)")
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         architectures=tuple(a.strip() for a in args.architectures.split(",")) if args.architectures else None,
         threads=args.threads, batches=args.batches, rounds=args.rounds, cold_start_runs=args.cold_start_runs,
     ).items() if v is not None}
-    overrides.update(models=args.models, dataset=args.dataset, accuracy_max_images=args.accuracy_max_images,
+    overrides.update(models=args.models, datasets=tuple(args.dataset), accuracy_max_images=args.accuracy_max_images,
                      work_dir=args.work_dir)
     config = BenchmarkConfig.quick_config(**overrides) if args.quick else BenchmarkConfig(**overrides)
     results = run_benchmark(config)
