@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
     p.add_argument("--limit-train", type=int, default=None, metavar="N", help="train on N images only")
     p.add_argument("--limit-eval", type=int, default=None, metavar="N", help="validate/test on N images only")
-    p.add_argument("--num-workers", type=int, default=defaults.num_workers, help="data loader worker processes")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="data loader worker processes (default: the cores beyond two, at most 4)")
     p.add_argument("--eval-batch-size", type=int, default=None)
     p.add_argument("--log-with", default=defaults.log_with, help="accelerate tracker (tensorboard, ...) or 'none'")
     p.add_argument("--no-robustness", action="store_true", help="skip the robustness sweep")

@@ -126,7 +126,7 @@ class TrainingConfig:
     model: str = DEFAULT_ARCHITECTURE
     recipe: str = "robust"
     epochs: int = 4
-    batch_size: int = 32                  # per process
+    batch_size: int = 16                  # per process (small sets learn faster with more steps)
     lr: float | None = None               # default: the recipe's
     weight_decay: float | None = None
     input_size: int = 224                 # crop (robust) or resize (seed) side, pixels
@@ -147,7 +147,7 @@ class TrainingConfig:
     max_steps: int | None = None          # stop after this many optimizer steps (tests, quick runs)
     limit_train: int | None = None        # use only the first N training images (after a seeded shuffle)
     limit_eval: int | None = None         # use only the first N validation / test images
-    num_workers: int = 0
+    num_workers: int | None = None        # loader processes; None: cores beyond the 2 compute threads, at most 4
     eval_batch_size: int | None = None
     log_with: str | None = "tensorboard"  # any accelerate tracker name, or None
     log_every: int = 10
@@ -176,7 +176,7 @@ class TrainingConfig:
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
             (self.lr is None or self.lr > 0, "--lr must be positive"),
-            (self.num_workers >= 0, "--num-workers must be >= 0"),
+            (self.num_workers is None or self.num_workers >= 0, "--num-workers must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -279,6 +279,13 @@ class EpochShuffleSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return self.n
+
+
+def resolve_num_workers(requested: int | None) -> int:
+    """Loader worker processes: as asked, else the cores left after two compute threads (0 on 2 cores), at most 4."""
+    if requested is not None:
+        return requested
+    return max(0, min(4, (os.cpu_count() or 1) - 2))
 
 
 def _sample_rng(seed: int, epoch: int, row: int) -> random.Random:
@@ -543,7 +550,8 @@ def train(cfg: TrainingConfig, *, step_callback: StepCallback | None = None) -> 
     cfg.validate()
     recipe = cfg.resolved_recipe()
     output_dir = Path(cfg.output_dir)
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_deterministic = (torch.are_deterministic_algorithms_enabled(),
+                         torch.is_deterministic_algorithms_warn_only_enabled())
 
     accelerator = Accelerator(
         cpu=_use_cpu(cfg),
@@ -560,14 +568,26 @@ def train(cfg: TrainingConfig, *, step_callback: StepCallback | None = None) -> 
                        "(use bf16 on CPUs with AVX-512 BF16 / AMX)")
     try:
         # Same seed on every process: identical initial weights everywhere.
-        set_seed(cfg.seed, deterministic=cfg.deterministic)
+        set_seed(cfg.seed)
+        if cfg.deterministic:
+            _enable_determinism()
         return _train(cfg, recipe, accelerator, output_dir, step_callback, tqdm)
     finally:
         accelerator.end_training()
-        torch.use_deterministic_algorithms(was_deterministic)
+        torch.use_deterministic_algorithms(was_deterministic[0], warn_only=was_deterministic[1])
         # Let a later train() in this process build a fresh Accelerator (tests, notebooks).
         AcceleratorState._reset_state()
         GradientState._reset_state()
+
+
+def _enable_determinism() -> None:
+    # warn_only: some CUDA kernels (e.g. adaptive average pooling's backward)
+    # have no deterministic version; they should warn, not stop a GPU run.
+    # On CPU every kernel used here is deterministic.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
 
 def _use_cpu(cfg: TrainingConfig) -> bool:
@@ -592,7 +612,7 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
     train_data = prepare_split(train_split, train_transform)
     val_data = prepare_split(val_split, _EvalTransform(pp))
     sampler = EpochShuffleSampler(len(train_data), cfg.seed)
-    loader_kwargs = dict(num_workers=cfg.num_workers, persistent_workers=False,
+    loader_kwargs = dict(num_workers=resolve_num_workers(cfg.num_workers), persistent_workers=False,
                          pin_memory=accelerator.device.type == "cuda")
     train_loader = torch.utils.data.DataLoader(
         train_data, batch_size=cfg.batch_size, sampler=sampler, drop_last=False,
@@ -653,7 +673,9 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
         bar = tqdm(total=batches_per_epoch, initial=progress.batches_done, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not accelerator.is_local_main_process, leave=False)
         window_loss, window_images, window_wait = [], 0, 0.0
-        epoch_loss = torch.zeros(2, dtype=torch.float64)                    # (loss sum, batches) of this process
+        # (loss sum, batches) of this process, kept on the device: no per-step host sync.
+        sum_dtype = torch.float32 if accelerator.device.type == "mps" else torch.float64
+        epoch_loss = torch.zeros(2, dtype=sum_dtype, device=accelerator.device)
         window_start = epoch_start = time.perf_counter()
         paused = 0.0                                                        # checkpoint time inside the loop
         fetch_start = time.perf_counter()
@@ -676,7 +698,7 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
                 optimizer.zero_grad(set_to_none=True)
             progress.batches_done += 1
             window_loss.append(loss.detach())
-            epoch_loss += torch.stack([loss.detach().double().cpu(), torch.ones((), dtype=torch.float64)])
+            epoch_loss += torch.stack([loss.detach().to(sum_dtype), torch.ones((), dtype=sum_dtype, device=loss.device)])
             window_images += labels.shape[0] * accelerator.num_processes
             totals["images"] += labels.shape[0] * accelerator.num_processes
             bar.update(1)
@@ -760,7 +782,7 @@ def _train(cfg: TrainingConfig, recipe: Recipe, accelerator: Any, output_dir: Pa
 
 def _fold_epoch_loss(accelerator: Any, progress: TrainingProgress, local: torch.Tensor) -> torch.Tensor:
     """Add every process's (loss sum, batches) into ``progress``; returns a zeroed local accumulator."""
-    total = accelerator.reduce(local.to(accelerator.device), reduction="sum").cpu()
+    total = accelerator.reduce(local.clone(), reduction="sum").cpu()
     progress.epoch_loss_sum += float(total[0])
     progress.epoch_loss_batches += int(total[1])
     return torch.zeros_like(local)

@@ -235,7 +235,8 @@ def gradcam_grid_figure(detector: Any, images: Sequence[Any], labels: Sequence[i
             crops = detector.prepare([images[i]])[0]            # (K, C, H, W)
             heatmap = gradcam(detector.model, crops, target=FAKE)
             ax.imshow(overlay_heatmap(images[i], heatmap, detector.preprocessing))
-            ax.set_title(f"{name}\np(fake)={p[i]:.2f}", fontsize="small")
+            truth = f"{LABEL_NAMES[y[i]]}, called {LABEL_NAMES[pred[i]]}"
+            ax.set_title(f"{truth}\np(fake)={p[i]:.2f}", fontsize="small")
     fig.suptitle(title)
     return fig
 

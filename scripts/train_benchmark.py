@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=600, help="synthetic images in the whole dataset (all splits)")
     p.add_argument("--input-size", type=int, default=128, help="crop side (robust) / resize side (seed)")
     p.add_argument("--epochs", default="mobilenetv2_100=4,resnet50=3", help="ARCH=E,... epochs per architecture")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--architectures", default=",".join(ARCHITECTURES))
     p.add_argument("--recipes", default=",".join(RECIPE_NAMES))
     p.add_argument("--seed", type=int, default=0)
