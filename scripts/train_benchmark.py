@@ -1,6 +1,6 @@
 """The offline benchmark: both recipes x MobileNetV2 and ResNet50 on the synthetic dataset, on CPU.
 
-    python scripts/train_benchmark.py [--images 600] [--input-size 128] [--output-dir runs/offline_benchmark]
+    python scripts/train_benchmark.py [--images 1200] [--input-size 128] [--output-dir runs/offline_benchmark]
 
 Builds the synthetic dataset with ``scripts/build_dataset.py --synthetic``,
 trains the four configurations with ``fakeface.training.train`` (the same code
@@ -34,9 +34,9 @@ TARGETS = {"clean": 0.99, "jpeg75": 0.95, "downscale0.5": 0.90}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--images", type=int, default=600, help="synthetic images in the whole dataset (all splits)")
+    p.add_argument("--images", type=int, default=1200, help="synthetic images in the whole dataset (all splits)")
     p.add_argument("--input-size", type=int, default=128, help="crop side (robust) / resize side (seed)")
-    p.add_argument("--epochs", default="mobilenetv2_100=4,resnet50=3", help="ARCH=E,... epochs per architecture")
+    p.add_argument("--epochs", default="mobilenetv2_100=10,resnet50=6", help="ARCH=E,... epochs per architecture")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--architectures", default=",".join(ARCHITECTURES))
     p.add_argument("--recipes", default=",".join(RECIPE_NAMES))

@@ -239,7 +239,6 @@ def test_bad_settings_fail_before_any_work(tmp_path):
             train(TrainingConfig(dataset="unused", output_dir=str(tmp_path), **kwargs))
 
 
-@pytest.mark.slow
 def test_two_processes_gather_the_whole_validation_split(tiny_dataset, tmp_path):
     """`accelerate launch` with 2 CPU processes (gloo): each trains on its shard, validation covers every row once."""
     data = write_dataset_folder(tiny_dataset, tmp_path / "data")
