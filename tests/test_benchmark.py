@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fakeface.benchmark import (
-    BASELINE, BATCHED_FAST, FAST, SERVING_FAST, SERVING_FP32, TARGETS, evaluate_targets, render_benchmark_markdown,
+    BASELINE, BATCHED_FAST, FAST_ALL, FAST_STEM, SERVING_FAST, SERVING_FP32, TARGETS, evaluate_targets, render_benchmark_markdown,
     time_interleaved,
 )
 from tests.test_fastpath import ARCH, build_trained_release
@@ -37,19 +37,20 @@ def quick_run(tmp_path_factory):
 
 
 def test_quick_run_reports_every_section(quick_run):
-    results, markdown, stdout, _ = quick_run
+    results, markdown, stdout, info = quick_run
     assert '"cpu_flags"' in stdout  # the environment is printed first
     for section in ("environment", "ceiling", "forward", "end_to_end", "decode", "cold_start", "accuracy", "targets"):
         assert results[section], section
     assert results["command"].startswith("python scripts/benchmark.py --quick")
     forward = {(r["batch"], r["variant"]): r for r in results["forward"]}
     for batch in (1, 2):
-        for variant in (BASELINE, FAST, "onnxruntime fp32", "torch fp32 channels_last"):
+        for variant in (BASELINE, FAST_ALL, FAST_STEM, "onnxruntime fp32", "torch fp32 channels_last"):
             row = forward[(batch, variant)]
             assert 0 < row["median_ms"] <= row["p90_ms"] and row["calls"] >= 2
             assert row["images_per_s"] == pytest.approx(1000 * batch / row["median_ms"], rel=1e-3)
         assert forward[(batch, BASELINE)]["speedup"] == 1.0
-        fast = forward[(batch, FAST)]
+        (fast,) = [r for r in results["forward"] if r["batch"] == batch and r["fast_path"]]
+        assert fast["variant"] == (FAST_ALL if info["input_conv"] == "int8" else FAST_STEM)
         assert fast["speedup"] == pytest.approx(forward[(batch, BASELINE)]["median_ms"] / fast["median_ms"], rel=1e-2)
     for batch in (1, 2):
         variants = {r["variant"] for r in results["end_to_end"] if r["batch"] == batch}
@@ -85,8 +86,8 @@ def test_markdown_has_the_tables_with_the_measured_numbers(quick_run):
                     "## Cold start", "## Accuracy"):
         assert heading in markdown
     assert markdown == render_benchmark_markdown(results, command=results["command"])
-    row = next(r for r in results["forward"] if r["variant"] == FAST)
-    assert f"| {FAST} | {row['median_ms']:.2f} |" in markdown
+    row = next(r for r in results["forward"] if r["fast_path"])
+    assert f"| {row['variant']} **(fast path)** | {row['median_ms']:.2f} |" in markdown
 
 
 def test_interleaved_rounds_rotate_the_order_and_fill_the_round():
@@ -108,7 +109,8 @@ def test_interleaved_rounds_rotate_the_order_and_fill_the_round():
 
 def test_targets_are_judged_against_the_issue_limits():
     def fwd(arch, ms, speedup):
-        return {"architecture": arch, "threads": 2, "batch": 1, "variant": FAST, "median_ms": ms, "speedup": speedup}
+        return {"architecture": arch, "threads": 2, "batch": 1, "variant": FAST_ALL, "fast_path": True,
+                "median_ms": ms, "speedup": speedup}
 
     limit = TARGETS["forward_ms"]["resnet50"]
     results = {
@@ -122,9 +124,9 @@ def test_targets_are_judged_against_the_issue_limits():
     }
     met = {t["target"]: t["met"] for t in evaluate_targets(results)}
     assert met == {
-        "forward resnet50 int8, 2 threads, batch 1": False,
+        "forward resnet50 int8 (all layers), 2 threads, batch 1": False,
         "forward resnet50 speed-up vs baseline": True,
-        "forward mobilenetv2_100 int8, 2 threads, batch 1": True,
+        "forward mobilenetv2_100 int8 (all layers), 2 threads, batch 1": True,
         "forward mobilenetv2_100 speed-up vs baseline": False,
         "end to end mobilenetv2_100, 1024² PNG bytes -> verdict": True,
         "AUC loss int8 vs fp32, resnet50, test": False,

@@ -109,6 +109,11 @@ def test_export_writes_the_graph_and_an_honest_report(release, fixed_set):
     assert read_fast_path_info(folder) == json.loads(json.dumps(info))
     assert info["measured_on"] == "holdout" and info["images"] == 64 and info["calibration_images"] == 16
     assert info["within_budget"] is (info["auc_drop"] <= BUDGET_AUC)
+    # all-int8 is tried first; the input convolution goes fp32 only when all-int8 was over budget
+    assert [a["input_conv"] for a in info["attempts"]] == (["int8"] if info["attempts"][0]["within_budget"]
+                                                           else ["int8", "fp32"])
+    assert info["input_conv"] == info["attempts"][-1]["input_conv"]
+    assert info["attempts"][-1]["auc_drop"] == info["auc_drop"]
     # The report's numbers are recomputable from the two detectors.
     model = load_detector(folder)
     holdout, labels = _images(2, 64)
@@ -242,12 +247,39 @@ def test_missing_onnxruntime_means_fp32(release, monkeypatch, caplog):
     assert "onnxruntime is not installed" in caplog.text
 
 
+def test_over_budget_export_tries_both_graphs_and_is_refused(tmp_path, caplog):
+    folder = tmp_path / "strict"
+    save_detector(_train_tiny_detector(steps=10), folder)
+    calibration, _ = _images(1, 8)
+    holdout, labels = _images(2, 16)
+    info = export_fast_path(load_detector(folder), folder, calibration, holdout, labels, budget_auc=-1.0)
+    assert [a["input_conv"] for a in info["attempts"]] == ["int8", "fp32"]
+    assert info["input_conv"] == "fp32" and info["within_budget"] is False
+    assert not any(p.name.startswith(".") for p in folder.iterdir())
+    caplog.set_level("INFO", logger="fakeface.fastpath")
+    assert load_fast_detector(folder) is None and "loses" in caplog.text
+
+
+def test_input_convolution_is_found_through_the_crop_reshape(release, tmp_path):
+    import onnx
+
+    from fakeface.fastpath import export_onnx, find_input_convs
+
+    path = tmp_path / "m.onnx"
+    export_onnx(load_detector(release[0]), path)
+    names = find_input_convs(path)
+    graph = onnx.load(str(path)).graph
+    convs = [n.name for n in graph.node if n.op_type == "Conv"]
+    assert names == convs[:1] and len(convs) > 10
+
+
 def test_export_without_labels_is_not_trusted(tmp_path):
     folder = tmp_path / "unlabelled"
     save_detector(create_detector(ARCH, preprocessing=PREPROCESSING), folder)
     images, _ = _images(8, 6)
     info = export_fast_path(load_detector(folder), folder, images)
     assert info["measured_on"] == "calibration" and info["within_budget"] is None and "auc_drop" not in info
+    assert info["input_conv"] == "fp32"  # nothing proven: the safer graph
     assert load_fast_detector(folder) is None
 
 
