@@ -137,16 +137,34 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    return float(-_log_softmax(logits / temperature)[np.arange(labels.size), labels].mean())
+def platt_targets(labels: np.ndarray) -> np.ndarray:
+    """Soft (N, 2) targets: fakes -> (n_fake+1)/(n_fake+2), reals -> 1/(n_real+2) (Platt 1999).
+
+    With hard 0/1 targets, a validation split the model separates perfectly
+    pulls the temperature to zero (probabilities of exactly 0 and 1). Platt's
+    out-of-sample targets give the fit a finite optimum and barely change it
+    otherwise.
+    """
+    y = np.asarray(labels).astype(np.int64).ravel()
+    n_fake, n_real = int((y == FAKE).sum()), int((y == REAL).sum())
+    p_fake = np.where(y == FAKE, (n_fake + 1) / (n_fake + 2), 1 / (n_real + 2))
+    targets = np.empty((y.size, 2))
+    targets[:, FAKE], targets[:, REAL] = p_fake, 1 - p_fake
+    return targets
+
+
+def _nll(logits: np.ndarray, targets: np.ndarray, temperature: float) -> float:
+    return float(-(targets * _log_softmax(logits / temperature)).sum(axis=1).mean())
 
 
 def fit_temperature(logits: Sequence[Sequence[float]], labels: Sequence[int]) -> float:
-    """Temperature T minimising the NLL of softmax(logits / T) (Guo et al. 2017).
+    """Temperature T minimising the cross-entropy of softmax(logits / T) (Guo et al. 2017).
 
-    The NLL is convex in 1/T, hence unimodal in log T, so a golden-section
-    search over log T finds the optimum without a dependency. The result is
-    clipped to ``TEMPERATURE_RANGE``; single-class inputs give T = 1.
+    The targets are Platt's (:func:`platt_targets`), so a perfectly separated
+    validation split still gives a finite T. The loss is convex in 1/T, hence
+    unimodal in log T, so a golden-section search over log T finds the
+    optimum without a dependency. The result is clipped to
+    ``TEMPERATURE_RANGE``; single-class inputs give T = 1.
     """
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels).astype(np.int64).ravel()
@@ -154,19 +172,20 @@ def fit_temperature(logits: Sequence[Sequence[float]], labels: Sequence[int]) ->
         raise ValueError(f"logits must be (N, {len(LABEL_NAMES)}) matching {y.size} labels, got {z.shape}")
     if y.size == 0 or np.unique(y).size < 2:
         return 1.0
+    targets = platt_targets(y)
     lo, hi = (math.log(t) for t in TEMPERATURE_RANGE)
     ratio = (math.sqrt(5) - 1) / 2
     a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = _nll(z, y, math.exp(a)), _nll(z, y, math.exp(b))
+    fa, fb = _nll(z, targets, math.exp(a)), _nll(z, targets, math.exp(b))
     for _ in range(80):  # interval shrinks by 0.618 per step: far below float precision
         if fa <= fb:
             hi, b, fb = b, a, fa
             a = lo + (1 - ratio) * (hi - lo)
-            fa = _nll(z, y, math.exp(a))
+            fa = _nll(z, targets, math.exp(a))
         else:
             lo, a, fa = a, b, fb
             b = lo + ratio * (hi - lo)
-            fb = _nll(z, y, math.exp(b))
+            fb = _nll(z, targets, math.exp(b))
     return float(math.exp((lo + hi) / 2))
 
 

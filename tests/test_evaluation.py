@@ -92,6 +92,8 @@ def test_bad_metric_inputs_are_refused_clearly():
 
 
 def test_fit_temperature_matches_torch_lbfgs_and_lowers_nll():
+    from fakeface.evaluation import platt_targets
+
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(400, 2)) * 4.0                  # overconfident logits
     labels = (logits[:, 1] - logits[:, 0] + rng.normal(size=400) * 3 > 0).astype(int)
@@ -99,10 +101,12 @@ def test_fit_temperature_matches_torch_lbfgs_and_lowers_nll():
     temperature = torch.ones((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([temperature], lr=0.5, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14)
     z, y = torch.tensor(logits), torch.tensor(labels)
+    soft = torch.tensor(platt_targets(labels))
+    assert soft[labels == 1, 1].unique().item() == pytest.approx((labels.sum() + 1) / (labels.sum() + 2))
 
     def closure():
         optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z / temperature, y)
+        loss = torch.nn.functional.cross_entropy(z / temperature, soft)  # soft-target cross-entropy
         loss.backward()
         return loss
 
@@ -115,6 +119,10 @@ def test_fit_temperature_matches_torch_lbfgs_and_lowers_nll():
 
     assert nll(ours) < nll(1.0)
     assert fit_temperature(logits[labels == 1], labels[labels == 1]) == 1.0  # single class: no fit
+    # Perfectly separated validation data: a finite temperature, not the lower clip.
+    separable = np.c_[np.zeros(40), np.r_[np.full(20, -6.0), np.full(20, 6.0)] + rng.normal(size=40)]
+    t = fit_temperature(separable, np.r_[np.zeros(20, int), np.ones(20, int)])
+    assert 0.5 < t < 5
 
 
 def test_thresholds_meet_the_target_false_positive_rate():
