@@ -9,6 +9,7 @@ folders appear by name only, and no token or path is ever a template value.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -27,6 +28,21 @@ _METRIC_COLUMNS = (
 # Metrics published in the model-index (type, display name).
 _INDEX_METRICS = (("roc_auc", "ROC-AUC"), ("average_precision", "Average precision"),
                   ("accuracy", "Accuracy"), ("f1", "F1"), ("ece", "Expected calibration error"))
+
+
+def describe_dataset(dataset: Any) -> tuple[str, str | None]:
+    """(publishable name, Hub id or None) of a dataset source: a local folder appears by name, never by path."""
+    from .hub import parse_source
+
+    if not isinstance(dataset, (str, os.PathLike)):
+        return "in-memory dataset", None
+    try:
+        source = parse_source(dataset, what="dataset")
+    except ValueError:
+        return Path(os.fspath(dataset)).name or "unnamed dataset", None
+    if source.kind == "local":
+        return f"local folder '{Path(source.location).name}'", None
+    return source.location, source.location
 
 
 def format_number(value: Any, digits: int = 4) -> str:
@@ -129,8 +145,6 @@ def render_model_card(*, report: Mapping[str, Any], config: Any, recipe: Any, se
     """The README.md text of a release (see ``model_card.md`` for the layout)."""
     from huggingface_hub import ModelCard
 
-    from .training import describe_dataset_source, is_hub_dataset
-
     plots = dict(plots or {})
     training = report.get("training") or {}
     validation = report.get("validation") or {}
@@ -138,8 +152,7 @@ def render_model_card(*, report: Mapping[str, Any], config: Any, recipe: Any, se
     thresholds = calibration.get("thresholds") or {}
     scope = settings.get("trained_on") or {}
     fakes, reals = scope.get("fake_generators") or [], scope.get("real_sources") or []
-    dataset_name = describe_dataset_source(config.dataset)
-    dataset_id = dataset_name if is_hub_dataset(config.dataset) else None
+    dataset_name, dataset_id = describe_dataset(config.dataset)
     repo_id = config.push_to_hub or PLACEHOLDER_REPO
     model_name = repo_id.split("/")[-1] if config.push_to_hub else f"fakeface-{config.model}-{recipe.name}"
     overall = report["overall"]

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .card import describe_dataset
 from .constants import DEFAULT_ARCHITECTURE, FAKE, LABEL_NAMES, SYNTHETIC_GENERATOR
 from .preprocess import Augmentation, Preprocessing, build_eval_transform, build_train_transform
 
@@ -197,26 +198,9 @@ class TrainingConfig:
         # Not asdict(): it would deep-copy an in-memory DatasetDict.
         private = ("dataset", "output_dir", "pretrained_path")
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in private}
-        data["dataset"] = describe_dataset_source(self.dataset)
+        data["dataset"] = describe_dataset(self.dataset)[0]
         data["pretrained_path"] = Path(self.pretrained_path).name if self.pretrained_path else None
         return data
-
-
-def describe_dataset_source(dataset: Any) -> str:
-    """A publishable name for the dataset: the Hub id, or a local folder's name (never its path)."""
-    if not isinstance(dataset, (str, os.PathLike)):
-        return "in-memory dataset"
-    text = os.fspath(dataset)
-    if text.startswith("hf-hub:"):
-        return text[len("hf-hub:"):]
-    if Path(text).expanduser().exists() or text.startswith((".", "/", "~")):
-        return f"local folder '{Path(text).name}'"
-    return text
-
-
-def is_hub_dataset(dataset: Any) -> bool:
-    name = describe_dataset_source(dataset)
-    return isinstance(dataset, (str, os.PathLike)) and not name.startswith(("local folder", "in-memory"))
 
 
 # --------------------------------------------------------------------------- progress (checkpointed)
@@ -253,7 +237,7 @@ def _run_fingerprint(cfg: TrainingConfig, num_processes: int) -> dict:
             "limit_train", "max_steps", "lr", "weight_decay")
     fingerprint = {k: getattr(cfg, k) for k in keys}
     fingerprint["num_processes"] = num_processes
-    fingerprint["dataset"] = describe_dataset_source(cfg.dataset)
+    fingerprint["dataset"] = describe_dataset(cfg.dataset)[0]
     return fingerprint
 
 
@@ -368,7 +352,7 @@ def load_training_splits(cfg: TrainingConfig) -> tuple[Any, Any, Any, list[str]]
     else:
         data = cfg.dataset
     if not isinstance(data, DatasetDict) or "train" not in data:
-        raise ValueError(f"dataset {describe_dataset_source(cfg.dataset)} has no 'train' split")
+        raise ValueError(f"dataset {describe_dataset(cfg.dataset)[0]} has no 'train' split")
     names = data["train"].features["label"].names if hasattr(data["train"].features["label"], "names") else None
     if names is not None and list(names) != list(LABEL_NAMES):
         raise ValueError(f"dataset labels are {names}, expected {list(LABEL_NAMES)}")
