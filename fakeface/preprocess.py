@@ -196,7 +196,7 @@ class Augmentation:
 
     @classmethod
     def robust(cls) -> "Augmentation":
-        return cls(blur_prob=0.2, jpeg_prob=0.3, rescale_prob=0.3)
+        return cls(blur_prob=0.2, jpeg_prob=0.3, rescale_prob=0.5)
 
     @classmethod
     def none(cls) -> "Augmentation":

@@ -1,0 +1,67 @@
+"""The offline training benchmark script: it trains, and its Markdown shows the numbers of its own JSON."""
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+import train_benchmark  # noqa: E402
+
+from fakeface.offline_benchmark import ROBUST_TARGETS, render_offline_benchmark  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("offline-benchmark")
+    argv = ["--images", "64", "--input-size", "32", "--epochs", "mobilenetv2_050=1", "--batch-size", "8",
+            "--architectures", "mobilenetv2_050", "--recipes", "robust,seed", "--num-workers", "0",
+            "--output-dir", str(work / "runs"), "--results-dir", str(work / "results")]
+    assert train_benchmark.main(argv) == 0
+    data = json.loads((work / "results" / "offline_benchmark.json").read_text())
+    return data, (work / "results" / "offline_benchmark.md").read_text(), argv
+
+
+def test_every_configuration_is_trained_and_measured(tiny_run):
+    data, _, argv = tiny_run
+    assert [(r["architecture"], r["recipe"]) for r in data["runs"]] == [("mobilenetv2_050", "robust"),
+                                                                        ("mobilenetv2_050", "seed")]
+    for row in data["runs"]:
+        for key in ("auc_clean", "auc_jpeg75", "auc_downscale0.5", "ece", "train_images_per_second"):
+            assert row[key] is not None, key
+        assert 0.0 <= row["auc_clean"] <= 1.0 and 0.0 <= row["ece"] <= 1.0
+        assert row["train_images_per_second"] > 0 and row["steps"] > 0
+    assert data["command"].endswith(" ".join(argv))
+    assert sum(data["splits"].values()) == 64
+
+
+def test_markdown_carries_the_json_numbers(tiny_run):
+    data, markdown, _ = tiny_run
+    assert data["command"] in markdown
+    for row in data["runs"]:
+        assert f"| {row['architecture']} | {row['recipe']} | 1 ({row['best_epoch']}) | {row['auc_clean']:.4f} | " \
+               f"{row['auc_jpeg75']:.4f} | {row['auc_downscale0.5']:.4f} |" in markdown
+    robust = next(r for r in data["runs"] if r["recipe"] == "robust")
+    verdict = "met" if robust["auc_clean"] >= ROBUST_TARGETS["clean"] else "MISSED"
+    assert f"clean {robust['auc_clean']:.4f}" in markdown and f"({verdict})" in markdown
+    assert "seed vs robust" in markdown
+
+
+def test_the_explanation_of_a_missed_target_follows_the_numbers(tiny_run):
+    data = copy.deepcopy(tiny_run[0])
+    robust = next(r for r in data["runs"] if r["recipe"] == "robust")
+    robust.update({"auc_clean": 0.999, "auc_jpeg75": 0.99, "auc_downscale0.5": 0.95})
+    met = render_offline_benchmark(data)
+    assert "MISSED" not in met.split("## Targets")[1].split("##")[0] and "Why 0.5×" not in met
+    robust["auc_downscale0.5"] = 0.7
+    missed = render_offline_benchmark(data)
+    assert "downscale0.5 0.7000 < 0.9 (MISSED)" in missed and "Why 0.5×" in missed
+
+
+def test_bad_epochs_argument_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        train_benchmark.build_parser().parse_args(["--epochs", "resnet50"])
+    assert "ARCH=EPOCHS" in capsys.readouterr().err
