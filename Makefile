@@ -11,7 +11,7 @@ DEMO_MODEL ?= demo_model
 DEMO_N     ?= 600
 DEMO_EPOCHS ?= 4
 
-.PHONY: setup system-deps audit test test-fast demo demo-data demo-model benchmark load-test clean
+.PHONY: setup system-deps audit test test-fast demo demo-data demo-model benchmark train-benchmark load-test clean
 
 # Idempotent: reinstalls only when a requirements file changes.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -58,7 +58,10 @@ demo: setup
 endif
 
 benchmark: setup
-	$(BIN)/python scripts/benchmark.py
+	$(BIN)/python scripts/benchmark.py --train-releases
+
+train-benchmark: setup
+	$(BIN)/python scripts/train_benchmark.py
 
 load-test: setup
 	$(BIN)/python scripts/load_test.py

@@ -271,19 +271,14 @@ def encode_images(images: Sequence[Any], image_format: str) -> list[bytes]:
     return out
 
 
-def _decoder() -> tuple[Callable[[bytes], Any], str]:
-    """The app's safe decoder, ``fakeface.images.load_image`` (PIL only until that module exists)."""
-    try:
-        from .images import load_image
-    except ImportError:
-        from PIL import Image
+APP_DECODER = "fakeface.images.load_image"
 
-        def decode(data: bytes):
-            with Image.open(io.BytesIO(data)) as image:
-                return image.convert("RGB")
 
-        return decode, "PIL (fakeface.images is not available)"
-    return (lambda data: load_image(data).image), "fakeface.images.load_image"
+def _decode(data: bytes) -> Any:
+    """The app's safe decoder."""
+    from .images import load_image
+
+    return load_image(data).image
 
 
 # --------------------------------------------------------------------------- models
@@ -426,16 +421,7 @@ def benchmark_forward(variants: _Variants, config: BenchmarkConfig) -> list[dict
     return rows
 
 
-def _serving_api() -> tuple[Callable, Callable] | None:
-    """``(load_model, analyze_bytes)`` of the app's ``fakeface.serving``, when that module is present."""
-    try:
-        from .serving import analyze_bytes, load_model
-    except ImportError:
-        return None
-    return load_model, analyze_bytes
-
-
-def _app_models(variants: _Variants, threads: int) -> tuple[Any, Any] | None:
+def _app_models(variants: _Variants, threads: int) -> tuple[Any, Any]:
     """The app's fp32 and int8 ``LoadedModel`` of this release, loaded as the app loads them.
 
     With random weights the release's fast path is (rightly) refused by the
@@ -445,10 +431,8 @@ def _app_models(variants: _Variants, threads: int) -> tuple[Any, Any] | None:
     """
     from dataclasses import replace
 
-    api = _serving_api()
-    if api is None:
-        return None
-    load_model, _ = api
+    from .serving import load_model
+
     key = ("app", threads)
     if key not in variants.fast_by_threads:
         loaded = load_model(os.fspath(variants.folder), use_fast_path=False)
@@ -458,33 +442,21 @@ def _app_models(variants: _Variants, threads: int) -> tuple[Any, Any] | None:
     return variants.fast_by_threads[key]
 
 
-def _works(fn: Callable[[], Any], name: str) -> bool:
-    """Optional rows (parts of the app owned elsewhere) are skipped, with the reason logged, if they fail."""
-    try:
-        fn()
-    except Exception as error:  # noqa: BLE001 - an optional row must not end the run
-        logger.warning("skipping %r: %s: %s", name, type(error).__name__, error)
-        return False
-    return True
-
-
 def benchmark_end_to_end(variants: _Variants, config: BenchmarkConfig, files: Mapping[str, list[bytes]]) -> list[dict]:
     """File bytes -> verdicts: the baseline beside the app's fp32 and int8 paths.
 
     The app's path is ``fakeface.serving.analyze_bytes`` with only the
     verdict asked for (no Grad-CAM, robustness re-check or provenance), one
-    call per file as the app's batch tab makes them; without that module it
-    is ``load_image`` + ``Detector.score``. Extra rows: the app's full
-    single-image analysis, and batched scoring of all files in one call.
+    call per file as the app's batch tab makes them. Extra rows: the app's
+    full single-image analysis, and batched scoring of all files in one call.
     """
     import torch
     from PIL import Image
 
     from .model import label_names
+    from .serving import analyze_bytes
 
-    decode, _ = _decoder()
     names = label_names(variants.detector.model)
-    api = _serving_api()
 
     def baseline(batch: list[bytes]) -> list[str]:
         tensors = []
@@ -496,11 +468,11 @@ def benchmark_end_to_end(variants: _Variants, config: BenchmarkConfig, files: Ma
         return [names[i] for i in p.argmax(dim=-1).tolist()]
 
     def library(detector, batch: list[bytes]) -> list[str]:
-        return detector.score([decode(data) for data in batch]).verdicts
+        return detector.score([_decode(data) for data in batch]).verdicts
 
     def app(loaded, batch: list[bytes], **analysis) -> list[str]:
         options = dict(explain=False, robustness=False, provenance=False) | analysis
-        return [api[1](data, "upload", [loaded], **options)["verdict"] for data in batch]
+        return [analyze_bytes(data, "upload", [loaded], **options)["verdict"] for data in batch]
 
     rows = []
     for image_format, blobs in files.items():
@@ -510,23 +482,21 @@ def benchmark_end_to_end(variants: _Variants, config: BenchmarkConfig, files: Ma
             models = _app_models(variants, threads)
             for batch_size in config.batches:
                 batch = list(blobs[:batch_size])
-                runs: dict[str, Callable[[], Any]] = {BASELINE: lambda b=batch: baseline(b)}
-                if models is not None:
-                    runs[SERVING_FP32] = lambda b=batch, m=models[0]: app(m, b)
-                    runs[SERVING_FAST] = lambda b=batch, m=models[1]: app(m, b)
-                    if batch_size == 1 and _works(full := (lambda b=batch, m=models[1]: app(
-                            m, b, explain=True, robustness=True, provenance=True)), SERVING_FULL):
-                        runs[SERVING_FULL] = full
-                else:
-                    runs[SERVING_FP32] = lambda b=batch: library(variants.detector, b)
-                    runs[SERVING_FAST] = lambda b=batch, f=fast: library(f, b)
+                runs: dict[str, Callable[[], Any]] = {
+                    BASELINE: lambda b=batch: baseline(b),
+                    SERVING_FP32: lambda b=batch, m=models[0]: app(m, b),
+                    SERVING_FAST: lambda b=batch, m=models[1]: app(m, b),
+                }
+                if batch_size == 1:
+                    runs[SERVING_FULL] = lambda b=batch, m=models[1]: app(
+                        m, b, explain=True, robustness=True, provenance=True)
                 if batch_size > 1:
                     runs[BATCHED_FAST] = lambda b=batch, f=fast: library(f, b)
                 timings = time_interleaved(runs, rounds=config.rounds, min_round_seconds=config.min_round_seconds,
                                            warmup_calls=config.warmup_calls)
                 rows += _rows({"architecture": variants.architecture, "format": image_format, "threads": threads,
                                "batch": batch_size, "crops_per_image": variants.detector.preprocessing.crops_per_image,
-                               "app_path": "fakeface.serving.analyze_bytes" if models else "load_image + score"},
+                               "app_path": "fakeface.serving.analyze_bytes"},
                               timings, batch_size, BASELINE)
     return rows
 
@@ -535,7 +505,6 @@ def benchmark_decode(variants: _Variants, config: BenchmarkConfig, files: Mappin
     """Decode (+ preprocess) of one file, at the largest thread count."""
     from PIL import Image
 
-    decode, decoder_name = _decoder()
     threads = max(config.threads)
     _set_threads(threads)
     detector = variants.detector
@@ -546,12 +515,8 @@ def benchmark_decode(variants: _Variants, config: BenchmarkConfig, files: Mappin
             return image.convert("RGB")
 
     def draft(data: bytes):
-        try:
-            from .images import load_image
-        except ImportError:
-            with Image.open(io.BytesIO(data)) as image:
-                image.draft("RGB", (draft_side, draft_side))
-                return image.convert("RGB")
+        from .images import load_image
+
         return load_image(data, draft_size=(draft_side, draft_side)).image
 
     rows = []
@@ -559,9 +524,9 @@ def benchmark_decode(variants: _Variants, config: BenchmarkConfig, files: Mappin
         data = blobs[0]
         runs = {
             "PIL decode": lambda d=data: pil(d),
-            f"app decode ({decoder_name})": lambda d=data: decode(d),
+            f"app decode ({APP_DECODER})": lambda d=data: _decode(d),
             "baseline: PIL decode + timm eval transform": lambda d=data: variants.baseline_transform(pil(d)),
-            "app: decode + detector crops (prepare)": lambda d=data: detector.prepare([decode(d)]),
+            "app: decode + detector crops (prepare)": lambda d=data: detector.prepare([_decode(d)]),
         }
         if image_format == "JPEG":
             runs[f"app decode with JPEG draft to >= {draft_side}² (NOT used: changes the pixels)"] = (
@@ -579,39 +544,26 @@ folder, image_path, mode, onnx_path = sys.argv[1:5]
 t0 = time.time()
 if mode.endswith("+gradio"):
     import gradio  # the Space's process imports it before the first request can arrive
-try:
-    from fakeface.serving import analyze_bytes, load_model
-except ImportError:
-    analyze_bytes = load_model = None
-from fakeface.inference import Detector
-from fakeface.images import load_image
+from fakeface.serving import analyze_bytes, load_model
 t_import = time.time()
 fast = not mode.startswith("fp32")
-if load_model is not None:
-    loaded = load_model(folder, use_fast_path=fast)
-    detector = loaded.scorer
-else:
-    from fakeface.model import load_detector
-    detector = Detector(load_detector(folder))
+loaded = load_model(folder, use_fast_path=fast)
+detector = loaded.scorer
 if fast and onnx_path != "-":   # random weights: the loader refuses their fast path; attach the exported one
+    from dataclasses import replace
     from fakeface.fastpath import FastDetector
     detector = FastDetector(detector.model, onnx_path)
-    if load_model is not None:
-        from dataclasses import replace
-        loaded = replace(loaded, scorer=detector)
+    loaded = replace(loaded, scorer=detector)
 runtime = getattr(detector, "runtime", "torch-fp32")
 assert (runtime == "onnxruntime-int8") == fast, f"{mode} asked, {runtime} loaded"
 t_load = time.time()
 with open(image_path, "rb") as handle:
     data = handle.read()
-if load_model is not None:
-    verdict = analyze_bytes(data, "upload.png", [loaded], explain=False, robustness=False, provenance=False)["verdict"]
-else:
-    verdict = detector.score([load_image(data).image]).verdicts[0]
+verdict = analyze_bytes(data, "upload.png", [loaded], explain=False, robustness=False, provenance=False)["verdict"]
 t_verdict = time.time()
 print(json.dumps({"verdict_at": t_verdict, "import_s": t_import - t0, "load_s": t_load - t_import,
                   "first_verdict_s": t_verdict - t_load, "verdict": verdict, "runtime": runtime,
-                  "path": "fakeface.serving" if load_model else "load_image + score"}))
+                  "path": "fakeface.serving"}))
 """
 COLD_START_MODES = ("int8", "fp32", "int8+gradio")
 
@@ -620,8 +572,7 @@ def benchmark_cold_start(variants: _Variants, config: BenchmarkConfig, png_path:
     """Process start -> first verdict, in a fresh interpreter, weights already on local disk.
 
     Modes: the int8 fast path, fp32, and int8 after importing gradio as the
-    Space's process does. The app's own path (``fakeface.serving``) is used
-    when present.
+    Space's process does, all through the app's own ``fakeface.serving``.
     """
     rows = []
     repo_root = Path(__file__).resolve().parent.parent
@@ -749,7 +700,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
         png_path.write_bytes(files["PNG"][0])
         results["inputs"] = {"size": config.image_size, "count": len(images),
                              "png_bytes": [len(b) for b in files["PNG"]], "jpeg_bytes": [len(b) for b in files["JPEG"]],
-                             "decoder": _decoder()[1]}
+                             "decoder": APP_DECODER}
         calibration = create_benchmark_images(max(config.input_size + 32, config.image_size // 2), 4, seed=100)
 
         results["ceiling"] = [measure_matmul_ceiling(t, n=256 if config.quick else 1024) for t in config.threads]

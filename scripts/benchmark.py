@@ -3,6 +3,7 @@
     python scripts/benchmark.py                       # full run, random weights (speed only)
     python scripts/benchmark.py --models mobilenetv2_100=demo_model --dataset demo_data   # + cold start, accuracy
                                                                                           # of a trained release
+    python scripts/benchmark.py --train-releases      # the committed results: + small trained releases
     python scripts/benchmark.py --quick               # smoke run (seconds)
 
 Writes ``results/benchmark.json`` and ``results/benchmark.md`` (or the paths
@@ -53,13 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=_csv_ints, default=None, help="batch sizes, e.g. 1,8")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per group")
     p.add_argument("--models", type=_models, default={},
-                   help="trained releases ARCH=FOLDER,...: their own fast path is served and its accuracy reported")
+                   help="trained releases ARCH=FOLDER,...: cold start through the app's loader and int8 accuracy")
     p.add_argument("--dataset", action="append", default=[], metavar="DIR_OR_ID[:SPLIT]",
                    help="labelled face dataset re-measuring the releases' int8 accuracy (split: test by default, "
                         "'all' for every split); repeatable")
+    p.add_argument("--train-releases", action="store_true",
+                   help="build the synthetic datasets and train small releases in --work-dir (cached; tens of "
+                        "minutes on 2 cores the first time), then benchmark them as with --models/--dataset")
     p.add_argument("--accuracy-max-images", type=int, default=None)
     p.add_argument("--cold-start-runs", type=int, default=None)
-    p.add_argument("--work-dir", default=None, help="keep exported graphs here (default: a temporary folder)")
+    p.add_argument("--work-dir", default=None,
+                   help="keep exported graphs (and --train-releases' data and models) here; default: a temporary "
+                        "folder, or runs/benchmark with --train-releases")
     p.add_argument("--output", default="results/benchmark", help="writes OUTPUT.json and OUTPUT.md")
     return p
 
@@ -69,9 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "onnxruntime", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from fakeface.benchmark import BenchmarkConfig, collect_environment, run_benchmark, write_benchmark_results
+    from fakeface.benchmark import (
+        DEFAULT_ARCHITECTURES, BenchmarkConfig, collect_environment, prepare_trained_releases, run_benchmark,
+        write_benchmark_results,
+    )
 
     print(json.dumps(collect_environment(), indent=2))
+    if args.train_releases:
+        args.work_dir = args.work_dir or "runs/benchmark"
+        architectures = tuple(a.strip() for a in args.architectures.split(",")) if args.architectures else DEFAULT_ARCHITECTURES
+        models, datasets = prepare_trained_releases(Path(args.work_dir) / "releases", architectures)
+        args.models = {**models, **args.models}
+        args.dataset = list(args.dataset) or list(datasets)
     overrides = {k: v for k, v in dict(
         architectures=tuple(a.strip() for a in args.architectures.split(",")) if args.architectures else None,
         threads=args.threads, batches=args.batches, rounds=args.rounds, cold_start_runs=args.cold_start_runs,
