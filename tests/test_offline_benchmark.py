@@ -65,3 +65,24 @@ def test_bad_epochs_argument_is_refused(capsys):
     with pytest.raises(SystemExit):
         train_benchmark.build_parser().parse_args(["--epochs", "resnet50"])
     assert "ARCH=EPOCHS" in capsys.readouterr().err
+
+
+def test_auc_standard_error_agrees_with_the_bootstrap():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from fakeface.offline_benchmark import auc_standard_error
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(60), np.ones(60)]
+    scores = np.r_[rng.normal(0, 1, 60), rng.normal(1.8, 1, 60)]
+    auc = roc_auc_score(labels, scores)
+    boot = []
+    for _ in range(1500):
+        i, j = rng.integers(0, 60, 60), rng.integers(60, 120, 60)
+        idx = np.r_[i, j]
+        boot.append(roc_auc_score(labels[idx], scores[idx]))
+    se = auc_standard_error(auc, 60, 60)
+    assert se == pytest.approx(np.std(boot), rel=0.2)
+    assert auc_standard_error(auc, 240, 240) < se and auc_standard_error(1.0, 60, 60) == 0.0
+    assert auc_standard_error(None, 60, 60) is None and auc_standard_error(0.9, 0, 60) is None
