@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("onnx_ir", "onnxscript", "onnxruntime", "torch.onnx"):
+    for noisy in ("onnx_ir", "onnxscript", "onnxruntime", "torch.onnx", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from fakeface.benchmark import (
         DEFAULT_ARCHITECTURES, BenchmarkConfig, collect_environment, prepare_trained_releases, run_benchmark,
