@@ -561,7 +561,10 @@ def test_ctrl_c_saves_every_image_in_flight_and_reports(openai_fake, tmp_path):
     openai_fake.delay = 0.4
     env = {**os.environ, "OPENAI_API_KEY": openai_fake.api_key, "OPENAI_BASE_URL": openai_fake.base_url}
     args = [sys.executable, str(SCRIPT), "--count", "12", "--out", str(out), "--concurrency", "3", "--no-progress"]
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    # A shell's background job (`make test &`, some CI runners) starts with SIGINT ignored, and Python
+    # installs its Ctrl-C handler only when SIGINT is at its default: give the script a terminal's Ctrl-C.
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and len(ok_records(out)) < 2:
         time.sleep(0.02)
