@@ -36,7 +36,7 @@ ROBUST_TARGETS = {"clean": 0.99, "jpeg75": 0.95, "downscale0.5": 0.90}
 class OfflineBenchmarkSettings:
     images: int = 1200
     input_size: int = 128
-    epochs: dict[str, int] = field(default_factory=lambda: {"mobilenetv2_100": 16, "resnet50": 12})
+    epochs: dict[str, int] = field(default_factory=lambda: {"mobilenetv2_100": 16, "resnet50": 20})
     batch_size: int = 16
     architectures: tuple[str, ...] = OFFLINE_BENCHMARK_ARCHITECTURES
     recipes: tuple[str, ...] = OFFLINE_BENCHMARK_RECIPES
