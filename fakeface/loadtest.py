@@ -377,13 +377,20 @@ def run_phase(url: str, name: str, *, clients: int, requests_per_client: int,
     return result
 
 
-def detect_caller(images: Sequence[Path]) -> Callable[[Any, random.Random], str]:
-    """One mixed detect request per call (see :data:`DETECT_MIX`)."""
+def detect_caller(images: Sequence[Path], *, every_kind_first: bool = False) -> Callable[[Any, random.Random], str]:
+    """One mixed detect request per call (see :data:`DETECT_MIX`).
+
+    ``every_kind_first`` (the warm-up): each client's first calls take every
+    kind once, in order, so that no code path is first taken, and its one-off
+    allocations first made, while memory is being measured.
+    """
     kinds = [k for k, _ in DETECT_MIX]
     weights = [w for _, w in DETECT_MIX]
+    made: dict[int, int] = {}      # client id -> calls made (each client runs in its own thread)
 
     def call(client: Any, rng: random.Random) -> str:
-        kind = rng.choices(kinds, weights)[0]
+        n = made[id(client)] = made.get(id(client), 0) + 1
+        kind = kinds[n - 1] if every_kind_first and n <= len(kinds) else rng.choices(kinds, weights)[0]
         args, api = _detect_call(kind, images, rng)
         _check_detect_result(kind, client.predict(*args, api_name=api))
         return kind
@@ -454,9 +461,10 @@ def run_load_test(*, clients: int = 16, requests_per_client: int = 200, model_di
         with MemoryWatch(process.pid) as watch:
             # Warm up at full concurrency: each worker thread's allocator arena and torch
             # buffers appear on first use, which is not growth.
-            warm = max(3, requests_per_client // 10)
+            warm = max(len(DETECT_MIX), requests_per_client // 10)
             say(f"warm-up: {clients} clients x {warm} requests; RSS {watch.rss_mb():.0f} MiB")
-            run_phase(url, "warmup", clients=clients, requests_per_client=warm, call=detect_caller(images),
+            run_phase(url, "warmup", clients=clients, requests_per_client=warm,
+                      call=detect_caller(images, every_kind_first=True),
                       seed=seed + 99)
             report_notes.append(f"warm-up before measuring: {clients} clients x {warm} requests; RSS "
                                 f"{watch.rss_mb():.0f} MiB after it")
