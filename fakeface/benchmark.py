@@ -658,15 +658,12 @@ def prepare_trained_releases(
     fast path on the test split. Anything already complete in ``work_dir``
     is reused. Returns (``--models``, ``--dataset`` values).
     """
-    from .dataset import build_face_dataset
+    from .dataset import ensure_synthetic_dataset
     from .training import TrainingConfig, train
 
     work = Path(work_dir)
-    data, holdout = work / "data", work / "holdout"
-    for folder, data_seed in ((data, seed), (holdout, seed + 1)):
-        if not (folder / "README.md").is_file():
-            logger.info("building the synthetic dataset %s (%d images, seed %d)", folder, images, data_seed)
-            build_face_dataset(folder, synthetic=images, seed=data_seed, progress=False)
+    data = ensure_synthetic_dataset(work / "data", images, seed)
+    holdout = ensure_synthetic_dataset(work / "holdout", images, seed + 1)
     models = {}
     for arch in architectures:
         release = work / arch

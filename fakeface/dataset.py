@@ -45,7 +45,7 @@ from .images import ImageDecodeError, load_image
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "BuildResult", "DatasetLoadError", "REPORT_NAME", "build_face_dataset", "build_features",
+    "BuildResult", "DatasetLoadError", "REPORT_NAME", "build_face_dataset", "build_features", "ensure_synthetic_dataset",
     "format_build_summary", "load_face_dataset", "push_face_dataset", "resolve_dataset_source",
 ]
 
@@ -89,6 +89,27 @@ class BuildResult:
     @property
     def counts(self) -> dict[str, dict[str, dict[str, int]]]:
         return self.report["counts"]
+
+
+def ensure_synthetic_dataset(folder: str | os.PathLike, images: int, seed: int) -> Path:
+    """``folder`` holding ``build_face_dataset(folder, synthetic=images, seed=seed)``, built only if it does not yet.
+
+    A build is renamed into place only when complete, so a card means a whole
+    dataset; its build report must also name the same seed and image count,
+    otherwise the folder is rebuilt rather than silently reused.
+    """
+    folder = Path(folder)
+    try:
+        report = json.loads((folder / REPORT_NAME).read_text()) if (folder / CARD_NAME).is_file() else None
+    except (OSError, ValueError):
+        report = None
+    if (report and report.get("synthetic") and report.get("seed") == seed
+            and sum((report.get("totals") or {}).values()) == images):
+        logger.info("reusing the synthetic dataset in %s", folder)
+        return folder
+    logger.info("building the synthetic dataset in %s (%d images, seed %d)", folder, images, seed)
+    build_face_dataset(folder, synthetic=images, seed=seed, progress=False)
+    return folder
 
 
 def build_face_dataset(

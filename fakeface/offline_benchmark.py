@@ -77,17 +77,12 @@ def run_offline_benchmark(settings: OfflineBenchmarkSettings, *, command: str) -
     import torch
 
     from .benchmark import collect_environment
-    from .dataset import build_face_dataset, load_face_dataset
+    from .dataset import ensure_synthetic_dataset, load_face_dataset
     from .evaluation import json_safe
     from .training import RECIPES, TrainingConfig, train
 
     output = Path(settings.output_dir)
-    data_dir = output / "data"
-    if (data_dir / "README.md").is_file():
-        logger.info("reusing the synthetic dataset in %s", data_dir)
-    else:
-        logger.info("building the synthetic dataset in %s (%d images, seed %d)", data_dir, settings.images, settings.seed)
-        build_face_dataset(data_dir, synthetic=settings.images, seed=settings.seed, progress=False)
+    data_dir = ensure_synthetic_dataset(output / "data", settings.images, settings.seed)
     splits = {name: len(split) for name, split in load_face_dataset(os.fspath(data_dir)).items()}
 
     environment = collect_environment()

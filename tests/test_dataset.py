@@ -488,3 +488,19 @@ def test_parallel_decoding_gives_the_same_dataset(tmp_path):
     assert one.report == two.report
     for shard in (one.output_dir / "data").iterdir():
         assert (two.output_dir / "data" / shard.name).read_bytes() == shard.read_bytes()
+
+
+def test_ensure_synthetic_dataset_reuses_only_a_matching_build(tmp_path):
+    from fakeface.dataset import REPORT_NAME, ensure_synthetic_dataset, load_face_dataset
+
+    folder = ensure_synthetic_dataset(tmp_path / "data", 24, 0)
+    report = folder / REPORT_NAME
+    built_at = report.stat().st_mtime_ns
+    assert sum(len(s) for s in load_face_dataset(str(folder)).values()) == 24
+    ensure_synthetic_dataset(folder, 24, 0)
+    assert report.stat().st_mtime_ns == built_at                      # same settings: reused
+    ensure_synthetic_dataset(folder, 24, 1)
+    assert report.stat().st_mtime_ns != built_at                      # another seed: rebuilt
+    assert json.loads(report.read_text())["seed"] == 1
+    ensure_synthetic_dataset(folder, 32, 1)
+    assert sum(len(s) for s in load_face_dataset(str(folder)).values()) == 32   # another size: rebuilt
