@@ -14,10 +14,11 @@ DEMO_EPOCHS ?= 4
 .PHONY: setup system-deps audit test test-fast demo demo-data demo-model benchmark train-benchmark load-test clean
 
 # Idempotent: reinstalls only when a requirements file changes.
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	touch $@
 
 setup: $(STAMP)

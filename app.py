@@ -3,11 +3,11 @@
 Configuration comes from the environment (Space variables and secrets):
 FAKEFACE_MODEL (Hub ids or folders, comma-separated), FAKEFACE_DATASET,
 OPENAI_API_KEY (optional), FAKEFACE_DEMO_BANNER, GRADIO_SERVER_NAME/PORT.
-All logic lives in ``fakeface.ui`` and ``fakeface.serving``.
+All logic lives in ``fakeface.app.layout`` and ``fakeface.serving.core``.
 """
 import logging
 
-from fakeface.ui import build_app, launch_app
+from fakeface.app.layout import build_app, launch_app
 
 demo = build_app()
 

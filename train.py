@@ -5,7 +5,7 @@ Runs unchanged on several processes::
     torchrun --nproc_per_node 2 train.py ...           # CPU (gloo) or GPUs
     accelerate launch --num_processes 2 train.py ...   # GPUs; see docs/training.md for CPU
 
-All logic lives in ``fakeface.training``; this file only maps flags onto
+All logic lives in ``fakeface.training.loop``; this file only maps flags onto
 ``TrainingConfig``. The Hub token, if pushing, comes from ``HF_TOKEN`` or the
 ``huggingface-cli login`` cache, never from a flag.
 """
@@ -15,8 +15,8 @@ import argparse
 import logging
 import sys
 
-from fakeface.constants import DEFAULT_ARCHITECTURE
-from fakeface.training import RECIPES, TrainingConfig, train
+from fakeface.utils.constants import DEFAULT_ARCHITECTURE
+from fakeface.training.loop import RECIPES, TrainingConfig, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
-    from fakeface.model import PretrainedWeightsUnavailable
+    from fakeface.modeling.detector import PretrainedWeightsUnavailable
 
     try:
         result = train(config_from_args(args))

@@ -8,7 +8,7 @@
 
 Writes ``results/benchmark.json`` and ``results/benchmark.md`` (or the paths
 given) and prints the environment first. All logic is in
-``fakeface.benchmark``; see ``docs/performance.md`` for how to read it.
+``benchmarks.inference``; see ``docs/performance.md`` for how to read it.
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "onnxruntime", "torch.onnx", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from fakeface.benchmark import (
+    from benchmarks.inference import (
         DEFAULT_ARCHITECTURES, BenchmarkConfig, collect_environment, prepare_trained_releases, run_benchmark,
         write_benchmark_results,
     )

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fakeface.dataset_sources import DEFAULT_REAL_SOURCE
-    from fakeface.dataset_split import DEFAULT_NEAR_DUPLICATE_DISTANCE, DEFAULT_SPLIT_FRACTIONS
+    from fakeface.data.sources import DEFAULT_REAL_SOURCE
+    from fakeface.data.split import DEFAULT_NEAR_DUPLICATE_DISTANCE, DEFAULT_SPLIT_FRACTIONS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from fakeface.dataset import build_face_dataset, format_build_summary, push_face_dataset
+    from fakeface.data.dataset import build_face_dataset, format_build_summary, push_face_dataset
 
     try:
         fractions = [float(x) for x in args.split_fractions.split(",")]

@@ -3,7 +3,7 @@
     python scripts/evaluate.py --model ID_OR_DIR --dataset ID_OR_DIR --split test --output-dir DIR
 
 Writes ``DIR/eval_results.json``, ``DIR/eval_results.md`` (the card's tables)
-and ``DIR/plots/*.png``. Scoring goes through ``fakeface.inference.Detector``
+and ``DIR/plots/*.png``. Scoring goes through ``fakeface.modeling.inference.Detector``
 with the model's own preprocessing, temperature and thresholds, exactly as
 the app does. ``--recalibrate validation`` refits temperature and thresholds
 on another split first and saves the recalibrated model into DIR.
@@ -40,12 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from fakeface.card import build_card_tables
-    from fakeface.dataset import load_face_dataset
-    from fakeface.evaluation import calibrate_detector, decode_split, evaluate_detector, json_safe
-    from fakeface.inference import Detector
-    from fakeface.model import DetectorLoadError, load_detector, save_detector
-    from fakeface.visualize import save_report_figures
+    from fakeface.training.card import build_card_tables
+    from fakeface.data.dataset import load_face_dataset
+    from fakeface.evaluation.metrics import calibrate_detector, decode_split, evaluate_detector, json_safe
+    from fakeface.modeling.inference import Detector
+    from fakeface.modeling.detector import DetectorLoadError, load_detector, save_detector
+    from fakeface.evaluation.plots import save_report_figures
 
     output_dir = Path(args.output_dir)
     try:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     detector = Detector(model)
     if args.fast_path:
-        from fakeface.fastpath import load_fast_detector
+        from fakeface.modeling.fastpath import load_fast_detector
 
         fast = load_fast_detector(model.fakeface_files.folder if not args.recalibrate else output_dir)
         if fast is None:

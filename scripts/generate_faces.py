@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fakeface.constants import DEFAULT_IMAGE_MODEL  # noqa: E402
-from fakeface.generation import (  # noqa: E402
+from fakeface.utils.constants import DEFAULT_IMAGE_MODEL  # noqa: E402
+from fakeface.generation.runner import (  # noqa: E402
     DEFAULT_QUALITY, DEFAULT_SIZE, DEFAULT_TIMEOUT_S, GenerationError, available_image_models,
     available_image_qualities, describe_plan, load_manifest, plan_generation, run_generation,
 )

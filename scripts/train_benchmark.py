@@ -4,7 +4,7 @@
     python scripts/train_benchmark.py --render-only      # re-render the Markdown from the JSON
 
 Writes ``results/offline_benchmark.json`` and ``results/offline_benchmark.md``
-(see :mod:`fakeface.offline_benchmark`).
+(see :mod:`benchmarks.offline`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from fakeface.offline_benchmark import (  # noqa: E402 - after the path setup above
+from benchmarks.offline import (  # noqa: E402 - after the path setup above
     OFFLINE_BENCHMARK_ARCHITECTURES, OFFLINE_BENCHMARK_RECIPES, OfflineBenchmarkSettings, render_offline_benchmark,
     run_offline_benchmark, write_offline_benchmark,
 )

@@ -30,11 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    from fakeface.dataset import load_face_dataset
-    from fakeface.evaluation import decode_split, evaluate_detector
-    from fakeface.inference import Detector
-    from fakeface.model import DetectorLoadError
-    from fakeface.visualize import save_report_figures
+    from fakeface.data.dataset import load_face_dataset
+    from fakeface.evaluation.metrics import decode_split, evaluate_detector
+    from fakeface.modeling.inference import Detector
+    from fakeface.modeling.detector import DetectorLoadError
+    from fakeface.evaluation.plots import save_report_figures
 
     try:
         detector = Detector.from_pretrained(args.model)

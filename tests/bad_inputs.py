@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fakeface.constants import MAX_UPLOAD_BYTES
+from fakeface.utils.constants import MAX_UPLOAD_BYTES
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,11 @@ import httpx
 import pytest
 from PIL import Image, PngImagePlugin
 
-from fakeface.dataset import build_face_dataset, push_face_dataset
-from fakeface.model import create_detector, push_detector, save_detector, update_detector_settings
-from fakeface.preprocess import Preprocessing
-from fakeface.serving import ModelRegistry
-from fakeface.ui import build_app, launch_app
+from fakeface.data.dataset import build_face_dataset, push_face_dataset
+from fakeface.modeling.detector import create_detector, push_detector, save_detector, update_detector_settings
+from fakeface.data.preprocess import Preprocessing
+from fakeface.serving.core import ModelRegistry
+from fakeface.app.layout import build_app, launch_app
 from tests.fakes.hub_fixtures import point_clients_at_hub
 from tests.fakes.hub_server import FakeHub
 from tests.fakes.openai_server import FakeOpenAI
@@ -214,7 +214,7 @@ def test_the_image_input_passes_files_through_untouched(tmp_path):
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    from fakeface.ui_components import OriginalImage
+    from fakeface.app.components import OriginalImage
 
     component = OriginalImage(type="filepath")
     path = tmp_path / "photo.jpg"
@@ -236,7 +236,7 @@ def test_temporary_outputs_expire(tmp_path):
     import os
     import time
 
-    from fakeface.ui import TEMP_FILE_TTL_S, _new_output_path
+    from fakeface.app.layout import TEMP_FILE_TTL_S, _new_output_path
 
     old, recent = tmp_path / "old.csv", tmp_path / "recent.csv"
     old.write_text("x")
@@ -351,7 +351,7 @@ def test_a_generated_face_shows_its_c2pa_credentials(space, monkeypatch):
     c2pa = result["provenance"]["c2pa"]
     assert c2pa["status"] == "valid" and c2pa["ai_generated"] is True
     assert c2pa["software_agents"] == ["gpt-image-2"] and c2pa["issuer"] == "Test Image Generator Inc"
-    from fakeface.provenance import read_provenance
+    from fakeface.serving.provenance import read_provenance
 
     assert read_provenance(Path(image_path).read_bytes())["c2pa"]["status"] == "valid"   # served unmodified
 
@@ -459,7 +459,7 @@ def test_dataset_errors_are_clear(space):
 
 def test_rendered_page_assets_are_html_escaped(space, tmp_path):
     """A hostile file name and metadata come back in the JSON verbatim, and never unescaped in the panels."""
-    from fakeface.ui_render import render_facts, render_provenance, render_verdict
+    from fakeface.app.render import render_facts, render_provenance, render_verdict
 
     hostile = '<img src=x onerror=alert(1)>'
     path = tmp_path / "evil.png"

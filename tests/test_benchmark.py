@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fakeface.benchmark import (
+from benchmarks.inference import (
     BASELINE, BATCHED_FAST, FAST_ALL, FAST_STEM, SERVING_FAST, SERVING_FP32, TARGETS, evaluate_targets, render_benchmark_markdown,
     time_interleaved,
 )

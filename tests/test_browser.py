@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fakeface.model import create_detector, save_detector, update_detector_settings
-from fakeface.preprocess import Preprocessing
-from fakeface.serving import ModelRegistry
-from fakeface.ui import build_app, launch_app
+from fakeface.modeling.detector import create_detector, save_detector, update_detector_settings
+from fakeface.data.preprocess import Preprocessing
+from fakeface.serving.core import ModelRegistry
+from fakeface.app.layout import build_app, launch_app
 
 pytestmark = pytest.mark.browser
 

@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakeface.constants import ATTRIBUTE_COLUMNS, LABEL_NAMES, SYNTHETIC_GENERATOR, SYNTHETIC_REAL_SOURCE
-from fakeface.dataset import (
+from fakeface.utils.constants import ATTRIBUTE_COLUMNS, LABEL_NAMES, SYNTHETIC_GENERATOR, SYNTHETIC_REAL_SOURCE
+from fakeface.data.dataset import (
     REPORT_NAME, DatasetLoadError, build_face_dataset, build_features, load_face_dataset, push_face_dataset,
     resolve_dataset_source,
 )
-from fakeface.dataset_split import assign_group_splits, find_near_duplicates, hamming_distance, perceptual_hash
-from fakeface.images import load_image
-from fakeface.synthetic import generate_synthetic_sample
+from fakeface.data.split import assign_group_splits, find_near_duplicates, hamming_distance, perceptual_hash
+from fakeface.data.images import load_image
+from fakeface.data.synthetic import generate_synthetic_sample
 from tests.bad_inputs import build_corpus
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -194,7 +194,7 @@ def test_ffhq_attribute_table_is_mapped_to_the_attribute_columns(built):
     result, data = built
     rows = {r["source_id"]: r for part in data.values() for r in part.select_columns(
         ["source_id", "generator", *ATTRIBUTE_COLUMNS]) if r["generator"] == "ffhq"}
-    # Table spellings are mapped onto the generator's vocabulary (fakeface.prompts.ATTRIBUTE_GRID).
+    # Table spellings are mapped onto the generator's vocabulary (fakeface.generation.prompts.ATTRIBUTE_GRID).
     assert rows["00001"]["expression"] == "smiling" and rows["00002"]["expression"] == "neutral"
     assert rows["00003"]["gender"] == "male" and rows["00002"]["race"] == "asian" and rows["00004"]["race"] == "black"
     assert rows["00001"]["glasses"] == "none"
@@ -336,7 +336,7 @@ def test_output_folder_that_is_not_a_dataset_is_never_replaced(tmp_path):
 
 
 def test_failed_build_leaves_the_previous_folder_and_rebuild_replaces_it(tmp_path, monkeypatch):
-    import fakeface.dataset as dataset_module
+    import fakeface.data.dataset as dataset_module
 
     output = tmp_path / "faces"
     first = build_face_dataset(output, synthetic=10, synthetic_size=64, seed=1, progress=False)
@@ -445,7 +445,7 @@ def test_hub_outage_falls_back_to_the_cache_and_says_so(hub, tmp_path, caplog):
     push_face_dataset(local.output_dir, "org/cached")
     push_face_dataset(local.output_dir, "org/never-downloaded")
     online = load_face_dataset("org/cached")
-    with hub.offline(), caplog.at_level(logging.WARNING, logger="fakeface.dataset"):
+    with hub.offline(), caplog.at_level(logging.WARNING, logger="fakeface.data.dataset"):
         offline = load_face_dataset("org/cached")
         with pytest.raises(DatasetLoadError, match="could not be reached .* no cached copy"):
             load_face_dataset("org/never-downloaded")
@@ -491,7 +491,7 @@ def test_parallel_decoding_gives_the_same_dataset(tmp_path):
 
 
 def test_ensure_synthetic_dataset_reuses_only_a_matching_build(tmp_path):
-    from fakeface.dataset import REPORT_NAME, ensure_synthetic_dataset, load_face_dataset
+    from fakeface.data.dataset import REPORT_NAME, ensure_synthetic_dataset, load_face_dataset
 
     folder = ensure_synthetic_dataset(tmp_path / "data", 24, 0)
     report = folder / REPORT_NAME

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fakeface.constants import FAKE, REAL
-from fakeface.evaluation import (
+from fakeface.utils.constants import FAKE, REAL
+from fakeface.evaluation.metrics import (
     ROBUSTNESS_CONDITIONS,
     apply_condition,
     average_precision,
@@ -92,7 +92,7 @@ def test_bad_metric_inputs_are_refused_clearly():
 
 
 def test_fit_temperature_matches_torch_lbfgs_and_lowers_nll():
-    from fakeface.evaluation import platt_targets
+    from fakeface.evaluation.metrics import platt_targets
 
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(400, 2)) * 4.0                  # overconfident logits
@@ -169,7 +169,7 @@ class _ColourDetector:
     settings = {"temperature": 1.0, "threshold_fake": 0.5, "threshold_real": 0.5}
 
     def scores_from_logits(self, logits):
-        from fakeface.inference import Scores, fake_probability
+        from fakeface.modeling.inference import Scores, fake_probability
 
         p = fake_probability(logits)
         return Scores(np.asarray(logits), p, ["fake" if v >= 0.5 else "real" for v in p])
@@ -200,7 +200,7 @@ def test_robustness_sweep_perturbs_each_condition():
 
 
 def test_figures_render_to_png(tmp_path):
-    from fakeface.visualize import (
+    from fakeface.evaluation.plots import (
         confusion_figure, embedding_figure, pr_figure, project_2d, reliability_figure, robustness_figure,
         roc_figure, save_figure,
     )
@@ -227,7 +227,7 @@ def test_figures_render_to_png(tmp_path):
 
 
 def test_card_tables_carry_the_numbers():
-    from fakeface.card import build_card_tables, markdown_table
+    from fakeface.training.card import build_card_tables, markdown_table
 
     labels, p = _scores(2, n=50)
     overall = compute_metrics(labels, p, 0.6)

@@ -1,4 +1,4 @@
-"""Grad-CAM (fakeface.explain): shapes and range on timm CNNs, that it follows the evidence, and the overlay."""
+"""Grad-CAM (fakeface.modeling.explain): shapes and range on timm CNNs, that it follows the evidence, and the overlay."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from fakeface.constants import FAKE, REAL
-from fakeface.explain import crop_coverage, explain_image, gradcam, overlay_heatmap
-from fakeface.inference import Detector
-from fakeface.model import create_detector
-from fakeface.preprocess import Preprocessing, eval_crop_origins
+from fakeface.utils.constants import FAKE, REAL
+from fakeface.modeling.explain import crop_coverage, explain_image, gradcam, overlay_heatmap
+from fakeface.modeling.inference import Detector
+from fakeface.modeling.detector import create_detector
+from fakeface.data.preprocess import Preprocessing, eval_crop_origins
 
 
 @pytest.mark.parametrize(

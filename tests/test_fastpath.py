@@ -17,13 +17,13 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from fakeface.fastpath import (
+from fakeface.modeling.fastpath import (
     ENV_THREADS, FAST_INFO_NAME, FAST_MODEL_NAME, FastDetector, compute_weights_fingerprint, export_fast_path,
     load_fast_detector, read_fast_path_info, resolve_num_threads,
 )
-from fakeface.inference import Detector
-from fakeface.model import create_detector, load_detector, save_detector, update_detector_settings
-from fakeface.preprocess import Augmentation, Preprocessing, build_train_transform
+from fakeface.modeling.inference import Detector
+from fakeface.modeling.detector import create_detector, load_detector, save_detector, update_detector_settings
+from fakeface.data.preprocess import Augmentation, Preprocessing, build_train_transform
 
 ARCH = "mobilenetv2_050"
 PREPROCESSING = Preprocessing(input_size=(3, 32, 32), num_test_crops=5)
@@ -131,7 +131,7 @@ def test_fast_path_gives_fp32_verdicts_within_tolerance(release, fixed_set):
     reference = Detector(load_detector(folder))
     images, labels = fixed_set
     ref, new = reference.score(images), fast.score(images)
-    from fakeface.evaluation import roc_auc
+    from fakeface.evaluation.metrics import roc_auc
 
     auc32, auc8 = roc_auc(labels, ref.p_fake), roc_auc(labels, new.p_fake)
     assert auc32 > 0.9, "the tiny detector did not learn; the comparison would be meaningless"
@@ -232,7 +232,7 @@ def test_fast_path_is_refused_with_a_reason(release, tmp_path, caplog, damage, r
         config = json.loads((folder / "config.json").read_text())
         config["fakeface"]["num_test_crops"] = 1
         (folder / "config.json").write_text(json.dumps(config))
-    caplog.set_level("INFO", logger="fakeface.fastpath")
+    caplog.set_level("INFO", logger="fakeface.modeling.fastpath")
     assert load_fast_detector(folder) is None
     assert reason in caplog.text
     # The release still serves, in fp32.
@@ -242,7 +242,7 @@ def test_fast_path_is_refused_with_a_reason(release, tmp_path, caplog, damage, r
 
 def test_missing_onnxruntime_means_fp32(release, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
-    caplog.set_level("INFO", logger="fakeface.fastpath")
+    caplog.set_level("INFO", logger="fakeface.modeling.fastpath")
     assert load_fast_detector(release[0]) is None
     assert "onnxruntime is not installed" in caplog.text
 
@@ -256,14 +256,14 @@ def test_over_budget_export_tries_both_graphs_and_is_refused(tmp_path, caplog):
     assert [a["input_conv"] for a in info["attempts"]] == ["int8", "fp32"]
     assert info["input_conv"] == "fp32" and info["within_budget"] is False
     assert not any(p.name.startswith(".") for p in folder.iterdir())
-    caplog.set_level("INFO", logger="fakeface.fastpath")
+    caplog.set_level("INFO", logger="fakeface.modeling.fastpath")
     assert load_fast_detector(folder) is None and "loses" in caplog.text
 
 
 def test_input_convolution_is_found_through_the_crop_reshape(release, tmp_path):
     import onnx
 
-    from fakeface.fastpath import export_onnx, find_input_convs
+    from fakeface.modeling.fastpath import export_onnx, find_input_convs
 
     path = tmp_path / "m.onnx"
     export_onnx(load_detector(release[0]), path)

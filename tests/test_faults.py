@@ -14,8 +14,8 @@ import urllib.request
 import pytest
 import torch
 
-from fakeface.model import create_detector, load_detector, push_detector, save_detector
-from fakeface.preprocess import Preprocessing
+from fakeface.modeling.detector import create_detector, load_detector, push_detector, save_detector
+from fakeface.data.preprocess import Preprocessing
 
 PP = Preprocessing(input_size=(3, 32, 32), num_test_crops=1)
 
@@ -63,9 +63,9 @@ def generate_app(tmp_path_factory):
     """The app launched against a module-wide OpenAI fake; generation times out after 1 s."""
     from gradio_client import Client
 
-    from fakeface.loadtest import launch_local_app
-    from fakeface.serving import ModelRegistry, RateLimiter, load_models
-    from fakeface.ui import build_app
+    from benchmarks.loadtest import launch_local_app
+    from fakeface.serving.core import ModelRegistry, RateLimiter, load_models
+    from fakeface.app.layout import build_app
     from tests.fakes.openai_server import FakeOpenAI
     from tests.test_hardening import save_tiny_model
 
@@ -130,9 +130,9 @@ def test_openai_failure_messages_name_the_problem(generate_app):
 def _launched_status(sources: str):
     from gradio_client import Client
 
-    from fakeface.loadtest import launch_local_app
-    from fakeface.serving import ModelRegistry
-    from fakeface.ui import build_app
+    from benchmarks.loadtest import launch_local_app
+    from fakeface.serving.core import ModelRegistry
+    from fakeface.app.layout import build_app
 
     demo = build_app(ModelRegistry.from_env({"FAKEFACE_MODEL": sources}), environ={})
     url = launch_local_app(demo)

@@ -21,15 +21,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fakeface import generation
-from fakeface.constants import ATTRIBUTE_COLUMNS, DEFAULT_IMAGE_MODEL, RETIRED_IMAGE_MODELS
-from fakeface.generation import (
+from fakeface.generation import runner as generation
+from fakeface.utils.constants import ATTRIBUTE_COLUMNS, DEFAULT_IMAGE_MODEL, RETIRED_IMAGE_MODELS
+from fakeface.generation.runner import (
     AccessDeniedError, ContentRefusedError, InvalidKeyError, InvalidResponseError,
     QuotaExceededError, RateLimitedError, RequestRejectedError, ServiceUnavailableError,
     available_image_models, available_image_qualities, generate_face, load_manifest, plan_generation,
     resolve_api_key, resolve_image_model, run_generation,
 )
-from fakeface.prompts import ATTRIBUTE_GRID, build_face_prompt, plan_balanced_attributes, validate_attributes
+from fakeface.generation.prompts import ATTRIBUTE_GRID, build_face_prompt, plan_balanced_attributes, validate_attributes
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "generate_faces.py"

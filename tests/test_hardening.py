@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fakeface.loadtest import launch_local_app
-from fakeface.serving import ModelRegistry, load_models
+from benchmarks.loadtest import launch_local_app
+from fakeface.serving.core import ModelRegistry, load_models
 from tests.bad_inputs import build_corpus, oversized_upload
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -39,8 +39,8 @@ def save_tiny_model(folder: Path) -> Path:
     """A random-weight MobileNetV2 at 64 px: the plumbing is under test, not the verdicts."""
     import torch
 
-    from fakeface.model import create_detector, save_detector
-    from fakeface.preprocess import Preprocessing
+    from fakeface.modeling.detector import create_detector, save_detector
+    from fakeface.data.preprocess import Preprocessing
 
     torch.manual_seed(0)
     return save_detector(create_detector("mobilenetv2_050", preprocessing=Preprocessing(input_size=(3, 64, 64))), folder)
@@ -76,7 +76,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    from fakeface.dataset import build_face_dataset
+    from fakeface.data.dataset import build_face_dataset
 
     folder = build_face_dataset(tmp_path_factory.mktemp("data") / "faces", synthetic=40, synthetic_size=64, seed=0,
                                 progress=False).output_dir
@@ -86,7 +86,7 @@ def dataset_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app_url(model_dir, dataset_dir):
-    from fakeface.ui import build_app
+    from fakeface.app.layout import build_app
 
     registry = ModelRegistry.from_models(load_models([str(model_dir)], use_fast_path=False), dataset=str(dataset_dir))
     demo = build_app(registry, environ={})

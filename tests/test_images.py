@@ -1,4 +1,4 @@
-"""fakeface.images: every awkward or hostile file gets a correct decode or a specific refusal."""
+"""fakeface.data.images: every awkward or hostile file gets a correct decode or a specific refusal."""
 from __future__ import annotations
 
 import io
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakeface.constants import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES
-from fakeface.images import (
+from fakeface.utils.constants import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES
+from fakeface.data.images import (
     ImageDecodeError, estimate_jpeg_quality, format_decode_notes, load_image, read_image_facts,
 )
 from tests.bad_inputs import build_corpus, oversized_upload, png_declaring

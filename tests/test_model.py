@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fakeface.constants import LABEL_NAMES
-from fakeface.inference import Detector
-from fakeface.model import (
+from fakeface.utils.constants import LABEL_NAMES
+from fakeface.modeling.inference import Detector
+from fakeface.modeling.detector import (
     DetectorLoadError,
     PretrainedWeightsUnavailable,
     create_detector,
@@ -19,7 +19,7 @@ from fakeface.model import (
     save_detector,
     update_detector_settings,
 )
-from fakeface.preprocess import Preprocessing, resolve_preprocessing
+from fakeface.data.preprocess import Preprocessing, resolve_preprocessing
 
 PP = Preprocessing(input_size=(3, 64, 64), num_test_crops=5)
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 import train_benchmark  # noqa: E402
 
-from fakeface.offline_benchmark import ROBUST_TARGETS, render_offline_benchmark  # noqa: E402
+from benchmarks.offline import ROBUST_TARGETS, render_offline_benchmark  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_auc_standard_error_agrees_with_the_bootstrap():
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from fakeface.offline_benchmark import auc_standard_error
+    from benchmarks.offline import auc_standard_error
 
     rng = np.random.default_rng(0)
     labels = np.r_[np.zeros(60), np.ones(60)]

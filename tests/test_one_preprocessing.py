@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fakeface import inference
-from fakeface.model import create_detector, load_detector, save_detector
-from fakeface.preprocess import Preprocessing
+from fakeface.modeling import inference
+from fakeface.modeling.detector import create_detector, load_detector, save_detector
+from fakeface.data.preprocess import Preprocessing
 
 CASES = [
     Preprocessing(input_size=(3, 48, 48), num_test_crops=5),
@@ -47,9 +47,9 @@ def capture_model_inputs(monkeypatch):
 def test_training_evaluation_and_app_feed_the_model_the_same_tensor(pp, tmp_path, capture_model_inputs):
     from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, Value
 
-    from fakeface.evaluation import decode_split
-    from fakeface.serving import load_model, analyze_bytes
-    from fakeface.training import _EvalTransform, prepare_split
+    from fakeface.evaluation.metrics import decode_split
+    from fakeface.serving.core import load_model, analyze_bytes
+    from fakeface.training.loop import _EvalTransform, prepare_split
 
     folder = save_detector(create_detector("mobilenetv2_050", preprocessing=pp), tmp_path / "model")
     model = load_detector(str(folder))
@@ -61,7 +61,7 @@ def test_training_evaluation_and_app_feed_the_model_the_same_tensor(pp, tmp_path
         features=Features({"image": ImageFeature(), "label": ClassLabel(names=["real", "fake"]),
                            "generator": Value("string")}),
     )
-    from fakeface.preprocess import resolve_preprocessing
+    from fakeface.data.preprocess import resolve_preprocessing
 
     training_input = prepare_split(split, _EvalTransform(resolve_preprocessing(model)))[0]["pixel_values"]
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fakeface.preprocess import (
+from fakeface.data.preprocess import (
     Augmentation,
     Preprocessing,
     build_eval_transform,
@@ -84,7 +84,7 @@ def test_train_crops_are_native_windows_without_augmentation():
 
 
 def test_preprocessing_round_trips_through_config_and_model():
-    from fakeface.model import create_detector
+    from fakeface.modeling.detector import create_detector
 
     pp = Preprocessing(input_size=(3, 96, 96), interpolation="bilinear", crop_protocol="resize", num_test_crops=1)
     model = create_detector("mobilenetv2_100", preprocessing=pp)

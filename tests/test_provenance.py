@@ -14,9 +14,9 @@ import zlib
 import pytest
 from PIL import Image, PngImagePlugin
 
-from fakeface import provenance
-from fakeface.provenance import NO_CREDENTIALS_NOTE, read_provenance
-from fakeface.ui_render import render_provenance
+from fakeface.serving import provenance
+from fakeface.serving.provenance import NO_CREDENTIALS_NOTE, read_provenance
+from fakeface.app.render import render_provenance
 
 c2pa = pytest.importorskip("c2pa")
 

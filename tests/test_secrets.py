@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from fakeface.loadtest import launch_local_app
-from fakeface.serving import ModelRegistry, RateLimiter, load_models
+from benchmarks.loadtest import launch_local_app
+from fakeface.serving.core import ModelRegistry, RateLimiter, load_models
 from tests.fakes.openai_server import FakeOpenAI
 from tests.test_hardening import save_tiny_model
 
@@ -72,7 +72,7 @@ def world(tmp_path_factory):
         mp.setenv("OPENAI_BASE_URL", fake.base_url)
         mp.setenv("OPENAI_API_KEY", SPACE_KEY)
         mp.setenv("HF_TOKEN", HF_TOKEN)
-        from fakeface.ui import build_app
+        from fakeface.app.layout import build_app
 
         model_dir = save_tiny_model(root / "model")
         registry = ModelRegistry.from_models(load_models([str(model_dir)], use_fast_path=False))
@@ -195,7 +195,7 @@ def test_results_name_uploads_by_their_base_name_only(world):
 
 
 def test_hf_token_never_reaches_pushed_files_caches_or_the_app(hub, tmp_path, monkeypatch):
-    from fakeface.model import push_detector
+    from fakeface.modeling.detector import push_detector
 
     hub.token = HF_TOKEN        # the fake accepts exactly this token from now on
     monkeypatch.setenv("HF_TOKEN", HF_TOKEN)

@@ -1,4 +1,4 @@
-"""The app's logic without a server (fakeface.serving): loading, one image, batches, rate limit, data.
+"""The app's logic without a server (fakeface.serving.core): loading, one image, batches, rate limit, data.
 
 Detectors here have random weights (a MobileNetV2 at 64 px): enough for the
 plumbing, the verdicts mean nothing. Where a test needs a verdict to change
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from fakeface.constants import SYNTHETIC_GENERATOR
-from fakeface.images import ImageDecodeError, load_image
-from fakeface.inference import Detector, decide, fake_probability
-from fakeface.model import create_detector, load_detector, push_detector, save_detector, update_detector_settings
-from fakeface.preprocess import Preprocessing
-from fakeface.serving import (
+from fakeface.utils.constants import SYNTHETIC_GENERATOR
+from fakeface.data.images import ImageDecodeError, load_image
+from fakeface.modeling.inference import Detector, decide, fake_probability
+from fakeface.modeling.detector import create_detector, load_detector, push_detector, save_detector, update_detector_settings
+from fakeface.data.preprocess import Preprocessing
+from fakeface.serving.core import (
     AppError, DatasetCache, GenerationRequest, LoadedModel, LoadFailure, ModelRegistry, RateLimiter,
     RateLimitExceeded, analyze_bytes, analyze_files, describe_release, evaluate_sample, filter_indices,
     generate_and_analyze, load_models, parse_model_sources, sample_gallery, summarize_dataset, write_rows_csv,
@@ -231,7 +231,7 @@ def test_the_scorer_is_pluggable_and_robustness_flags_unstable_verdicts(loaded):
 
 
 def test_load_models_uses_a_valid_fast_path(monkeypatch, model_dir):
-    import fakeface.fastpath as fastpath
+    import fakeface.modeling.fastpath as fastpath
 
     fast = SizeScorer(min_side=1)
     monkeypatch.setattr(fastpath, "load_fast_detector", lambda model: fast)
@@ -313,7 +313,7 @@ def test_generation_uses_the_users_key_else_the_spaces_key_under_the_limit(opena
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory) -> Path:
-    from fakeface.dataset import build_face_dataset
+    from fakeface.data.dataset import build_face_dataset
 
     return build_face_dataset(tmp_path_factory.mktemp("data") / "faces", synthetic=24, synthetic_size=64,
                               seed=0, progress=False).output_dir
@@ -363,7 +363,7 @@ def test_describe_release_reads_metrics_and_card(tmp_path, model_dir):
     assert release["metrics"]["roc_auc"] == 0.97 and release["n_test"] == 40
     assert (release["dataset"], release["dataset_revision"]) == ("org/faces", "abc123")
     assert release["card"] == "# Card\n\nText."
-    from fakeface.ui_render import render_about, render_model_cards
+    from fakeface.app.render import render_about, render_model_cards
 
     about = render_about(ModelRegistry.from_models([model]).status(), [release])
     assert "0.970" in about and "`org/faces` at revision `abc123`" in about and str(tmp_path) not in about

@@ -1,4 +1,4 @@
-"""fakeface.synthetic: deterministic, labelled, shortcut-free, and the fakes carry an upsampling fingerprint."""
+"""fakeface.data.synthetic: deterministic, labelled, shortcut-free, and the fakes carry an upsampling fingerprint."""
 from __future__ import annotations
 
 import io
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakeface.constants import FAKE, REAL, SYNTHETIC_GENERATOR, SYNTHETIC_REAL_SOURCE
-from fakeface.images import load_image
-from fakeface.synthetic import (
+from fakeface.utils.constants import FAKE, REAL, SYNTHETIC_GENERATOR, SYNTHETIC_REAL_SOURCE
+from fakeface.data.images import load_image
+from fakeface.data.synthetic import (
     SYNTHETIC_NOTICE, generate_synthetic_faces, generate_synthetic_sample, synthetic_sizes,
 )
 

@@ -1,0 +1,1 @@
+"""Measurement code: benchmarks and the load test. The Space never imports these."""

@@ -1,0 +1,563 @@
+"""Load test of the launched app: many ``gradio_client`` clients, mixed detect calls, server memory watched.
+
+The server runs in its own process (:func:`start_server`), so its resident
+memory is the app's alone; clients run as threads here. A no-op endpoint is
+added to the same server (:func:`add_noop_endpoint`) and driven the same way,
+so the report can say how much of a request's time is the server and client
+machinery and how much is the detector.
+
+Used by ``scripts/load_test.py`` (the full 16 clients x 200 requests run) and
+``tests/test_load.py`` (a short one).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "LoadReport", "MemoryWatch", "PhaseResult", "add_noop_endpoint", "build_load_images", "free_port",
+    "describe_queue", "launch_local_app", "render_report_markdown", "run_load_test", "run_phase", "save_load_model", "save_report",
+    "start_server", "stop_server", "wait_until_ready",
+]
+
+NOOP_API = "noop"
+# (api_name, args builder, weight): the detect mix. ``explain``/``robustness``
+# switch Grad-CAM and the two re-scored copies on or off, the three costs a
+# visitor can choose; a batch of two files exercises the batch endpoint.
+DETECT_MIX = (("fast", 0.5), ("full", 0.25), ("explain", 0.15), ("batch", 0.10))
+# Resident memory may grow by at most this much after warm-up (allocator
+# arenas settle, caches fill); more means something accumulates per request.
+RSS_GROWTH_BOUND_MB = 64.0
+
+
+def free_port() -> int:
+    """A free loopback TCP port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- server
+
+def add_noop_endpoint(demo: Any) -> Any:
+    """Add ``/noop`` (returns "ok" at once) to ``demo`` unless it has one, through the same queue.
+
+    It has no concurrency limit: it measures the server and client machinery, nothing else.
+    """
+    import gradio as gr
+
+    names = {getattr(fn, "api_name", None) for fn in getattr(demo, "fns", {}).values()}
+    if NOOP_API in names:
+        return demo
+    with demo:
+        box = gr.Textbox(visible=False)
+        trigger = gr.Button(visible=False)
+        trigger.click(lambda: "ok", None, box, api_name=NOOP_API, concurrency_limit=None)
+    return demo
+
+
+def launch_local_app(demo: Any, **overrides: Any) -> str:
+    """Launch ``demo`` in this process on a free loopback port (no thread lock); returns its URL."""
+    from fakeface.app.layout import launch_app
+
+    settings = {"server_name": "127.0.0.1", "server_port": free_port(), "prevent_thread_lock": True,
+                "quiet": True, **overrides}
+    launch_app(demo, **settings)
+    return f"http://127.0.0.1:{settings['server_port']}/"
+
+
+def describe_queue(demo: Any) -> dict[str, Any]:
+    """The queue's configuration: maximum size, default concurrency, and each public endpoint's limit."""
+    queue = getattr(demo, "_queue", None)
+    default = getattr(queue, "default_concurrency_limit", None)
+    endpoints = {}
+    for fn in demo.fns.values():
+        if fn.api_name and getattr(fn, "api_visibility", "public") == "public":
+            limit = fn.concurrency_limit
+            endpoints[fn.api_name] = {
+                "concurrency_limit": default if limit == "default" else limit,
+                "concurrency_id": fn.concurrency_id if isinstance(fn.concurrency_id, str) and not
+                fn.concurrency_id.isdigit() else fn.api_name,
+                "queued": bool(fn.queue),
+            }
+    return {"max_size": getattr(queue, "max_size", None), "default_concurrency_limit": default,
+            "endpoints": endpoints}
+
+
+def serve(port: int, info_path: str | None = None) -> None:
+    """Build the app from the environment (``FAKEFACE_MODEL``...), add ``/noop`` and serve until killed.
+
+    With ``info_path``, the queue configuration is written there as JSON first.
+    """
+    from fakeface.app.layout import build_app, launch_app
+
+    demo = add_noop_endpoint(build_app())
+    if info_path:
+        Path(info_path).write_text(json.dumps(describe_queue(demo)))
+    launch_app(demo, server_name="127.0.0.1", server_port=port, quiet=True)
+
+
+def start_server(model_dir: str | os.PathLike, *, port: int | None = None, env: dict[str, str] | None = None,
+                 log_path: str | os.PathLike | None = None) -> tuple[subprocess.Popen, str]:
+    """Start the app in a child process serving ``model_dir``; returns (process, url) once it answers."""
+    port = port or free_port()
+    # MALLOC_ARENA_MAX: glibc gives each worker thread its own heap arena, which
+    # holds on to freed image buffers; two arenas keep RSS flat (also advised for the Space).
+    child_env = {"MALLOC_ARENA_MAX": "2", **os.environ, "FAKEFACE_MODEL": str(model_dir), "GRADIO_ANALYTICS_ENABLED": "False",
+                 "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", **(env or {})}
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    root = Path(__file__).resolve().parent.parent
+    info = Path(tempfile.mkdtemp(prefix="fakeface-load-info-")) / "queue.json"
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.loadtest", "--serve", str(port), str(info)],
+                               cwd=root, env=child_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_ready(url, process=process)
+    except Exception:
+        stop_server(process)
+        raise
+    process.fakeface_queue = json.loads(info.read_text()) if info.is_file() else {}
+    return process, url
+
+
+def wait_until_ready(url: str, *, timeout_s: float = 120.0, process: subprocess.Popen | None = None) -> None:
+    """Wait until the server answers ``/config`` and its models are loaded (``/status`` lists them)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the app process exited with code {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url + "config", timeout=5) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        raise TimeoutError(f"the app at {url} did not answer within {timeout_s:.0f} s")
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, download_files=False)
+    while time.monotonic() < deadline:
+        state = client.predict(api_name="/status")[0]
+        if state["models"] or state["failures"]:
+            if not state["models"]:
+                raise RuntimeError(f"the app has no model: {state['failures']}")
+            return
+        time.sleep(0.5)
+    raise TimeoutError("the app's models did not load in time")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """Terminate the app process (then kill it if it lingers)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+# --------------------------------------------------------------------------- inputs
+
+def save_load_model(folder: str | os.PathLike, *, arch: str = "mobilenetv2_100", input_size: int = 128,
+                    seed: int = 0) -> Path:
+    """A random-weight detector at the demo's input size (speed does not depend on what it learned)."""
+    import torch
+
+    from fakeface.modeling.detector import create_detector, save_detector
+    from fakeface.data.preprocess import Preprocessing
+
+    torch.manual_seed(seed)
+    model = create_detector(arch, preprocessing=Preprocessing(input_size=(3, input_size, input_size)))
+    return save_detector(model, folder)
+
+
+def build_load_images(folder: str | os.PathLike, *, n: int = 6, seed: int = 0) -> list[Path]:
+    """A handful of face-sized files in the formats visitors send (PNG, JPEG, WebP; 256-512 px)."""
+    from fakeface.data.synthetic import generate_synthetic_sample
+    from fakeface.data.images import load_image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    formats = (("PNG", "png", {}), ("JPEG", "jpg", {"quality": 90}), ("WEBP", "webp", {"quality": 90}))
+    for i in range(n):
+        size = (256, 384, 512)[i % 3]
+        image = load_image(generate_synthetic_sample(i, seed=seed, size=size).data).image
+        fmt, ext, params = formats[i % len(formats)]
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt, **params)
+        path = folder / f"face-{i}.{ext}"
+        path.write_bytes(buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------- memory
+
+class MemoryWatch:
+    """Samples the resident memory of process ``pid`` every ``interval_s`` in a thread."""
+
+    def __init__(self, pid: int, interval_s: float = 0.5):
+        import psutil
+
+        self._process = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, float]] = []       # (seconds since start, RSS MiB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-watch", daemon=True)
+        self._t0 = time.monotonic()
+
+    def rss_mb(self) -> float:
+        return self._process.memory_info().rss / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.monotonic() - self._t0, self.rss_mb()))
+            except Exception:  # noqa: BLE001 - the process ended
+                return
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "MemoryWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- clients
+
+@dataclass
+class PhaseResult:
+    """One phase of the load test: who called what, how fast, what failed."""
+
+    name: str
+    clients: int
+    requests_per_client: int
+    ok: int = 0
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    calls: dict[str, int] = field(default_factory=dict)
+    rss_mb: list[tuple[float, float]] = field(default_factory=list, repr=False)
+
+    @property
+    def throughput_rps(self) -> float:
+        return self.ok / self.wall_s if self.wall_s else 0.0
+
+    def latency_summary(self) -> dict[str, float]:
+        if not self.latencies_ms:
+            return {}
+        ordered = sorted(self.latencies_ms)
+
+        def pct(q: float) -> float:
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+        return {"mean": round(statistics.fmean(ordered), 1), "p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99),
+                "max": round(ordered[-1], 1)}
+
+    def memory_summary(self, warmup_fraction: float = 0.2) -> dict[str, float]:
+        """RSS at the end of warm-up (first ``warmup_fraction`` of the phase), at the end, and the peak."""
+        if not self.rss_mb:
+            return {}
+        end_t = self.rss_mb[-1][0]
+        start_t = self.rss_mb[0][0]
+        cut = start_t + warmup_fraction * (end_t - start_t)
+        warm = [m for t, m in self.rss_mb if t <= cut] or [self.rss_mb[0][1]]
+        after = [m for t, m in self.rss_mb if t > cut] or [self.rss_mb[-1][1]]
+        tail = after[-max(1, len(after) // 10):]
+        return {"start": round(self.rss_mb[0][1], 1), "after_warmup": round(warm[-1], 1),
+                "end": round(statistics.fmean(tail), 1), "peak": round(max(m for _, m in self.rss_mb), 1),
+                "growth_after_warmup": round(statistics.fmean(tail) - warm[-1], 1)}
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "clients": self.clients, "requests_per_client": self.requests_per_client,
+                "ok": self.ok, "errors": len(self.errors), "error_examples": sorted(set(self.errors))[:5],
+                "wall_s": round(self.wall_s, 2), "throughput_rps": round(self.throughput_rps, 2),
+                "latency_ms": self.latency_summary(), "calls": dict(sorted(self.calls.items())),
+                "rss_mb": self.memory_summary(),
+                "rss_trace_mb": [(round(t, 1), round(m, 1)) for t, m in self.rss_mb[::max(1, len(self.rss_mb) // 60)]]}
+
+
+def _detect_call(kind: str, images: Sequence[Path], rng: random.Random) -> tuple[tuple, str]:
+    from gradio_client import handle_file
+
+    if kind == "batch":
+        files = [handle_file(str(p)) for p in rng.sample(list(images), 2)]
+        return (files,), "/detect_batch"
+    image = handle_file(str(rng.choice(images)))
+    explain, robustness = {"fast": (False, False), "full": (True, True), "explain": (True, False)}[kind]
+    return (image, explain, robustness), "/detect"
+
+
+def _check_detect_result(kind: str, result: Any) -> None:
+    """A call only counts as ok when it returned a real verdict (not just no exception)."""
+    if kind == "batch":
+        table = result[0]
+        rows = table["data"]
+        verdict = table["headers"].index("verdict")
+        bad = [row for row in rows if row[verdict] not in ("real", "fake", "uncertain")]
+        if len(rows) != 2 or bad:
+            raise AssertionError(f"batch rows not scored: {bad or rows}")
+        return
+    payload = result[0]
+    if payload.get("verdict") not in ("real", "fake", "uncertain"):
+        raise AssertionError(f"no verdict in {str(payload)[:200]}")
+
+
+def run_phase(url: str, name: str, *, clients: int, requests_per_client: int,
+              call: Callable[[Any, random.Random], str], seed: int = 0,
+              watch: MemoryWatch | None = None) -> PhaseResult:
+    """``clients`` threads, each with its own ``gradio_client.Client`` (own session), ``requests_per_client`` calls.
+
+    ``call(client, rng)`` makes one request and returns its kind; any
+    exception is an error for the report (the phase goes on).
+    """
+    from gradio_client import Client
+
+    result = PhaseResult(name, clients, requests_per_client)
+    lock = threading.Lock()
+    start_gate = threading.Barrier(clients + 1)
+
+    def worker(index: int) -> None:
+        rng = random.Random(seed * 1000 + index)
+        try:
+            client = Client(url, verbose=False, download_files=False)
+        except Exception as error:  # noqa: BLE001
+            with lock:
+                result.errors.append(f"client start: {type(error).__name__}: {error}"[:300])
+            start_gate.wait()
+            return
+        start_gate.wait()
+        for _ in range(requests_per_client):
+            t = time.perf_counter()
+            try:
+                kind = call(client, rng)
+            except Exception as error:  # noqa: BLE001 - every failure is counted and reported
+                with lock:
+                    result.errors.append(f"{type(error).__name__}: {error}"[:300])
+                continue
+            elapsed = (time.perf_counter() - t) * 1e3
+            with lock:
+                result.ok += 1
+                result.latencies_ms.append(elapsed)
+                result.calls[kind] = result.calls.get(kind, 0) + 1
+
+    threads = [threading.Thread(target=worker, args=(i,), name=f"load-client-{i}", daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    start_gate.wait()
+    first_sample = len(watch.samples) if watch else 0
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    result.wall_s = time.perf_counter() - started
+    if watch is not None:
+        result.rss_mb = list(watch.samples[first_sample:])
+    return result
+
+
+def detect_caller(images: Sequence[Path], *, every_kind_first: bool = False) -> Callable[[Any, random.Random], str]:
+    """One mixed detect request per call (see :data:`DETECT_MIX`).
+
+    ``every_kind_first`` (the warm-up): each client's first calls take every
+    kind once, in order, so that no code path is first taken, and its one-off
+    allocations first made, while memory is being measured.
+    """
+    kinds = [k for k, _ in DETECT_MIX]
+    weights = [w for _, w in DETECT_MIX]
+    made: dict[int, int] = {}      # client id -> calls made (each client runs in its own thread)
+
+    def call(client: Any, rng: random.Random) -> str:
+        n = made[id(client)] = made.get(id(client), 0) + 1
+        kind = kinds[n - 1] if every_kind_first and n <= len(kinds) else rng.choices(kinds, weights)[0]
+        args, api = _detect_call(kind, images, rng)
+        _check_detect_result(kind, client.predict(*args, api_name=api))
+        return kind
+
+    return call
+
+
+def noop_call(client: Any, rng: random.Random) -> str:
+    if client.predict(api_name=f"/{NOOP_API}") != "ok":
+        raise AssertionError("the no-op endpoint did not answer 'ok'")
+    return NOOP_API
+
+
+# --------------------------------------------------------------------------- the whole test
+
+@dataclass
+class LoadReport:
+    """Everything the load test measured, JSON-ready via :meth:`to_dict`."""
+
+    clients: int
+    requests_per_client: int
+    server: dict[str, Any]
+    machine: dict[str, Any]
+    phases: list[PhaseResult]
+    rss_bound_mb: float = RSS_GROWTH_BOUND_MB
+    notes: list[str] = field(default_factory=list)
+
+    def phase(self, name: str) -> PhaseResult:
+        return next(p for p in self.phases if p.name == name)
+
+    @property
+    def passed(self) -> bool:
+        detect = self.phase("detect")
+        growth = detect.memory_summary().get("growth_after_warmup", 0.0)
+        return all(not p.errors for p in self.phases) and growth <= self.rss_bound_mb
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"clients": self.clients, "requests_per_client": self.requests_per_client, "server": self.server,
+                "machine": self.machine, "rss_growth_bound_mb": self.rss_bound_mb, "passed": self.passed,
+                "phases": [p.summary() for p in self.phases], "notes": self.notes}
+
+
+def _server_settings(url: str, process: subprocess.Popen) -> dict[str, Any]:
+    """The upload limit the running server announces (``/config``) and the queue it was built with."""
+    with urllib.request.urlopen(url + "config", timeout=10) as response:
+        config = json.load(response)
+    return {"max_file_size": config.get("max_file_size"), "queue": getattr(process, "fakeface_queue", {})}
+
+
+def run_load_test(*, clients: int = 16, requests_per_client: int = 200, model_dir: str | os.PathLike | None = None,
+                  workdir: str | os.PathLike | None = None, seed: int = 0, noop: bool = True,
+                  server_log: str | os.PathLike | None = None, progress: Callable[[str], None] | None = None) -> LoadReport:
+    """Start the app in a child process, drive it with ``clients`` x ``requests_per_client`` mixed detect calls
+    (then as many no-op calls), watching its resident memory; stop it and return the report.
+    """
+    import psutil
+
+    say = progress or (lambda message: logger.info("%s", message))
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="fakeface-load-"))
+    model_dir = Path(model_dir) if model_dir else save_load_model(workdir / "model")
+    images = build_load_images(workdir / "images", seed=seed)
+    say(f"starting the app with {model_dir}")
+    process, url = start_server(model_dir, log_path=server_log)
+    try:
+        server = {"url": url, **_server_settings(url, process)}
+        phases = []
+        report_notes: list[str] = []
+        with MemoryWatch(process.pid) as watch:
+            # Warm up at full concurrency: each worker thread's allocator arena and torch
+            # buffers appear on first use, which is not growth.
+            warm = max(len(DETECT_MIX), requests_per_client // 10)
+            say(f"warm-up: {clients} clients x {warm} requests; RSS {watch.rss_mb():.0f} MiB")
+            run_phase(url, "warmup", clients=clients, requests_per_client=warm,
+                      call=detect_caller(images, every_kind_first=True),
+                      seed=seed + 99)
+            report_notes.append(f"warm-up before measuring: {clients} clients x {warm} requests; RSS "
+                                f"{watch.rss_mb():.0f} MiB after it")
+            say(f"detect: {clients} clients x {requests_per_client} requests")
+            phases.append(run_phase(url, "detect", clients=clients, requests_per_client=requests_per_client,
+                                    call=detect_caller(images), seed=seed, watch=watch))
+            if noop:
+                say(f"no-op: {clients} clients x {requests_per_client} requests")
+                phases.append(run_phase(url, NOOP_API, clients=clients, requests_per_client=requests_per_client,
+                                        call=noop_call, seed=seed, watch=watch))
+            server["alive_after"] = process.poll() is None
+    finally:
+        stop_server(process)
+    machine = {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+               "python": sys.version.split()[0], "torch_threads": os.environ.get("OMP_NUM_THREADS")}
+    try:
+        from fakeface.modeling.detector import read_detector_config
+
+        cfg = read_detector_config(model_dir)
+        server["model"] = {"architecture": cfg.get("architecture"), "input_size": (cfg.get("pretrained_cfg") or {}).get("input_size")}
+    except Exception:  # noqa: BLE001 - the description is optional
+        pass
+    return LoadReport(clients, requests_per_client, server, machine, phases, notes=report_notes)
+
+
+def render_report_markdown(report: LoadReport) -> str:
+    """The committed ``results/load_test.md``."""
+    data = report.to_dict()
+    lines = [
+        "# Load test", "",
+        f"{report.clients} concurrent `gradio_client` clients x {report.requests_per_client} requests each, "
+        "against the launched app (own process), then the same against a no-op endpoint on the same server.", "",
+        f"**Result: {'PASS' if report.passed else 'FAIL'}** (zero errors; resident memory growth after warm-up "
+        f"<= {report.rss_bound_mb:.0f} MiB).", "",
+        "| phase | requests ok | errors | wall s | req/s | mean ms | p50 | p95 | p99 | max |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for phase in data["phases"]:
+        lat = phase["latency_ms"] or {}
+        lines.append(f"| {phase['name']} | {phase['ok']} | {phase['errors']} | {phase['wall_s']} | "
+                     f"{phase['throughput_rps']} | {lat.get('mean', '')} | {lat.get('p50', '')} | {lat.get('p95', '')} | "
+                     f"{lat.get('p99', '')} | {lat.get('max', '')} |")
+    detect = data["phases"][0]
+    mem = detect["rss_mb"]
+    lines += ["", "Server resident memory (MiB) during the detect phase: "
+              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in mem.items()) + ".", "",
+              f"Detect mix (calls made): {detect['calls']}; `fast` = no Grad-CAM and no robustness check, "
+              "`full` = both, `explain` = Grad-CAM only, `batch` = two files through `/detect_batch`.", ""]
+    if len(data["phases"]) > 1:
+        noop = data["phases"][1]
+        if noop["throughput_rps"]:
+            lines.append(f"Detect throughput is {detect['throughput_rps'] / noop['throughput_rps']:.1%} of the no-op "
+                         f"endpoint's ({detect['throughput_rps']} vs {noop['throughput_rps']} req/s).")
+            lines.append("")
+    server = data["server"]
+    queue = server.get("queue") or {}
+    lines += ["## Server", "", f"- model: {server.get('model')}",
+              f"- upload limit (max_file_size): {server.get('max_file_size')} bytes",
+              f"- queue: at most {queue.get('max_size')} waiting requests, default concurrency "
+              f"{queue.get('default_concurrency_limit')}; per endpoint (limit, shared lane): " + ", ".join(
+                  f"`{k}` {v['concurrency_limit']} ({v['concurrency_id']})" for k, v in queue.get("endpoints", {}).items()),
+              f"- still serving after the run: {server.get('alive_after')}", "",
+              "## Machine", "", f"- {data['machine']}",
+              "- the machine's 2 CPU cores were shared with other engineers' work during the run, so "
+              "throughput is a lower bound and latencies are noisy.", ""]
+    for note in report.notes:
+        lines.append(f"- {note}")
+    if any(p["error_examples"] for p in data["phases"]):
+        lines += ["## Errors", ""] + [f"- {p['name']}: {e}" for p in data["phases"] for e in p["error_examples"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def save_report(report: LoadReport, output_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``load_test.json`` and ``load_test.md`` into ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = output_dir / "load_test.json"
+    json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    md_path = output_dir / "load_test.md"
+    md_path.write_text(render_report_markdown(report))
+    return json_path, md_path
+
+
+def _main(argv: Sequence[str]) -> int:
+    # The child process of start_server: ``python -m benchmarks.loadtest --serve PORT``.
+    if len(argv) in (2, 3) and argv[0] == "--serve":
+        logging.basicConfig(level=logging.WARNING)
+        serve(int(argv[1]), argv[2] if len(argv) == 3 else None)
+        return 0
+    print("usage: python -m benchmarks.loadtest --serve PORT (see scripts/load_test.py)", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
+

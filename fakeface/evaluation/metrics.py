@@ -1,0 +1,495 @@
+"""Metrics, calibration, decision thresholds and robustness for a real/fake detector.
+
+Everything scores through :class:`fakeface.modeling.inference.Detector`, so evaluation
+sees exactly the crops, temperature and thresholds the app applies.
+
+Conventions: ``labels`` are 0 = real, 1 = fake (``constants.REAL``/``FAKE``);
+``p_fake`` is the (calibrated) probability of ``fake``; the positive class of
+every metric is ``fake``. The metric implementations are numpy, written to the
+same definitions as scikit-learn (tests check agreement), so the app can call
+them on a handful of images without pulling in anything heavy.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from fakeface.utils.constants import ATTRIBUTE_COLUMNS, FAKE, LABEL_NAMES, REAL
+from fakeface.data.preprocess import jpeg_roundtrip
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TARGET_FPR = 0.05
+DEFAULT_ECE_BINS = 15
+# Temperatures are kept within this range: on perfectly separated validation
+# data the likelihood keeps improving as T -> 0, which would only make the
+# app's probabilities overconfident.
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+# --------------------------------------------------------------------------- input checks
+
+def _as_labels_and_scores(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).astype(np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.size} vs {s.size}")
+    if y.size and not np.isin(y, (REAL, FAKE)).all():
+        raise ValueError(f"labels must be {REAL} ({LABEL_NAMES[REAL]}) or {FAKE} ({LABEL_NAMES[FAKE]})")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    return y, s
+
+
+# --------------------------------------------------------------------------- curves
+
+def roc_curve_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds), one point per distinct score, starting at (0, 0).
+
+    ``thresholds[i]`` is the score at which the point is reached (``score >= t``
+    is called fake); the first threshold is ``inf``.
+    """
+    y, s = _as_labels_and_scores(labels, scores)
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    # Last index of each run of equal scores: tied samples enter together.
+    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1] if s.size else np.array([], int)
+    tp = np.cumsum(y == FAKE)[last]
+    fp = np.cumsum(y == REAL)[last]
+    n_pos, n_neg = int((y == FAKE).sum()), int((y == REAL).sum())
+    tpr = np.r_[0.0, tp / n_pos] if n_pos else np.full(last.size + 1, np.nan)
+    fpr = np.r_[0.0, fp / n_neg] if n_neg else np.full(last.size + 1, np.nan)
+    return fpr, tpr, np.r_[np.inf, s[last]]
+
+
+def precision_recall_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, thresholds) over decreasing thresholds, recall rising from 0."""
+    y, s = _as_labels_and_scores(labels, scores)
+    _, tpr, thresholds = roc_curve_points(y, s)
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1] if s.size else np.array([], int)
+    tp = np.cumsum(y_sorted == FAKE)[last]
+    predicted = last + 1
+    precision = np.r_[1.0, tp / predicted]
+    return precision, tpr, thresholds
+
+
+def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve (ties count half); NaN when one class is missing."""
+    fpr, tpr, _ = roc_curve_points(labels, scores)
+    if np.isnan(fpr).any() or np.isnan(tpr).any():
+        return float("nan")
+    return float(np.trapezoid(tpr, fpr))
+
+
+def average_precision(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """sum_n (R_n - R_{n-1}) P_n over distinct thresholds (scikit-learn's definition)."""
+    precision, recall, _ = precision_recall_points(labels, scores)
+    if np.isnan(recall).any():
+        return float("nan")
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
+# --------------------------------------------------------------------------- calibration
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Equal-width bins over p(fake): what the reliability diagram draws."""
+
+    edges: np.ndarray        # (B+1,)
+    mean_p_fake: np.ndarray  # (B,) NaN for empty bins
+    frac_fake: np.ndarray    # (B,) observed fraction of fakes; NaN for empty bins
+    counts: np.ndarray       # (B,)
+
+
+def reliability_bins(labels: Sequence[int], p_fake: Sequence[float], n_bins: int = DEFAULT_ECE_BINS) -> ReliabilityBins:
+    """Bin p(fake) into ``n_bins`` equal-width bins (a value on an inner edge goes to the lower bin)."""
+    y, p = _as_labels_and_scores(labels, p_fake)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ids = np.searchsorted(edges[1:-1], p)  # same binning as sklearn.calibration.calibration_curve
+    counts = np.bincount(ids, minlength=n_bins).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(ids, weights=p, minlength=n_bins) / counts
+        frac = np.bincount(ids, weights=(y == FAKE).astype(float), minlength=n_bins) / counts
+    return ReliabilityBins(edges, mean_p, frac, counts)
+
+
+def expected_calibration_error(labels: Sequence[int], p_fake: Sequence[float], n_bins: int = DEFAULT_ECE_BINS) -> float:
+    """ECE of p(fake): sum over bins of (bin share) x |mean p(fake) - fraction fake|."""
+    bins = reliability_bins(labels, p_fake, n_bins)
+    total = bins.counts.sum()
+    if not total:
+        return float("nan")
+    filled = bins.counts > 0
+    gaps = np.abs(bins.mean_p_fake[filled] - bins.frac_fake[filled])
+    return float(np.sum(bins.counts[filled] / total * gaps))
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def platt_targets(labels: np.ndarray) -> np.ndarray:
+    """Soft (N, 2) targets: fakes -> (n_fake+1)/(n_fake+2), reals -> 1/(n_real+2) (Platt 1999).
+
+    With hard 0/1 targets, a validation split the model separates perfectly
+    pulls the temperature to zero (probabilities of exactly 0 and 1). Platt's
+    out-of-sample targets give the fit a finite optimum and barely change it
+    otherwise.
+    """
+    y = np.asarray(labels).astype(np.int64).ravel()
+    n_fake, n_real = int((y == FAKE).sum()), int((y == REAL).sum())
+    p_fake = np.where(y == FAKE, (n_fake + 1) / (n_fake + 2), 1 / (n_real + 2))
+    targets = np.empty((y.size, 2))
+    targets[:, FAKE], targets[:, REAL] = p_fake, 1 - p_fake
+    return targets
+
+
+def _nll(logits: np.ndarray, targets: np.ndarray, temperature: float) -> float:
+    return float(-(targets * _log_softmax(logits / temperature)).sum(axis=1).mean())
+
+
+def fit_temperature(logits: Sequence[Sequence[float]], labels: Sequence[int]) -> float:
+    """Temperature T minimising the cross-entropy of softmax(logits / T) (Guo et al. 2017).
+
+    The targets are Platt's (:func:`platt_targets`), so a perfectly separated
+    validation split still gives a finite T. The loss is convex in 1/T, hence
+    unimodal in log T, so a golden-section search over log T finds the
+    optimum without a dependency. The result is clipped to
+    ``TEMPERATURE_RANGE``; single-class inputs give T = 1.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels).astype(np.int64).ravel()
+    if z.ndim != 2 or z.shape[0] != y.size:
+        raise ValueError(f"logits must be (N, {len(LABEL_NAMES)}) matching {y.size} labels, got {z.shape}")
+    if y.size == 0 or np.unique(y).size < 2:
+        return 1.0
+    targets = platt_targets(y)
+    lo, hi = (math.log(t) for t in TEMPERATURE_RANGE)
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = _nll(z, targets, math.exp(a)), _nll(z, targets, math.exp(b))
+    for _ in range(80):  # interval shrinks by 0.618 per step: far below float precision
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = lo + (1 - ratio) * (hi - lo)
+            fa = _nll(z, targets, math.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = _nll(z, targets, math.exp(b))
+    return float(math.exp((lo + hi) / 2))
+
+
+# --------------------------------------------------------------------------- thresholds
+
+def _threshold_above(values: np.ndarray, allowed: int, all_scores: np.ndarray) -> float:
+    """Smallest threshold t with at most ``allowed`` of ``values`` >= t, placed midway to the next score."""
+    ranked = np.sort(values)[::-1]
+    if allowed >= ranked.size:
+        return float(np.min(all_scores)) if all_scores.size else 0.0
+    must_reject = ranked[allowed]
+    higher = all_scores[all_scores > must_reject]
+    if higher.size:
+        return float((must_reject + higher.min()) / 2)
+    return float(np.nextafter(must_reject, np.inf))
+
+
+def choose_thresholds(
+    labels: Sequence[int],
+    p_fake: Sequence[float],
+    target_fpr: float = DEFAULT_TARGET_FPR,
+    uncertain_band: float | None = None,
+) -> dict[str, Any]:
+    """Decision thresholds chosen on validation data.
+
+    ``threshold_fake``: the lowest threshold at which at most ``target_fpr`` of
+    the real images are called fake. ``threshold_real``: the highest threshold
+    at which at most ``uncertain_band`` (default: ``target_fpr``) of the fakes
+    are called real. Scores in between are "uncertain": neither verdict meets
+    its error target there. When the classes separate well the band is empty
+    (``threshold_real == threshold_fake``).
+    """
+    y, p = _as_labels_and_scores(labels, p_fake)
+    if not 0.0 <= target_fpr < 1.0:
+        raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr}")
+    target_fnr = target_fpr if uncertain_band is None else float(uncertain_band)
+    if not 0.0 <= target_fnr < 1.0:
+        raise ValueError(f"uncertain_band must be in [0, 1), got {uncertain_band}")
+    reals, fakes = p[y == REAL], p[y == FAKE]
+    result: dict[str, Any] = {"target_fpr": float(target_fpr), "target_fnr": float(target_fnr), "notes": []}
+    if reals.size == 0 or fakes.size == 0:
+        result.update(threshold_fake=0.5, threshold_real=0.5)
+        result["notes"].append("validation data has a single class: kept the default 0.5 threshold")
+        return result
+    t_fake = _threshold_above(reals, int(math.floor(target_fpr * reals.size + 1e-9)), p)
+    # Mirror image for the fakes: at most k fakes strictly below threshold_real.
+    k = int(math.floor(target_fnr * fakes.size + 1e-9))
+    t_real = -_threshold_above(-fakes, k, -p)
+    t_real = min(t_real, t_fake)
+    result.update(
+        threshold_fake=float(t_fake),
+        threshold_real=float(t_real),
+        fpr_at_threshold=float(np.mean(reals >= t_fake)),
+        tpr_at_threshold=float(np.mean(fakes >= t_fake)),
+        fnr_at_threshold_real=float(np.mean(fakes < t_real)),
+        uncertain_fraction=float(np.mean((p < t_fake) & (p >= t_real))),
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- metrics
+
+def compute_metrics(labels: Sequence[int], p_fake: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
+    """Accuracy, ROC-AUC, AP, F1, confusion matrix and ECE, ``fake`` as positive.
+
+    ``p_fake >= threshold`` is called fake. ``confusion_matrix`` is
+    ``[[real->real, real->fake], [fake->real, fake->fake]]`` (rows = truth).
+    With a single class present, AUC/AP are NaN and ``notes`` says why.
+    """
+    y, p = _as_labels_and_scores(labels, p_fake)
+    pred = (p >= threshold).astype(np.int64)
+    cm = np.zeros((2, 2), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    tp, fp, fn = int(cm[FAKE, FAKE]), int(cm[REAL, FAKE]), int(cm[FAKE, REAL])
+    notes = []
+    n_fake, n_real = int((y == FAKE).sum()), int((y == REAL).sum())
+    if y.size == 0:
+        notes.append("no samples")
+    elif not n_fake or not n_real:
+        present = LABEL_NAMES[FAKE] if n_fake else LABEL_NAMES[REAL]
+        notes.append(f"only {present} images: ROC-AUC and average precision are undefined")
+    return {
+        "n": int(y.size),
+        "n_real": n_real,
+        "n_fake": n_fake,
+        "threshold": float(threshold),
+        "accuracy": float(np.mean(pred == y)) if y.size else float("nan"),
+        "roc_auc": roc_auc(y, p) if n_fake and n_real else float("nan"),
+        "average_precision": average_precision(y, p) if n_fake and n_real else float("nan"),
+        "f1": float(2 * tp / (2 * tp + fp + fn)) if (2 * tp + fp + fn) else 0.0,
+        "tpr": float(tp / n_fake) if n_fake else float("nan"),
+        "fpr": float(fp / n_real) if n_real else float("nan"),
+        "confusion_matrix": cm.tolist(),
+        "ece": expected_calibration_error(y, p) if y.size else float("nan"),
+        "notes": notes,
+    }
+
+
+def verdict_counts(verdicts: Iterable[str]) -> dict[str, int]:
+    """How many "real" / "fake" / "uncertain" verdicts."""
+    from fakeface.modeling.inference import VERDICT_UNCERTAIN
+
+    counts = {name: 0 for name in (*LABEL_NAMES, VERDICT_UNCERTAIN)}
+    for verdict in verdicts:
+        counts[verdict] = counts.get(verdict, 0) + 1
+    return counts
+
+
+def compute_group_metrics(
+    labels: Sequence[int], p_fake: Sequence[float], groups: Sequence[Any], threshold: float = 0.5,
+    *, against_other_class: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Metrics for each value of ``groups`` (e.g. an attribute column); ``None`` values are skipped.
+
+    ``against_other_class=True`` (used for ``generator``, whose value is
+    single-class per group): each group is scored against *all* images of the
+    other class, so every generator gets its own AUC, and every real source
+    its own false-positive rate.
+    """
+    y, p = _as_labels_and_scores(labels, p_fake)
+    g = np.asarray([None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in groups], dtype=object)
+    result = {}
+    for value in sorted({v for v in g if v is not None}):
+        mask = g == value
+        if against_other_class:
+            classes = np.unique(y[mask])
+            if classes.size == 1:
+                mask = mask | (y != classes[0])
+        result[value] = compute_metrics(y[mask], p[mask], threshold)
+        result[value]["n_group"] = int((g == value).sum())
+    return result
+
+
+# --------------------------------------------------------------------------- robustness
+
+def _downscale(image: Image.Image, factor: float, resample=Image.Resampling.BICUBIC) -> Image.Image:
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    return image.resize(size, resample)
+
+
+# name -> (description, perturbation). Order is the table's order.
+ROBUSTNESS_CONDITIONS: dict[str, tuple[str, Callable[[Image.Image], Image.Image]]] = {
+    "clean": ("as stored", lambda im: im),
+    "jpeg95": ("JPEG re-encode, quality 95", lambda im: jpeg_roundtrip(im, 95)),
+    "jpeg75": ("JPEG re-encode, quality 75", lambda im: jpeg_roundtrip(im, 75)),
+    "jpeg50": ("JPEG re-encode, quality 50", lambda im: jpeg_roundtrip(im, 50)),
+    "downscale0.5": ("downscaled to 0.5x (bicubic)", lambda im: _downscale(im, 0.5)),
+    "blur": ("Gaussian blur, sigma 1.0", lambda im: im.filter(ImageFilter.GaussianBlur(1.0))),
+    # A screenshot of an image shown at 80 % zoom: bilinear resampling by a
+    # non-integer factor, then a lossless capture.
+    "screenshot": ("screenshot-like: shown at 0.8x, bilinear", lambda im: _downscale(im, 0.8, Image.Resampling.BILINEAR)),
+}
+
+
+def apply_condition(image: Image.Image, condition: str) -> Image.Image:
+    """Apply one named robustness perturbation (see ``ROBUSTNESS_CONDITIONS``)."""
+    try:
+        return ROBUSTNESS_CONDITIONS[condition][1](image)
+    except KeyError:
+        raise ValueError(f"unknown robustness condition {condition!r}; choose from {list(ROBUSTNESS_CONDITIONS)}") from None
+
+
+def robustness_sweep(
+    detector: Any,
+    images: Sequence[Image.Image],
+    labels: Sequence[int],
+    conditions: Sequence[str] = tuple(ROBUSTNESS_CONDITIONS),
+    *,
+    batch_size: int = 16,
+    clean_logits: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Score perturbed copies of ``images`` under each condition: one metrics row per condition.
+
+    Metrics use the detector's own temperature and ``threshold_fake``, as the
+    app would; ``clean_logits`` saves recomputing the clean condition.
+    """
+    threshold = float(detector.settings["threshold_fake"])
+    rows = []
+    for name in conditions:
+        if name == "clean" and clean_logits is not None:
+            scores = detector.scores_from_logits(clean_logits)
+        else:
+            scores = detector.score_batches((apply_condition(im, name) for im in images), batch_size=batch_size)
+        row = {"condition": name, "description": ROBUSTNESS_CONDITIONS[name][0]}
+        row.update(compute_metrics(labels, scores.p_fake, threshold))
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- datasets
+
+def decode_split(split: Any, *, max_images: int | None = None) -> tuple[list[Image.Image], np.ndarray, dict[str, list]]:
+    """Decode a dataset split's images via ``fakeface.data.images.load_image`` from the original bytes.
+
+    Returns (images, labels, columns) where ``columns`` holds ``generator`` and
+    the attribute columns present in the split. Rows that fail to decode are
+    skipped with a warning (they were validated when the dataset was built).
+    """
+    from datasets import Image as ImageFeature
+
+    from fakeface.data.images import ImageDecodeError, load_image
+
+    if max_images is not None and len(split) > max_images:
+        split = split.select(range(max_images))
+    split = split.cast_column("image", ImageFeature(decode=False))
+    names = [c for c in ("generator", *ATTRIBUTE_COLUMNS) if c in split.column_names]
+    images, labels, columns = [], [], {c: [] for c in names}
+    for index, row in enumerate(split):
+        data = row["image"].get("bytes") or row["image"].get("path")
+        try:
+            images.append(load_image(data).image)
+        except ImageDecodeError as error:
+            logger.warning("skipping row %d: %s", index, error)
+            continue
+        labels.append(int(row["label"]))
+        for c in names:
+            columns[c].append(row[c])
+    return images, np.asarray(labels, dtype=np.int64), columns
+
+
+def evaluate_detector(
+    detector: Any,
+    split: Any,
+    *,
+    batch_size: int = 16,
+    robustness: bool | Sequence[str] = True,
+    max_images: int | None = None,
+    decoded: tuple[list[Image.Image], np.ndarray, dict[str, list]] | None = None,
+) -> dict[str, Any]:
+    """The full report on one split: overall, per generator, per attribute, robustness.
+
+    ``detector`` is a :class:`fakeface.modeling.inference.Detector` (or anything with
+    its interface, e.g. the int8 fast path). ``split`` is a ``datasets``
+    split with the face-dataset schema; ``decoded`` may pass
+    :func:`decode_split`'s result instead to reuse decoded images.
+    """
+    images, labels, columns = decoded if decoded is not None else decode_split(split, max_images=max_images)
+    settings = dict(detector.settings)
+    threshold = float(settings["threshold_fake"])
+    start = time.perf_counter()
+    scores = detector.score_batches(images, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    report: dict[str, Any] = {
+        "n": len(images),
+        "settings": {k: settings.get(k) for k in ("temperature", "threshold_fake", "threshold_real", "target_fpr", "calibrated")},
+        "overall": compute_metrics(labels, scores.p_fake, threshold),
+        "overall_at_0.5": compute_metrics(labels, scores.p_fake, 0.5),
+        "verdicts": verdict_counts(scores.verdicts),
+        "images_per_second": len(images) / seconds if seconds > 0 else float("nan"),
+        "per_generator": {},
+        "per_attribute": {},
+        "robustness": [],
+    }
+    if "generator" in columns:
+        report["per_generator"] = compute_group_metrics(
+            labels, scores.p_fake, columns["generator"], threshold, against_other_class=True
+        )
+    for name in ATTRIBUTE_COLUMNS:
+        if name in columns and any(v is not None for v in columns[name]):
+            report["per_attribute"][name] = compute_group_metrics(labels, scores.p_fake, columns[name], threshold)
+    if robustness:
+        conditions = tuple(ROBUSTNESS_CONDITIONS) if robustness is True else tuple(robustness)
+        report["robustness"] = robustness_sweep(
+            detector, images, labels, conditions, batch_size=batch_size, clean_logits=scores.logits
+        )
+    report["scores"] = {"labels": labels.tolist(), "p_fake": scores.p_fake.tolist(), "logits": scores.logits.tolist()}
+    return report
+
+
+def calibrate_detector(
+    model: Any, logits: np.ndarray, labels: Sequence[int], *, target_fpr: float = DEFAULT_TARGET_FPR,
+    uncertain_band: float | None = None,
+) -> dict[str, Any]:
+    """Fit the temperature and thresholds on validation logits and write them into ``model``'s config."""
+    from fakeface.modeling.inference import fake_probability
+    from fakeface.modeling.detector import update_detector_settings
+
+    temperature = fit_temperature(logits, labels)
+    p_fake = fake_probability(logits, temperature)
+    thresholds = choose_thresholds(labels, p_fake, target_fpr, uncertain_band)
+    settings = {
+        "temperature": temperature,
+        "threshold_fake": thresholds["threshold_fake"],
+        "threshold_real": thresholds["threshold_real"],
+        "target_fpr": float(target_fpr),
+        "calibrated": True,
+    }
+    update_detector_settings(model, **settings)
+    ece_before = expected_calibration_error(labels, fake_probability(logits, 1.0))
+    return {**settings, "thresholds": thresholds, "validation_ece_before": ece_before,
+            "validation_ece_after": expected_calibration_error(labels, p_fake)}
+
+
+def json_safe(value: Any) -> Any:
+    """Turn NaN/inf into None and numpy scalars/arrays into Python types, for JSON and YAML."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value

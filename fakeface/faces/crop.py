@@ -1,0 +1,51 @@
+"""THE face-crop definition: how a face found in a photo becomes the image the model sees.
+
+It is stored in the detector's ``config.json`` (``fakeface.face_crop``) beside
+the preprocessing, and read back by :func:`fakeface.modeling.config.resolve_detector_config`,
+so the dataset build, training, evaluation, the app and scans cut the same crop.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+FACE_DETECTORS = ("retinaface",)
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """Where a face crop starts and ends, and which faces are worth judging.
+
+    Crops are cut at the photo's native resolution (no resize): the generator
+    traces the detector reads are high-frequency and a resize erases them.
+    """
+
+    detector: str = "retinaface"
+    margin: float = 0.5            # extra context on every side, as a fraction of the face box's longer side
+    align: bool = True             # rotate about the eye centre so the eyes are level (from the landmarks)
+    min_face_px: int = 64          # faces whose box is shorter than this (px, longer side) are too small to judge
+    score_threshold: float = 0.6   # detector confidence needed to count as a face
+    detect_size: int = 640         # the photo is downscaled to at most this (longer side) for detection only
+
+    def __post_init__(self) -> None:
+        if self.detector not in FACE_DETECTORS:
+            raise ValueError(f"face detector must be one of {FACE_DETECTORS}, got {self.detector!r}")
+        if not 0.0 <= self.margin <= 2.0:
+            raise ValueError(f"face-crop margin must be in [0, 2], got {self.margin}")
+        if self.min_face_px < 1:
+            raise ValueError(f"min_face_px must be >= 1, got {self.min_face_px}")
+        if not 0.0 < self.score_threshold < 1.0:
+            raise ValueError(f"score_threshold must be in (0, 1), got {self.score_threshold}")
+        if self.detect_size < 64:
+            raise ValueError(f"detect_size must be >= 64, got {self.detect_size}")
+
+    def to_cfg(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any] | None) -> "FaceCrop | None":
+        """``None`` (no face stage: the whole image is scored) when the config has no face crop."""
+        if not cfg:
+            return None
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in cfg.items() if k in known})

@@ -1,0 +1,345 @@
+"""Create, save, load and publish a real/fake detector built on any timm architecture.
+
+On disk a detector is timm's Hub format: ``config.json`` + ``model.safetensors``
+(no pickles), plus the release's ``README.md`` card when training wrote one.
+``config.json`` holds:
+
+* ``architecture``, ``num_classes``, ``label_names`` (``["real", "fake"]``),
+  ``model_args``: how to rebuild the network;
+* ``pretrained_cfg``: timm's preprocessing keys (input size, interpolation,
+  mean/std, crop mode), read by timm, transformers and us alike;
+* ``fakeface``: what timm has no field for: the exact crop protocol, the
+  number of test crops, the calibration temperature and decision thresholds.
+  timm's ``PretrainedCfg`` rejects unknown keys, so this block sits beside
+  ``pretrained_cfg`` on disk and is re-attached to ``model.pretrained_cfg``
+  on load, keeping the model the one carrier of its own preprocessing.
+
+The same folder loads with ``timm.create_model("local-dir:...")``,
+``timm.create_model("hf-hub:...")`` and transformers'
+``AutoModelForImageClassification`` (TimmWrapper).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fakeface.utils.constants import DEFAULT_ARCHITECTURE, LABEL_NAMES
+from fakeface.utils.hub import HubUnreachable, Source, parse_source, probe_repo
+from fakeface.data.preprocess import Preprocessing, resolve_preprocessing
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FAKEFACE_KEY = "fakeface"
+# Files that make up a release. Anything else in a folder (training state,
+# logs, tokens) is never uploaded.
+RELEASE_PATTERNS = ("config.json", "model.safetensors", "README.md", "*.png", "*.onnx", "*.json", "*.md")
+
+# Until evaluation calibrates a model (fakeface.evaluation.metrics), its probabilities
+# are uncalibrated and the verdict threshold is the plain argmax.
+DEFAULT_DECISION = {
+    "temperature": 1.0,
+    "threshold_fake": 0.5,   # p(fake) >= this -> "fake"
+    "threshold_real": 0.5,   # p(fake) <  this -> "real"; in between -> "uncertain"
+    "target_fpr": None,
+    "calibrated": False,
+}
+
+
+_IMAGENET_IDENTITY_KEYS = (
+    "tag", "hf_hub_id", "hf_hub_filename", "url", "file", "source", "origin_url",
+    "paper_ids", "paper_name", "notes", "description", "state_dict", "label_offset",
+    "label_descriptions", "test_input_size", "test_crop_pct", "test_pool_size",
+)
+
+
+class DetectorLoadError(RuntimeError):
+    """A detector could not be loaded; the message says which file and why."""
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """ImageNet weights were asked for but cannot be had (e.g. no internet)."""
+
+
+def parse_detector_source(source: str | os.PathLike, revision: str | None = None) -> Source:
+    """``local-dir:PATH`` | an existing folder | ``hf-hub:org/name[@rev]`` | ``org/name``."""
+    try:
+        return parse_source(source, revision, what="model")
+    except ValueError as error:
+        raise DetectorLoadError(str(error)) from None
+
+
+# --------------------------------------------------------------------------- create
+
+def create_detector(
+    architecture: str = DEFAULT_ARCHITECTURE,
+    *,
+    preprocessing: Preprocessing | None = None,
+    pretrained: bool = False,
+    pretrained_path: str | os.PathLike | None = None,
+    **model_kwargs: Any,
+) -> nn.Module:
+    """A fresh binary real/fake detector on a timm backbone.
+
+    ``pretrained=True`` fetches ImageNet weights from the Hub (or from
+    ``pretrained_path``, a local weights file, which works offline). If they
+    cannot be had this raises :class:`PretrainedWeightsUnavailable`; training
+    from random initialisation is the caller's explicit choice, never a
+    silent fallback.
+    """
+    import timm
+
+    kwargs: dict[str, Any] = dict(num_classes=len(LABEL_NAMES), **model_kwargs)
+    if pretrained_path is not None:
+        kwargs["pretrained_cfg_overlay"] = dict(file=os.fspath(pretrained_path))
+    try:
+        model = timm.create_model(architecture, pretrained=pretrained or pretrained_path is not None, **kwargs)
+    except RuntimeError as error:
+        if "Unknown model" in str(error):
+            raise ValueError(f"unknown timm architecture {architecture!r}") from error
+        raise
+    except Exception as error:  # network, missing file, hub errors: all mean "no weights"
+        where = os.fspath(pretrained_path) if pretrained_path else "the Hugging Face Hub"
+        raise PretrainedWeightsUnavailable(
+            f"ImageNet-pretrained weights for {architecture!r} could not be loaded from {where} "
+            f"({type(error).__name__}). Train from scratch explicitly (no --pretrained), or give a "
+            f"local weights file with --pretrained-path."
+        ) from error
+    pp = preprocessing or Preprocessing()
+    # Drop the ImageNet checkpoint's identity (tag, hub id, paper...): this is
+    # a new model. The input-size dependent pool size no longer holds either.
+    cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in _IMAGENET_IDENTITY_KEYS}
+    cfg["pool_size"] = None
+    cfg.update(pp.to_pretrained_cfg())
+    cfg["num_classes"] = len(LABEL_NAMES)
+    cfg["label_names"] = list(LABEL_NAMES)
+    cfg[FAKEFACE_KEY] = {**pp.to_fakeface_cfg(), **DEFAULT_DECISION}
+    model.pretrained_cfg = cfg
+    return model
+
+
+def detector_settings(model: nn.Module) -> dict[str, Any]:
+    """The model's ``fakeface`` block: crop protocol, calibration, thresholds."""
+    block = dict(DEFAULT_DECISION)
+    block.update(model.pretrained_cfg.get(FAKEFACE_KEY) or {})
+    return block
+
+
+def update_detector_settings(model: nn.Module, **updates: Any) -> None:
+    """Write calibration/threshold results (or other settings) into the model's config."""
+    block = detector_settings(model)
+    block.update(updates)
+    model.pretrained_cfg = {**model.pretrained_cfg, FAKEFACE_KEY: block}
+
+
+def set_preprocessing(model: nn.Module, pp: Preprocessing) -> None:
+    """Write a (changed) preprocessing back into the model before it is saved."""
+    cfg = {**model.pretrained_cfg, **pp.to_pretrained_cfg()}
+    cfg[FAKEFACE_KEY] = {**detector_settings(model), **pp.to_fakeface_cfg()}
+    model.pretrained_cfg = cfg
+
+
+def label_names(model: nn.Module) -> list[str]:
+    return list(model.pretrained_cfg.get("label_names") or LABEL_NAMES)
+
+
+# --------------------------------------------------------------------------- save
+
+def save_detector(model: nn.Module, output_dir: str | os.PathLike, *, extra_config: dict | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` into ``output_dir``.
+
+    Both files are written to a temporary folder first and moved into place,
+    so an interrupted save never leaves a half-written release.
+    """
+    import timm
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    settings = detector_settings(model)
+    pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k != FAKEFACE_KEY}
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=".save-") as tmp:
+        original_cfg = model.pretrained_cfg
+        model.pretrained_cfg = pretrained_cfg  # timm copies this verbatim into config.json
+        try:
+            timm.models.save_for_hf(
+                model, tmp, safe_serialization=True,
+                model_config={"label_names": label_names(model)},
+            )
+        finally:
+            model.pretrained_cfg = original_cfg
+        config_path = Path(tmp) / CONFIG_NAME
+        config = json.loads(config_path.read_text())
+        # timm 1.0.31 records num_classes in model_args too; transformers'
+        # TimmWrapper then passes it twice ("got multiple values for keyword
+        # argument 'num_classes'"). The top-level num_classes is authoritative.
+        config.get("model_args", {}).pop("num_classes", None)
+        config[FAKEFACE_KEY] = settings
+        config.update(extra_config or {})
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            os.replace(Path(tmp) / name, output_dir / name)
+    return output_dir
+
+
+# --------------------------------------------------------------------------- load
+
+@dataclass(frozen=True)
+class DetectorFiles:
+    """A detector's files on local disk, and where they came from."""
+
+    folder: Path
+    source: Source
+    revision: str | None      # commit sha for Hub models
+    notice: str | None = None  # e.g. "Hub unreachable, using cached revision ..."
+
+
+def fetch_detector_files(
+    source: str | os.PathLike | Source, *, revision: str | None = None, token: str | None = None
+) -> DetectorFiles:
+    """Resolve ``source`` to a local folder, downloading from the Hub if needed.
+
+    When the Hub cannot be reached, a previously downloaded copy in the local
+    cache is used and ``notice`` says so.
+    """
+    src = source if isinstance(source, Source) else parse_detector_source(source, revision)
+    if src.kind == "local":
+        folder = Path(src.location)
+        if not folder.is_dir():
+            raise DetectorLoadError(f"model folder {folder} does not exist")
+        return DetectorFiles(folder, src, None)
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = list(RELEASE_PATTERNS)
+    try:
+        probe_repo(src, repo_type="model", token=token)
+        # By branch name, not sha, so the cache records the ref for offline use.
+        folder = snapshot_download(src.location, revision=src.revision, token=token, allow_patterns=patterns)
+        return DetectorFiles(Path(folder), src, Path(folder).name)
+    except LookupError as error:
+        raise DetectorLoadError(str(error)) from error
+    except HubUnreachable as error:
+        reason = error.reason
+    except Exception as error:  # noqa: BLE001 - the Hub went away between probe and download
+        reason = type(error).__name__
+    try:
+        folder = snapshot_download(src.location, revision=src.revision, allow_patterns=patterns, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as error:
+        raise DetectorLoadError(
+            f"the Hugging Face Hub could not be reached ({reason}) and no cached copy of {src.display} exists; "
+            f"check the network or point FAKEFACE_MODEL at a local folder"
+        ) from error
+    notice = f"Hub unreachable ({reason}); serving the cached revision {Path(folder).name[:12]} of {src.location}"
+    logger.warning(notice)
+    return DetectorFiles(Path(folder), src, Path(folder).name, notice)
+
+
+def read_detector_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``config.json`` of a detector folder."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise DetectorLoadError(f"{path} is missing: not a saved detector folder")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DetectorLoadError(f"{path} is not valid JSON ({error})") from error
+    for key in ("architecture", "pretrained_cfg"):
+        if key not in config:
+            raise DetectorLoadError(f"{path} has no {key!r} entry: not a timm model config")
+    names = config.get("label_names") or config["pretrained_cfg"].get("label_names")
+    if names is not None and list(names) != list(LABEL_NAMES):
+        raise DetectorLoadError(f"{path} has labels {names}, expected {list(LABEL_NAMES)}: not a fakeface detector")
+    return config
+
+
+def load_detector(
+    source: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+    files: DetectorFiles | None = None,
+) -> nn.Module:
+    """Load a detector (eval mode, CPU) from a folder, ``local-dir:`` path or Hub id.
+
+    The returned model's ``pretrained_cfg`` carries preprocessing, labels,
+    calibration and thresholds; ``model.fakeface_files`` records where it
+    came from (folder, Hub revision, any offline notice).
+    """
+    import timm
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    files = files or fetch_detector_files(source, revision=revision, token=token)
+    config = read_detector_config(files.folder)
+    weights = files.folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise DetectorLoadError(f"{weights} is missing (only safetensors weights are accepted, never pickles)")
+    model_args = {k: v for k, v in (config.get("model_args") or {}).items() if k != "num_classes"}
+    try:
+        model = timm.create_model(
+            config["architecture"], pretrained=False,
+            num_classes=int(config.get("num_classes", len(LABEL_NAMES))), **model_args,
+        )
+    except Exception as error:
+        raise DetectorLoadError(f"cannot build architecture {config['architecture']!r}: {error}") from error
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DetectorLoadError(f"{weights} is corrupt or truncated ({error}); re-download or re-save it") from error
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[0]
+        raise DetectorLoadError(f"{weights} does not match architecture {config['architecture']!r}: {first_line}") from error
+    cfg = dict(model.pretrained_cfg)
+    cfg.update(config["pretrained_cfg"])
+    cfg["label_names"] = list(config.get("label_names") or LABEL_NAMES)
+    cfg[FAKEFACE_KEY] = {**DEFAULT_DECISION, **(config.get(FAKEFACE_KEY) or {})}
+    model.pretrained_cfg = cfg
+    resolve_preprocessing(model)  # fail now, not at the first request, if the config is unusable
+    model.fakeface_files = files
+    return model.eval()
+
+
+# --------------------------------------------------------------------------- publish
+
+def push_detector(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload fakeface detector",
+    revision: str | None = None,
+) -> str:
+    """Upload a release folder to a Hub model repo in ONE commit; returns the commit sha.
+
+    Only release files are sent (see ``RELEASE_PATTERNS``): optimizer state,
+    checkpoints and logs stay on the machine. A failed upload leaves the
+    repo's previous revision as it was, and can simply be retried.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    read_detector_config(folder)
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise DetectorLoadError(f"{folder / WEIGHTS_NAME} is missing: nothing to publish")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id, repo_type="model", folder_path=folder, revision=revision,
+        allow_patterns=list(RELEASE_PATTERNS), ignore_patterns=["checkpoints/**", "state/**", ".*", "**/.*"],
+        commit_message=commit_message,
+    )
+    return commit.oid
+

@@ -1,0 +1,243 @@
+"""The release's README.md: ``model_card.md`` (a Jinja template) filled with a run's real numbers.
+
+Rendering goes through ``huggingface_hub.ModelCard.from_template``, so the
+YAML header (``library_name: timm``, ``pipeline_tag``, datasets, license and a
+``model-index`` of the measured metrics) is written by the Hub's own client
+and validated by it. Nothing local leaks into the card: datasets given as
+folders appear by name only, and no token or path is ever a template value.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from fakeface.utils.constants import ATTRIBUTE_COLUMNS, LABEL_NAMES, SYNTHETIC_GENERATOR
+
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_card.md"
+CARD_NAME = "README.md"
+LICENSE = "apache-2.0"
+PLACEHOLDER_REPO = "ORG/NAME"
+
+# (report key, column title) of the metric columns in every table.
+_METRIC_COLUMNS = (
+    ("roc_auc", "ROC-AUC"), ("average_precision", "AP"), ("accuracy", "accuracy"), ("f1", "F1"),
+    ("tpr", "fakes caught"), ("fpr", "reals called fake"), ("ece", "ECE"),
+)
+# Metrics published in the model-index (type, display name).
+_INDEX_METRICS = (("roc_auc", "ROC-AUC"), ("average_precision", "Average precision"),
+                  ("accuracy", "Accuracy"), ("f1", "F1"), ("ece", "Expected calibration error"))
+
+
+def describe_dataset(dataset: Any) -> tuple[str, str | None]:
+    """(publishable name, Hub id or None) of a dataset source: a local folder appears by name, never by path."""
+    from fakeface.utils.hub import parse_source
+
+    if not isinstance(dataset, (str, os.PathLike)):
+        return "in-memory dataset", None
+    try:
+        source = parse_source(dataset, what="dataset")
+    except ValueError:
+        return Path(os.fspath(dataset)).name or "unnamed dataset", None
+    if source.kind == "local":
+        return f"local folder '{Path(source.location).name}'", None
+    return source.location, source.location
+
+
+def format_number(value: Any, digits: int = 4) -> str:
+    """Table cell text: numbers rounded, missing/NaN as an em dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "—" if not math.isfinite(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (pipes in cells escaped)."""
+    def cell(value: Any) -> str:
+        return format_number(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _metric_row(name: str, metrics: Mapping[str, Any]) -> list[Any]:
+    return [name, metrics.get("n_group", metrics.get("n"))] + [metrics.get(key) for key, _ in _METRIC_COLUMNS]
+
+
+def _metric_headers(first: str) -> list[str]:
+    return [first, "n"] + [title for _, title in _METRIC_COLUMNS]
+
+
+def build_card_tables(report: Mapping[str, Any]) -> dict[str, str]:
+    """The evaluation tables of an ``evaluate_detector`` report, as Markdown."""
+    tables = {
+        "overall_table": markdown_table(
+            _metric_headers("threshold"),
+            [_metric_row(f"calibrated ({format_number(report['overall']['threshold'], 3)})", report["overall"]),
+             _metric_row("0.5", report.get("overall_at_0.5") or {})],
+        ),
+        "generator_table": markdown_table(
+            _metric_headers("generator / source"),
+            [_metric_row(name, m) for name, m in (report.get("per_generator") or {}).items()],
+        ) if report.get("per_generator") else "_The dataset has no generator column._",
+        "robustness_table": markdown_table(
+            ["condition", "description", "n", "ROC-AUC", "AP", "accuracy", "fakes caught", "reals called fake", "ECE"],
+            [[r["condition"], r["description"], r.get("n"), r.get("roc_auc"), r.get("average_precision"),
+              r.get("accuracy"), r.get("tpr"), r.get("fpr"), r.get("ece")] for r in report.get("robustness") or []],
+        ) if report.get("robustness") else "_Not run._",
+    }
+    attribute_parts = []
+    for attribute in ATTRIBUTE_COLUMNS:
+        groups = (report.get("per_attribute") or {}).get(attribute)
+        if groups:
+            attribute_parts.append(f"**{attribute}**\n\n" + markdown_table(
+                _metric_headers(attribute), [_metric_row(v, m) for v, m in groups.items()]))
+    tables["attribute_tables"] = "\n\n".join(attribute_parts) or "_The dataset has no attribute annotations._"
+    return tables
+
+
+def build_card_data(*, model_name: str, report: Mapping[str, Any], dataset_id: str | None,
+                    dataset_name: str, tags: Sequence[str] = ()) -> Any:
+    """YAML metadata with a model-index of the measured test metrics (clean and per robustness condition)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset_type = dataset_id or dataset_name
+    common = dict(task_type="image-classification", task_name="Real vs AI-generated face detection",
+                  dataset_type=dataset_type, dataset_name=dataset_name, dataset_split="test")
+    results = []
+    for key, title in _INDEX_METRICS:
+        value = report["overall"].get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            results.append(EvalResult(metric_type=key, metric_name=title, metric_value=round(float(value), 6), **common))
+    for row in report.get("robustness") or []:
+        value = row.get("roc_auc")
+        if row["condition"] != "clean" and isinstance(value, (int, float)) and math.isfinite(value):
+            results.append(EvalResult(metric_type="roc_auc", metric_name=f"ROC-AUC ({row['description']})",
+                                      metric_config=row["condition"], metric_value=round(float(value), 6), **common))
+    return ModelCardData(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        license=LICENSE,
+        datasets=[dataset_id] if dataset_id else None,
+        tags=["image-classification", "timm", "fakeface", "deepfake-detection", *tags],
+        model_name=model_name,
+        eval_results=results or None,
+    )
+
+
+def _join(names: Sequence[str]) -> str:
+    names = [f"`{n}`" for n in names]
+    if not names:
+        return "unrecorded sources"
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def render_model_card(*, report: Mapping[str, Any], config: Any, recipe: Any, settings: Mapping[str, Any],
+                      plots: Mapping[str, str] | None = None, template_path: str | Path | None = None) -> str:
+    """The README.md text of a release (see ``model_card.md`` for the layout)."""
+    from huggingface_hub import ModelCard
+
+    plots = dict(plots or {})
+    training = report.get("training") or {}
+    validation = report.get("validation") or {}
+    calibration = validation.get("calibration") or {}
+    thresholds = calibration.get("thresholds") or {}
+    scope = settings.get("trained_on") or {}
+    fakes, reals = scope.get("fake_generators") or [], scope.get("real_sources") or []
+    dataset_name, dataset_id = describe_dataset(config.dataset)
+    repo_id = config.push_to_hub or PLACEHOLDER_REPO
+    model_name = repo_id.split("/")[-1] if config.push_to_hub else f"fakeface-{config.model}-{recipe.name}"
+    overall = report["overall"]
+    history = validation.get("history") or []
+    fast = report.get("fast_path")
+    synthetic = SYNTHETIC_GENERATOR in fakes or bool(settings.get("synthetic_training_data"))
+
+    fast_section = ""
+    if isinstance(fast, Mapping) and "error" not in fast:
+        rows = [[k, v] for k, v in fast.items() if not isinstance(v, (dict, list))]
+        fast_section = ("\n## Fast path (int8 ONNX)\n\nAn int8 ONNX export ships beside the safetensors for fast CPU "
+                        "serving; its accuracy cost, measured on the test split against the fp32 model:\n\n"
+                        + markdown_table(["measure", "value"], rows) + "\n")
+    notes = list(training.get("notes") or [])
+    notes_section = ("\n**Notes.**\n\n" + "\n".join(f"- {n}" for n in notes) + "\n") if notes else ""
+    values = dict(
+        model_name=model_name,
+        repo_id=repo_id,
+        architecture=config.model,
+        recipe_name=recipe.name,
+        recipe_description=recipe.description,
+        synthetic=synthetic,
+        fake_generators=_join(fakes),
+        real_sources=_join(reals),
+        dataset_name=dataset_name,
+        n_test=overall.get("n"),
+        n_test_real=overall.get("n_real"),
+        n_test_fake=overall.get("n_fake"),
+        n_train=(training.get("splits") or {}).get("train"),
+        n_validation=(training.get("splits") or {}).get("validation"),
+        threshold_fake=format_number(settings.get("threshold_fake"), 4),
+        target_fpr_pct=f"{100 * float(settings.get('target_fpr') or config.target_fpr):g} %",
+        verdict_summary=", ".join(f"{v} {k}" for k, v in (report.get("verdicts") or {}).items()),
+        calibration_table=markdown_table(["setting", "value"], [
+            ["temperature", settings.get("temperature")],
+            ["threshold_fake (p ≥ → fake)", settings.get("threshold_fake")],
+            ["threshold_real (p < → real)", settings.get("threshold_real")],
+            ["target false-positive rate", settings.get("target_fpr")],
+            ["validation FPR at threshold_fake", thresholds.get("fpr_at_threshold")],
+            ["validation share of fakes caught", thresholds.get("tpr_at_threshold")],
+            ["validation share uncertain", thresholds.get("uncertain_fraction")],
+            ["validation ECE before → after", f"{format_number(calibration.get('validation_ece_before'))} → "
+                                              f"{format_number(calibration.get('validation_ece_after'))}"],
+        ]),
+        validation_table=markdown_table(
+            ["epoch", "step", "val ROC-AUC", "selection AUC", "val AP", "val accuracy", "val NLL", "val ECE"],
+            [[h.get("epoch", 0) + 1, h.get("step"), h.get("roc_auc"), h.get("selection_auc", h.get("roc_auc")),
+              h.get("average_precision"), h.get("accuracy"), h.get("nll"), h.get("ece")] for h in history],
+        ) if history else "",
+        fast_path_section=fast_section,
+        notes_section=notes_section,
+        input_size=config.input_size,
+        crop_protocol=settings.get("crop_protocol"),
+        num_test_crops=settings.get("num_test_crops"),
+        standard_crop="squash resize" if settings.get("crop_protocol") == "resize" else "centre crop",
+        init=("ImageNet-pretrained initialisation" if (config.pretrained or config.pretrained_path)
+              else "trained from random initialisation (no pretrained weights)"),
+        epochs=config.epochs,
+        steps=history[-1]["step"] if history else 0,
+        batch_size=config.batch_size,
+        lr=format_number(config.lr or recipe.lr, 6),
+        mixed_precision=config.mixed_precision,
+        seed=config.seed,
+        best_epoch=validation.get("best_epoch"),
+        best_auc=format_number(validation.get("best_auc")),
+        selected_on=", ".join(getattr(recipe, "select_on", ("clean",))),
+        images_per_second=format_number((training.get("throughput") or {}).get("images_per_second"), 1),
+        plots=plots,
+        labels=", ".join(LABEL_NAMES),
+        **build_card_tables(report),
+    )
+    card_data = build_card_data(model_name=model_name, report=report, dataset_id=dataset_id,
+                                dataset_name=dataset_name, tags=["synthetic-data"] if synthetic else ())
+    card = ModelCard.from_template(card_data, template_path=str(template_path or TEMPLATE_PATH), **values)
+    return str(card)
+
+
+def write_model_card(output_dir: str | Path, *, report: Mapping[str, Any], config: Any, recipe: Any,
+                     plots: Mapping[str, str] | None = None, template_path: str | Path | None = None) -> Path:
+    """Render the card from the saved release's own settings and write ``output_dir/README.md``."""
+    from fakeface.modeling.detector import read_detector_config
+
+    settings = read_detector_config(output_dir).get("fakeface") or {}
+    text = render_model_card(report=report, config=config, recipe=recipe, settings=settings, plots=plots,
+                             template_path=template_path)
+    path = Path(output_dir) / CARD_NAME
+    path.write_text(text, encoding="utf-8")
+    return path
