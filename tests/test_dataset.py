@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from fakeface.utils.constants import ATTRIBUTE_COLUMNS, LABEL_NAMES, SYNTHETIC_GENERATOR, SYNTHETIC_REAL_SOURCE
+from fakeface.utils.hub import ErrorKind
 from fakeface.data.dataset import (
     REPORT_NAME, DatasetLoadError, build_face_dataset, build_features, load_face_dataset, push_face_dataset,
     resolve_dataset_source,
@@ -447,26 +448,30 @@ def test_hub_outage_falls_back_to_the_cache_and_says_so(hub, tmp_path, caplog):
     online = load_face_dataset("org/cached")
     with hub.offline(), caplog.at_level(logging.WARNING, logger="fakeface.data.dataset"):
         offline = load_face_dataset("org/cached")
-        with pytest.raises(DatasetLoadError, match="could not be reached .* no cached copy"):
+        with pytest.raises(DatasetLoadError, match="could not be reached .* no cached copy") as caught:
             load_face_dataset("org/never-downloaded")
+        assert caught.value.kind == ErrorKind.UNREACHABLE
     assert "Hub unreachable" in caplog.text
     for split in online:
         assert _rows(offline[split]) == _rows(online[split])
 
 
 def test_loader_errors_are_specific(hub, tmp_path):
-    with pytest.raises(DatasetLoadError, match="not found on the Hub"):
-        load_face_dataset("org/does-not-exist")
-    with pytest.raises(DatasetLoadError, match="does not exist"):
-        load_face_dataset(str(tmp_path / "nope"))
-    with pytest.raises(DatasetLoadError, match="neither an existing folder nor a Hub dataset id"):
-        load_face_dataset("not a dataset")
+    cases = [
+        (dict(source="org/does-not-exist"), "not found on the Hub", ErrorKind.NOT_FOUND),
+        (dict(source=str(tmp_path / "nope")), "does not exist", ErrorKind.NOT_FOUND),
+        (dict(source="not a dataset"), "neither an existing folder nor a Hub dataset id", ErrorKind.BAD_SOURCE),
+    ]
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(DatasetLoadError, match="not a face dataset folder"):
-        load_face_dataset(str(empty))
-    with pytest.raises(DatasetLoadError, match="revision"):
-        load_face_dataset(str(empty), revision="main")
+    cases += [
+        (dict(source=str(empty)), "not a face dataset folder", ErrorKind.BAD_CONFIG),
+        (dict(source=str(empty), revision="main"), "revision", ErrorKind.BAD_SOURCE),
+    ]
+    for kwargs, message, kind in cases:
+        with pytest.raises(DatasetLoadError, match=message) as caught:
+            load_face_dataset(**kwargs)
+        assert caught.value.kind == kind and caught.value.fix, kwargs
 
     from datasets import ClassLabel, Dataset, Features, Image as ImageFeature
 
@@ -478,6 +483,9 @@ def test_loader_errors_are_specific(hub, tmp_path):
     ).to_parquet(str(wrong / "data" / "train-00000-of-00001.parquet"))
     with pytest.raises(DatasetLoadError, match=r"labels \['cat', 'dog'\]"):
         load_face_dataset(str(wrong))
+    with pytest.raises(DatasetLoadError, match="has no split 'validation'") as caught:
+        load_face_dataset(str(wrong), split="validation")
+    assert caught.value.kind == ErrorKind.NOT_FOUND and "train" in caught.value.fix
     assert resolve_dataset_source("hf-hub:org/x@v1").revision == "v1"
     assert resolve_dataset_source(str(wrong)).kind == "local"
 

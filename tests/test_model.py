@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from fakeface.utils.constants import LABEL_NAMES
+from fakeface.utils.hub import ErrorKind
 from fakeface.modeling.inference import Detector
 from fakeface.modeling.detector import (
     DetectorLoadError,
@@ -127,8 +128,10 @@ def test_unknown_architecture_is_a_clear_error():
 def test_pretrained_weights_unavailable_offline_says_so():
     # conftest points HF_ENDPOINT at a closed port: there is no Hub. (mobilenetv2_100
     # has offline weights, tests/test_pretrained.py; resnet50 has none.)
-    with pytest.raises(PretrainedWeightsUnavailable, match="from scratch"):
+    with pytest.raises(PretrainedWeightsUnavailable, match="from scratch") as caught:
         create_detector("resnet50", pretrained=True)
+    assert caught.value.kind == ErrorKind.UNREACHABLE and caught.value.architecture == "resnet50"
+    assert "--pretrained-path" in caught.value.fix
 
 
 def test_pretrained_weights_from_a_local_file(tmp_path):
@@ -155,20 +158,29 @@ def test_truncated_weights_give_a_clear_error(saved, tmp_path):
     folder = _copy(saved[1], tmp_path)
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(DetectorLoadError, match="model.safetensors is corrupt or truncated"):
+    with pytest.raises(DetectorLoadError, match="model.safetensors is corrupt or truncated") as caught:
         load_detector(str(folder))
+    assert caught.value.kind == ErrorKind.CORRUPT_WEIGHTS and caught.value.file == "model.safetensors"
+    assert caught.value.fix and caught.value.fix in str(caught.value)
 
 
 def test_missing_weights_and_config_give_clear_errors(saved, tmp_path):
     folder = _copy(saved[1], tmp_path)
     (folder / "model.safetensors").unlink()
-    with pytest.raises(DetectorLoadError, match="model.safetensors is missing"):
+    with pytest.raises(DetectorLoadError, match="model.safetensors is missing") as caught:
         load_detector(str(folder))
+    assert caught.value.kind == ErrorKind.MISSING_WEIGHTS
     (folder / "config.json").unlink()
-    with pytest.raises(DetectorLoadError, match="config.json is missing"):
+    with pytest.raises(DetectorLoadError, match="config.json is missing") as caught:
         load_detector(str(folder))
-    with pytest.raises(DetectorLoadError, match="does not exist"):
+    assert (caught.value.kind, caught.value.file) == (ErrorKind.NOT_FOUND, "config.json")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(DetectorLoadError, match="not valid JSON") as caught:
+        load_detector(str(folder))
+    assert caught.value.kind == ErrorKind.BAD_CONFIG
+    with pytest.raises(DetectorLoadError, match="does not exist") as caught:
         load_detector(f"local-dir:{tmp_path / 'nowhere'}")
+    assert caught.value.kind == ErrorKind.NOT_FOUND
 
 
 def test_weights_of_another_architecture_are_refused(saved, tmp_path):
@@ -176,16 +188,18 @@ def test_weights_of_another_architecture_are_refused(saved, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config["architecture"] = "mobilenetv2_050"
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(DetectorLoadError, match="does not match architecture"):
+    with pytest.raises(DetectorLoadError, match="does not match architecture 'mobilenetv2_050': .*of another shape") as caught:
         load_detector(str(folder))
+    assert caught.value.kind == ErrorKind.CORRUPT_WEIGHTS
 
 
 def test_source_parsing():
     assert parse_detector_source("hf-hub:org/name@v1").revision == "v1"
     assert parse_detector_source("org/name").kind == "hub"
     assert parse_detector_source("local-dir:/x").kind == "local"
-    with pytest.raises(DetectorLoadError, match="neither an existing folder"):
+    with pytest.raises(DetectorLoadError, match="neither an existing folder") as caught:
         parse_detector_source("just-a-word")
+    assert (caught.value.kind, caught.value.source) == (ErrorKind.BAD_SOURCE, "just-a-word")
 
 
 # --------------------------------------------------------------------------- Hub (loopback fake)
@@ -230,9 +244,14 @@ def test_push_sends_only_release_files(saved, hub, tmp_path):
     assert not any(f.startswith("checkpoints/") or f.endswith(".env") for f in files)
 
 
-def test_missing_hub_repo_is_a_clear_error(hub):
-    with pytest.raises(DetectorLoadError, match="was not found on the Hub"):
+def test_missing_hub_repo_is_a_clear_error(saved, hub):
+    with pytest.raises(DetectorLoadError, match="was not found on the Hub") as caught:
         load_detector("hf-hub:fakeface/does-not-exist")
+    assert (caught.value.kind, caught.value.source) == (ErrorKind.NOT_FOUND, "hf-hub:fakeface/does-not-exist")
+    push_detector(saved[1], "fakeface/present")
+    with pytest.raises(DetectorLoadError, match="revision 'nope'") as caught:
+        load_detector("hf-hub:fakeface/present@nope")
+    assert (caught.value.kind, caught.value.revision) == (ErrorKind.NOT_FOUND, "nope")
 
 
 def test_unreachable_hub_serves_the_cached_copy_with_a_notice(saved, batch, hub):
@@ -244,5 +263,6 @@ def test_unreachable_hub_serves_the_cached_copy_with_a_notice(saved, batch, hub)
         assert "cached revision" in cached.fakeface_files.notice
         with torch.no_grad():
             torch.testing.assert_close(cached(batch), model(batch), rtol=0, atol=0)
-        with pytest.raises(DetectorLoadError, match="could not be reached.*no cached copy"):
+        with pytest.raises(DetectorLoadError, match="could not be reached.*no cached copy") as caught:
             load_detector("fakeface/never-downloaded")
+        assert caught.value.kind == ErrorKind.UNREACHABLE

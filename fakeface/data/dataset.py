@@ -39,7 +39,7 @@ from fakeface.data.split import (
     DEFAULT_NEAR_DUPLICATE_DISTANCE, DEFAULT_SPLIT_FRACTIONS, SPLIT_NAMES, UnionFind, assign_group_splits,
     find_near_duplicates, perceptual_hash, seeded_key,
 )
-from fakeface.utils.hub import HubUnreachable, Source, parse_source, probe_repo
+from fakeface.utils.hub import BadSource, ErrorKind, HubUnreachable, Source, SourceError, parse_source, probe_repo
 from fakeface.data.images import ImageDecodeError, load_image
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ ROW_GROUP_SIZE = 100                       # what datasets uses for image parque
 _SYNTHETIC_STAGING = ".synthetic-staging"
 
 
-class DatasetLoadError(ValueError):
-    """A dataset could not be loaded or does not have the face dataset's schema; the message says why."""
+class DatasetLoadError(SourceError, ValueError):
+    """A dataset could not be loaded or lacks the face dataset's schema: ``kind``, ``source``, ``problem``, ``fix``."""
 
 
 def build_features():
@@ -575,8 +575,8 @@ def resolve_dataset_source(source: str | os.PathLike, revision: str | None = Non
     """``local-dir:PATH`` | an existing folder | ``hf-hub:org/name[@rev]`` | ``org/name[@rev]``."""
     try:
         return parse_source(source, revision, what="dataset")
-    except ValueError as error:
-        raise DatasetLoadError(str(error)) from None
+    except BadSource as error:
+        raise DatasetLoadError(**error.fields()) from None
 
 
 def load_face_dataset(
@@ -597,10 +597,12 @@ def load_face_dataset(
     src = resolve_dataset_source(source, revision)
     if src.kind == "local":
         if revision is not None:
-            raise DatasetLoadError(f"a revision ({revision!r}) applies to Hub datasets, not to {src.display}")
+            raise DatasetLoadError(ErrorKind.BAD_SOURCE, f"a revision ({revision!r}) applies to Hub datasets, not to {src.display}",
+                                   "drop the revision, or give a Hub dataset id", source=src.display, revision=revision)
         folder = Path(src.location)
         if not folder.is_dir():
-            raise DatasetLoadError(f"dataset folder {folder} does not exist")
+            raise DatasetLoadError(ErrorKind.NOT_FOUND, f"dataset folder {folder} does not exist",
+                                   "give a folder written by build_dataset.py, or a Hub dataset id", source=src.display)
         data = _load_folder(folder, split, streaming, src)
     else:
         data = _load_hub(src, split, streaming, token)
@@ -612,32 +614,41 @@ def _load_folder(folder: Path, split: str | None, streaming: bool, src: Source):
     import datasets
 
     if not (folder / CARD_NAME).is_file() and not any(folder.glob(f"{DATA_DIR}/*.parquet")):
-        raise DatasetLoadError(f"{src.display} is not a face dataset folder (no {CARD_NAME} and no {DATA_DIR}/*.parquet)")
-    try:
-        return datasets.load_dataset(str(folder), split=split, streaming=streaming)
-    except ValueError as error:
-        if split is not None and "split" in str(error).lower():
-            raise DatasetLoadError(f"{src.display} has no split {split!r} ({error})") from error
-        raise DatasetLoadError(f"{src.display} cannot be loaded as a dataset ({error})") from error
-    except (FileNotFoundError, datasets.exceptions.DatasetGenerationError) as error:
-        raise DatasetLoadError(f"{src.display} cannot be loaded as a dataset ({error})") from error
+        raise DatasetLoadError(ErrorKind.BAD_CONFIG,
+                               f"{src.display} is not a face dataset folder (no {CARD_NAME} and no {DATA_DIR}/*.parquet)",
+                               "give a folder written by build_dataset.py", source=src.display)
+    return _load_dataset(str(folder), src, split, streaming)
 
 
 def _load_hub(src: Source, split: str | None, streaming: bool, token: str | None):
-    import datasets
-
     try:
         probe_repo(src, repo_type="dataset", token=token)
-    except LookupError as error:
-        raise DatasetLoadError(str(error)) from error
     except HubUnreachable as error:
         return _load_cached(src, split, streaming, error.reason)
+    except SourceError as error:  # missing, private or gated repo or revision
+        raise DatasetLoadError(**error.fields()) from error
+    return _load_dataset(src.location, src, split, streaming, revision=src.revision, token=token)
+
+
+def _load_dataset(path: str, src: Source, split: str | None, streaming: bool, **hub: Any):
+    """``datasets.load_dataset`` with its failures as :class:`DatasetLoadError` (a missing split told apart by its list)."""
+    import datasets
+
+    where = dict(source=src.display, revision=src.revision)
     try:
-        return datasets.load_dataset(src.location, split=split, streaming=streaming, revision=src.revision, token=token)
-    except ValueError as error:
-        if split is not None and "split" in str(error).lower():
-            raise DatasetLoadError(f"{src.display} has no split {split!r} ({error})") from error
-        raise DatasetLoadError(f"{src.display} cannot be loaded ({error})") from error
+        return datasets.load_dataset(path, split=split, streaming=streaming, **hub)
+    except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as error:
+        cause = error
+    if split is not None and isinstance(cause, ValueError):
+        try:
+            names = datasets.get_dataset_split_names(path, **hub)
+        except Exception:  # noqa: BLE001 - the split list is only asked for to word the error
+            names = None
+        if names is not None and split not in names:
+            raise DatasetLoadError(ErrorKind.NOT_FOUND, f"{src.display} has no split {split!r} (it has {list(names)})",
+                                   f"use one of {list(names)}", **where) from cause
+    raise DatasetLoadError(ErrorKind.BAD_CONFIG, f"{src.display} cannot be loaded as a dataset ({cause})",
+                           "rebuild it with build_dataset.py, or check its files", **where) from cause
 
 
 def _load_cached(src: Source, split: str | None, streaming: bool, reason: str):
@@ -657,8 +668,9 @@ def _load_cached(src: Source, split: str | None, streaming: bool, reason: str):
             folder = max(snapshots, key=lambda p: (p.stat().st_mtime, p.name))
     if folder is None or not any(folder.glob(f"{DATA_DIR}/*.parquet")):
         raise DatasetLoadError(
-            f"the Hugging Face Hub could not be reached ({reason}) and no cached copy of dataset {src.display} exists; "
-            f"check the network or use a local dataset folder"
+            ErrorKind.UNREACHABLE,
+            f"the Hugging Face Hub could not be reached ({reason}) and no cached copy of dataset {src.display} exists",
+            "check the network or use a local dataset folder", source=src.display, revision=src.revision,
         )
     logger.warning("Hub unreachable (%s); loading the cached snapshot %s of %s", reason, folder.name[:12], src.location)
     return _load_folder(folder, split, streaming, src)
@@ -673,8 +685,10 @@ def _check_schema(data: Any, src: Source) -> None:
         if features is None:       # streaming without declared features: checked as rows arrive
             continue
         if "image" not in features or not isinstance(features["image"], Image):
-            raise DatasetLoadError(f"{src.display} has no 'image' column of type Image: not a face dataset")
+            raise DatasetLoadError(ErrorKind.BAD_CONFIG, f"{src.display} has no 'image' column of type Image: not a face dataset",
+                                   "build the dataset with build_dataset.py", source=src.display)
         label = features.get("label")
         if not isinstance(label, ClassLabel) or list(label.names) != list(LABEL_NAMES):
             got = list(label.names) if isinstance(label, ClassLabel) else label
-            raise DatasetLoadError(f"{src.display} has labels {got}, expected ClassLabel{list(LABEL_NAMES)}")
+            raise DatasetLoadError(ErrorKind.BAD_CONFIG, f"{src.display} has labels {got}, expected ClassLabel{list(LABEL_NAMES)}",
+                                   "build the dataset with build_dataset.py", source=src.display)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from fakeface.utils.constants import DEFAULT_ARCHITECTURE, LABEL_NAMES
-from fakeface.utils.hub import HubUnreachable, Source, parse_source, probe_repo
+from fakeface.utils.hub import BadSource, ErrorKind, HubUnreachable, Source, SourceError, parse_source, probe_repo
 from fakeface.data.preprocess import Preprocessing, resolve_preprocessing
 from fakeface.modeling.pretrained import OFFLINE_WEIGHTS, OfflineWeightsMissing, describe_init, offline_weights_file
 
@@ -63,20 +63,26 @@ _IMAGENET_IDENTITY_KEYS = (
 )
 
 
-class DetectorLoadError(RuntimeError):
-    """A detector could not be loaded; the message says which file and why."""
+class DetectorLoadError(SourceError, RuntimeError):
+    """A detector could not be loaded: ``kind``, ``source``/``file``/``revision``, ``problem`` and ``fix``."""
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
-    """ImageNet weights were asked for but cannot be had (e.g. no internet)."""
+@dataclass(eq=False)
+class PretrainedWeightsUnavailable(SourceError, RuntimeError):
+    """ImageNet weights were asked for but cannot be had (no network, no file, no package).
+
+    ``source`` is where they were looked for (a file, a package or the Hub).
+    """
+
+    architecture: str = ""
 
 
 def parse_detector_source(source: str | os.PathLike, revision: str | None = None) -> Source:
     """``local-dir:PATH`` | an existing folder | ``hf-hub:org/name[@rev]`` | ``org/name``."""
     try:
         return parse_source(source, revision, what="model")
-    except ValueError as error:
-        raise DetectorLoadError(str(error)) from None
+    except BadSource as error:
+        raise DetectorLoadError(**error.fields()) from None
 
 
 # --------------------------------------------------------------------------- create
@@ -109,21 +115,26 @@ def create_detector(
         try:
             weights_file = offline_weights_file(architecture)
         except OfflineWeightsMissing as error:
-            raise PretrainedWeightsUnavailable(str(error)) from error
+            raise PretrainedWeightsUnavailable(
+                ErrorKind.MISSING_WEIGHTS,
+                f"offline ImageNet weights for {architecture!r} need the package {error.package!r}",
+                f"install it with `{error.install_command}` (make setup does), or train from scratch",
+                source=error.package, architecture=architecture,
+            ) from error
     if weights_file is not None:
         kwargs["pretrained_cfg_overlay"] = dict(file=os.fspath(weights_file))
+    if not timm.is_model(architecture):
+        raise ValueError(f"unknown timm architecture {architecture!r}")
     try:
         model = timm.create_model(architecture, pretrained=pretrained or pretrained_path is not None, **kwargs)
-    except RuntimeError as error:
-        if "Unknown model" in str(error):
-            raise ValueError(f"unknown timm architecture {architecture!r}") from error
-        raise
     except Exception as error:  # network, missing file, hub errors: all mean "no weights"
         where = os.fspath(pretrained_path) if pretrained_path else "the Hugging Face Hub"
         raise PretrainedWeightsUnavailable(
+            ErrorKind.MISSING_WEIGHTS if pretrained_path else ErrorKind.UNREACHABLE,
             f"ImageNet-pretrained weights for {architecture!r} could not be loaded from {where} "
-            f"({type(error).__name__}). Train from scratch explicitly (no --pretrained), or give a "
-            f"local weights file with --pretrained-path."
+            f"({type(error).__name__})",
+            "train from scratch explicitly (no --pretrained), or give a local weights file with --pretrained-path",
+            source=where, architecture=architecture,
         ) from error
     pp = preprocessing or Preprocessing()
     # Drop the ImageNet checkpoint's identity (tag, hub id, paper...): this is
@@ -226,7 +237,9 @@ def fetch_detector_files(
     if src.kind == "local":
         folder = Path(src.location)
         if not folder.is_dir():
-            raise DetectorLoadError(f"model folder {folder} does not exist")
+            raise DetectorLoadError(ErrorKind.NOT_FOUND, f"model folder {folder} does not exist",
+                                    "point at a folder written by train.py (config.json + model.safetensors)",
+                                    source=src.display)
         return DetectorFiles(folder, src, None)
 
     from huggingface_hub import snapshot_download
@@ -238,18 +251,19 @@ def fetch_detector_files(
         # By branch name, not sha, so the cache records the ref for offline use.
         folder = snapshot_download(src.location, revision=src.revision, token=token, allow_patterns=patterns)
         return DetectorFiles(Path(folder), src, Path(folder).name)
-    except LookupError as error:
-        raise DetectorLoadError(str(error)) from error
     except HubUnreachable as error:
         reason = error.reason
+    except SourceError as error:  # missing, private or gated repo or revision
+        raise DetectorLoadError(**error.fields()) from error
     except Exception as error:  # noqa: BLE001 - the Hub went away between probe and download
         reason = type(error).__name__
     try:
         folder = snapshot_download(src.location, revision=src.revision, allow_patterns=patterns, local_files_only=True)
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as error:
         raise DetectorLoadError(
-            f"the Hugging Face Hub could not be reached ({reason}) and no cached copy of {src.display} exists; "
-            f"check the network or point FAKEFACE_MODEL at a local folder"
+            ErrorKind.UNREACHABLE,
+            f"the Hugging Face Hub could not be reached ({reason}) and no cached copy of {src.display} exists",
+            "check the network, or point at a local model folder", source=src.display, revision=src.revision,
         ) from error
     notice = f"Hub unreachable ({reason}); serving the cached revision {Path(folder).name[:12]} of {src.location}"
     logger.warning(notice)
@@ -259,18 +273,24 @@ def fetch_detector_files(
 def read_detector_config(folder: str | os.PathLike) -> dict[str, Any]:
     """Read and validate ``config.json`` of a detector folder."""
     path = Path(folder) / CONFIG_NAME
+    where = dict(source=os.fspath(folder), file=CONFIG_NAME)
+    retrain = "point at a folder written by train.py (config.json + model.safetensors)"
     if not path.is_file():
-        raise DetectorLoadError(f"{path} is missing: not a saved detector folder")
+        raise DetectorLoadError(ErrorKind.NOT_FOUND, f"{path} is missing: not a saved detector folder", retrain, **where)
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DetectorLoadError(f"{path} is not valid JSON ({error})") from error
+        raise DetectorLoadError(ErrorKind.BAD_CONFIG, f"{path} is not valid JSON ({error})",
+                                "re-download or re-save the model", **where) from error
     for key in ("architecture", "pretrained_cfg"):
         if key not in config:
-            raise DetectorLoadError(f"{path} has no {key!r} entry: not a timm model config")
+            raise DetectorLoadError(ErrorKind.BAD_CONFIG, f"{path} has no {key!r} entry: not a timm model config",
+                                    retrain, **where)
     names = config.get("label_names") or config["pretrained_cfg"].get("label_names")
     if names is not None and list(names) != list(LABEL_NAMES):
-        raise DetectorLoadError(f"{path} has labels {names}, expected {list(LABEL_NAMES)}: not a fakeface detector")
+        raise DetectorLoadError(ErrorKind.BAD_CONFIG,
+                                f"{path} has labels {names}, expected {list(LABEL_NAMES)}: not a fakeface detector",
+                                retrain, **where)
     return config
 
 
@@ -294,8 +314,11 @@ def load_detector(
     files = files or fetch_detector_files(source, revision=revision, token=token)
     config = read_detector_config(files.folder)
     weights = files.folder / WEIGHTS_NAME
+    where = dict(source=files.source.display, file=WEIGHTS_NAME, revision=files.revision)
     if not weights.is_file():
-        raise DetectorLoadError(f"{weights} is missing (only safetensors weights are accepted, never pickles)")
+        raise DetectorLoadError(ErrorKind.MISSING_WEIGHTS,
+                                f"{weights} is missing (only safetensors weights are accepted, never pickles)",
+                                "point at a folder written by train.py (config.json + model.safetensors)", **where)
     model_args = {k: v for k, v in (config.get("model_args") or {}).items() if k != "num_classes"}
     try:
         model = timm.create_model(
@@ -303,16 +326,20 @@ def load_detector(
             num_classes=int(config.get("num_classes", len(LABEL_NAMES))), **model_args,
         )
     except Exception as error:
-        raise DetectorLoadError(f"cannot build architecture {config['architecture']!r}: {error}") from error
+        raise DetectorLoadError(ErrorKind.BAD_CONFIG, f"cannot build architecture {config['architecture']!r}: {error}",
+                                "check config.json's architecture and model_args, or re-save the model",
+                                **{**where, "file": CONFIG_NAME}) from error
     try:
         state = load_file(weights)
     except (SafetensorError, OSError, ValueError) as error:
-        raise DetectorLoadError(f"{weights} is corrupt or truncated ({error}); re-download or re-save it") from error
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first_line = str(error).splitlines()[0]
-        raise DetectorLoadError(f"{weights} does not match architecture {config['architecture']!r}: {first_line}") from error
+        raise DetectorLoadError(ErrorKind.CORRUPT_WEIGHTS, f"{weights} is corrupt or truncated ({error})",
+                                "re-download or re-save it", **where) from error
+    mismatch = _state_dict_mismatch(model, state)
+    if mismatch:
+        raise DetectorLoadError(ErrorKind.CORRUPT_WEIGHTS,
+                                f"{weights} does not match architecture {config['architecture']!r}: {mismatch}",
+                                "load it with the architecture it was trained with, or re-train", **where)
+    model.load_state_dict(state, strict=True)
     cfg = dict(model.pretrained_cfg)
     cfg.update(config["pretrained_cfg"])
     cfg["label_names"] = list(config.get("label_names") or LABEL_NAMES)
@@ -321,6 +348,17 @@ def load_detector(
     resolve_preprocessing(model)  # fail now, not at the first request, if the config is unusable
     model.fakeface_files = files
     return model.eval()
+
+
+def _state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading strictly into ``model``, in words; None when it fits."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    parts = [f"{len(keys)} {label} (first: {keys[0]})" for keys, label in
+             ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")) if keys]
+    return ", ".join(parts) or None
 
 
 # --------------------------------------------------------------------------- publish
@@ -345,7 +383,8 @@ def push_detector(
     folder = Path(folder)
     read_detector_config(folder)
     if not (folder / WEIGHTS_NAME).is_file():
-        raise DetectorLoadError(f"{folder / WEIGHTS_NAME} is missing: nothing to publish")
+        raise DetectorLoadError(ErrorKind.MISSING_WEIGHTS, f"{folder / WEIGHTS_NAME} is missing: nothing to publish",
+                                "publish a folder written by train.py", source=os.fspath(folder), file=WEIGHTS_NAME)
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     commit = api.upload_folder(
