@@ -19,9 +19,6 @@ import shlex
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
 
 def _csv_ints(text: str) -> tuple[int, ...]:
     try:

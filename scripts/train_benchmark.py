@@ -15,10 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from benchmarks.offline import (  # noqa: E402 - after the path setup above
+from benchmarks.offline import (
     OFFLINE_BENCHMARK_ARCHITECTURES, OFFLINE_BENCHMARK_RECIPES, OfflineBenchmarkSettings, render_offline_benchmark,
     run_offline_benchmark, write_offline_benchmark,
 )

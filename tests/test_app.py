@@ -36,7 +36,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 PLANTED_KEY = "sk-test-PLANTED-123-0123456789abcdef"
 WRONG_KEY = "sk-test-WRONG-456-fedcba9876543210"
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent / "fakeface" / "app" / "examples"
 HUB_MODEL, HUB_DATASET, MISSING_MODEL = "fakeface/tiny-hub-detector", "fakeface/tiny-faces", "fakeface/missing-model"
 
 

@@ -24,7 +24,7 @@ from fakeface.app.layout import build_app, launch_app
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "synthetic-fake-1.jpg"
+EXAMPLE = Path(__file__).resolve().parent.parent / "fakeface" / "app" / "examples" / "synthetic-fake-1.jpg"
 RESULTS = Path(__file__).resolve().parent.parent / "test-results"
 # --no-sandbox: Chromium runs as root here. The rest stop it from calling
 # Google services, which this machine's closed network refuses.

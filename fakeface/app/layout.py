@@ -13,6 +13,7 @@ what is wrong and how to fix it.
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import logging
 import os
 import tempfile
@@ -40,7 +41,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["OriginalImage", "build_app", "launch_app", "launch_settings"]
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+# Package data (shipped in the wheel). gr.Examples takes file paths, and an installed
+# package is an unpacked folder, so the resource is a real directory.
+EXAMPLES_DIR = Path(str(importlib.resources.files("fakeface.app") / "examples"))
 ANY = "any"
 IMAGE_SIZES = ("1024x1024", "1024x1536", "1536x1024", "auto")
 # Two CPU cores: heavy work (detection, batches, evaluation) shares one lane

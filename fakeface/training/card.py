@@ -8,6 +8,7 @@ folders appear by name only, and no token or path is ever a template value.
 """
 from __future__ import annotations
 
+import importlib.resources
 import math
 import os
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any, Mapping, Sequence
 
 from fakeface.utils.constants import ATTRIBUTE_COLUMNS, LABEL_NAMES, SYNTHETIC_GENERATOR
 
-TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "model_card.md"
+# Package data, so an installed fakeface renders cards too; the repository's
+# top-level model_card.md is a symlink to this file.
+TEMPLATE = importlib.resources.files("fakeface.training") / "templates" / "model_card.md"
 CARD_NAME = "README.md"
 LICENSE = "apache-2.0"
 PLACEHOLDER_REPO = "ORG/NAME"
@@ -227,7 +230,8 @@ def render_model_card(*, report: Mapping[str, Any], config: Any, recipe: Any, se
     )
     card_data = build_card_data(model_name=model_name, report=report, dataset_id=dataset_id,
                                 dataset_name=dataset_name, tags=["synthetic-data"] if synthetic else ())
-    card = ModelCard.from_template(card_data, template_path=str(template_path or TEMPLATE_PATH), **values)
+    template = Path(template_path).read_text(encoding="utf-8") if template_path else TEMPLATE.read_text(encoding="utf-8")
+    card = ModelCard.from_template(card_data, template_str=template, **values)
     return str(card)
 
 
