@@ -431,7 +431,7 @@ def _app_models(variants: _Variants, threads: int) -> tuple[Any, Any]:
     """
     from dataclasses import replace
 
-    from fakeface.serving.core import load_model
+    from fakeface.serving.models import load_model
 
     key = ("app", threads)
     if key not in variants.fast_by_threads:
@@ -445,7 +445,7 @@ def _app_models(variants: _Variants, threads: int) -> tuple[Any, Any]:
 def benchmark_end_to_end(variants: _Variants, config: BenchmarkConfig, files: Mapping[str, list[bytes]]) -> list[dict]:
     """File bytes -> verdicts: the baseline beside the app's fp32 and int8 paths.
 
-    The app's path is ``fakeface.serving.core.analyze_bytes`` with only the
+    The app's path is ``fakeface.serving.analysis.analyze_bytes`` with only the
     verdict asked for (no Grad-CAM, robustness re-check or provenance), one
     call per file as the app's batch tab makes them. Extra rows: the app's
     full single-image analysis, and batched scoring of all files in one call.
@@ -454,7 +454,7 @@ def benchmark_end_to_end(variants: _Variants, config: BenchmarkConfig, files: Ma
     from PIL import Image
 
     from fakeface.modeling.detector import label_names
-    from fakeface.serving.core import analyze_bytes
+    from fakeface.serving.analysis import analyze_bytes
 
     names = label_names(variants.detector.model)
 
@@ -496,7 +496,7 @@ def benchmark_end_to_end(variants: _Variants, config: BenchmarkConfig, files: Ma
                                            warmup_calls=config.warmup_calls)
                 rows += _rows({"architecture": variants.architecture, "format": image_format, "threads": threads,
                                "batch": batch_size, "crops_per_image": variants.detector.preprocessing.crops_per_image,
-                               "app_path": "fakeface.serving.core.analyze_bytes"},
+                               "app_path": "fakeface.serving.analysis.analyze_bytes"},
                               timings, batch_size, BASELINE)
     return rows
 
@@ -544,7 +544,8 @@ folder, image_path, mode, onnx_path = sys.argv[1:5]
 t0 = time.time()
 if mode.endswith("+gradio"):
     import gradio  # the Space's process imports it before the first request can arrive
-from fakeface.serving.core import analyze_bytes, load_model
+from fakeface.serving.analysis import analyze_bytes
+from fakeface.serving.models import load_model
 t_import = time.time()
 fast = not mode.startswith("fp32")
 loaded = load_model(folder, use_fast_path=fast)
@@ -563,7 +564,7 @@ verdict = analyze_bytes(data, "upload.png", [loaded], explain=False, robustness=
 t_verdict = time.time()
 print(json.dumps({"verdict_at": t_verdict, "import_s": t_import - t0, "load_s": t_load - t_import,
                   "first_verdict_s": t_verdict - t_load, "verdict": verdict, "runtime": runtime,
-                  "path": "fakeface.serving.core"}))
+                  "path": "fakeface.serving"}))
 """
 COLD_START_MODES = ("int8", "fp32", "int8+gradio")
 
@@ -572,7 +573,7 @@ def benchmark_cold_start(variants: _Variants, config: BenchmarkConfig, png_path:
     """Process start -> first verdict, in a fresh interpreter, weights already on local disk.
 
     Modes: the int8 fast path, fp32, and int8 after importing gradio as the
-    Space's process does, all through the app's own ``fakeface.serving.core``.
+    Space's process does, all through the app's own ``fakeface.serving``.
     """
     rows = []
     repo_root = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ from PIL import Image, PngImagePlugin
 from fakeface.data.dataset import build_face_dataset, push_face_dataset
 from fakeface.modeling.detector import create_detector, push_detector, save_detector, update_detector_settings
 from fakeface.data.preprocess import Preprocessing
-from fakeface.serving.core import ModelRegistry
+from fakeface.serving.models import ModelRegistry
 from fakeface.app.layout import build_app, launch_app
 from tests.fakes.hub_fixtures import point_clients_at_hub
 from tests.fakes.hub_server import FakeHub
@@ -236,13 +236,13 @@ def test_temporary_outputs_expire(tmp_path):
     import os
     import time
 
-    from fakeface.app.layout import TEMP_FILE_TTL_S, _new_output_path
+    from fakeface.app.common import TEMP_FILE_TTL_S, new_output_path
 
     old, recent = tmp_path / "old.csv", tmp_path / "recent.csv"
     old.write_text("x")
     recent.write_text("y")
     os.utime(old, (time.time() - TEMP_FILE_TTL_S - 5,) * 2)
-    path = _new_output_path(tmp_path, "results", ".csv")
+    path = new_output_path(tmp_path, "results", ".csv")
     assert not old.exists() and recent.exists()
     assert path.parent == tmp_path and path.suffix == ".csv" and not path.exists()
 

@@ -18,7 +18,7 @@ import pytest
 
 from fakeface.modeling.detector import create_detector, save_detector, update_detector_settings
 from fakeface.data.preprocess import Preprocessing
-from fakeface.serving.core import ModelRegistry
+from fakeface.serving.models import ModelRegistry
 from fakeface.app.layout import build_app, launch_app
 
 pytestmark = pytest.mark.browser

@@ -64,7 +64,8 @@ def generate_app(tmp_path_factory):
     from gradio_client import Client
 
     from benchmarks.loadtest import launch_local_app
-    from fakeface.serving.core import ModelRegistry, RateLimiter, load_models
+    from fakeface.serving.generate import RateLimiter
+    from fakeface.serving.models import ModelRegistry, load_models
     from fakeface.app.layout import build_app
     from tests.fakes.openai_server import FakeOpenAI
     from tests.test_hardening import save_tiny_model
@@ -131,7 +132,7 @@ def _launched_status(sources: str):
     from gradio_client import Client
 
     from benchmarks.loadtest import launch_local_app
-    from fakeface.serving.core import ModelRegistry
+    from fakeface.serving.models import ModelRegistry
     from fakeface.app.layout import build_app
 
     demo = build_app(ModelRegistry.from_env({"FAKEFACE_MODEL": sources}), environ={})

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.loadtest import launch_local_app
-from fakeface.serving.core import ModelRegistry, load_models
+from fakeface.serving.models import ModelRegistry, load_models
 from tests.bad_inputs import build_corpus, oversized_upload
 
 gradio_client = pytest.importorskip("gradio_client")

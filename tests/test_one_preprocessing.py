@@ -48,7 +48,8 @@ def test_training_evaluation_and_app_feed_the_model_the_same_tensor(pp, tmp_path
     from datasets import ClassLabel, Dataset, Features, Image as ImageFeature, Value
 
     from fakeface.evaluation.metrics import decode_split
-    from fakeface.serving.core import load_model, analyze_bytes
+    from fakeface.serving.analysis import analyze_bytes
+    from fakeface.serving.models import load_model
     from fakeface.training.loop import _EvalTransform, prepare_split
 
     folder = save_detector(create_detector("mobilenetv2_050", preprocessing=pp), tmp_path / "model")

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.loadtest import launch_local_app
-from fakeface.serving.core import ModelRegistry, RateLimiter, load_models
+from fakeface.serving.generate import RateLimiter
+from fakeface.serving.models import ModelRegistry, load_models
 from tests.fakes.openai_server import FakeOpenAI
 from tests.test_hardening import save_tiny_model
 

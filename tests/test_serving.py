@@ -1,4 +1,4 @@
-"""The app's logic without a server (fakeface.serving.core): loading, one image, batches, rate limit, data.
+"""The app's logic without a server (fakeface.serving): loading, one image, batches, rate limit, data.
 
 Detectors here have random weights (a MobileNetV2 at 64 px): enough for the
 plumbing, the verdicts mean nothing. Where a test needs a verdict to change
@@ -21,11 +21,14 @@ from fakeface.data.images import ImageDecodeError, load_image
 from fakeface.modeling.inference import Detector, decide, fake_probability
 from fakeface.modeling.detector import create_detector, load_detector, push_detector, save_detector, update_detector_settings
 from fakeface.data.preprocess import Preprocessing
-from fakeface.serving.core import (
-    AppError, DatasetCache, GenerationRequest, LoadedModel, LoadFailure, ModelRegistry, RateLimiter,
-    RateLimitExceeded, analyze_bytes, analyze_files, describe_release, evaluate_sample, filter_indices,
-    generate_and_analyze, load_models, parse_model_sources, sample_gallery, summarize_dataset, write_rows_csv,
-)
+from fakeface.serving.analysis import analyze_bytes
+from fakeface.serving.batch import analyze_files, write_rows_csv
+from fakeface.serving.browse import DatasetCache, evaluate_sample, filter_indices, sample_gallery, summarize_dataset
+from fakeface.serving.errors import AppError, RateLimitExceeded
+from fakeface.serving.generate import GenerationRequest, RateLimiter, generate_and_analyze
+from fakeface.serving.models import LoadedModel, LoadFailure, ModelRegistry, load_models
+from fakeface.serving.release import describe_release
+from fakeface.utils.settings import Settings, parse_model_sources
 
 TINY_PP = Preprocessing(input_size=(3, 64, 64), num_test_crops=1)
 
@@ -293,20 +296,20 @@ def test_generation_uses_the_users_key_else_the_spaces_key_under_the_limit(opena
     limiter = RateLimiter(per_session=1, global_limit=10)
     request = GenerationRequest(attributes={"gender": "female", "age": "30-44"}, model="gpt-image-2", quality="low",
                                 user_key=key)
-    result = generate_and_analyze(request, [loaded], session_id="s1", limiter=limiter, environ={})
+    result = generate_and_analyze(request, [loaded], session_id="s1", limiter=limiter, settings=Settings())
     assert result["generated"]["key"] == "yours" and result["image_bytes"] == openai_fake.images_served[-1]
     assert result["provenance"]["text_chunks"]["fake-openai"]            # the bytes as served
     assert openai_fake.requests[-1].authorization == f"Bearer {key}"
     assert key not in repr(request) and key not in json.dumps(result["generated"])
 
     with pytest.raises(AppError, match="no OpenAI key"):
-        generate_and_analyze(GenerationRequest(prompt="a face"), [loaded], session_id="s1", limiter=limiter, environ={})
+        generate_and_analyze(GenerationRequest(prompt="a face"), [loaded], session_id="s1", limiter=limiter, settings=Settings())
     space = {"OPENAI_API_KEY": key}
-    generate_and_analyze(GenerationRequest(prompt="a face"), [loaded], session_id="s1", limiter=limiter, environ=space)
+    generate_and_analyze(GenerationRequest(prompt="a face"), [loaded], session_id="s1", limiter=limiter, settings=Settings.from_env(space))
     with pytest.raises(RateLimitExceeded):
-        generate_and_analyze(GenerationRequest(prompt="a face"), [loaded], session_id="s1", limiter=limiter, environ=space)
+        generate_and_analyze(GenerationRequest(prompt="a face"), [loaded], session_id="s1", limiter=limiter, settings=Settings.from_env(space))
     with pytest.raises(AppError, match="Describe the face"):
-        generate_and_analyze(GenerationRequest(user_key=key), [loaded], session_id="s2", limiter=limiter, environ={})
+        generate_and_analyze(GenerationRequest(user_key=key), [loaded], session_id="s2", limiter=limiter, settings=Settings())
 
 
 # --------------------------------------------------------------------------- dataset browser

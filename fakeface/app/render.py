@@ -1,4 +1,4 @@
-"""HTML and Markdown for the app's panels, built from :mod:`fakeface.serving.core` results.
+"""HTML and Markdown for the app's panels, built from :mod:`fakeface.serving` results.
 
 Pure functions (no gradio), so the look can be tested without a server.
 Every value that comes from a file or a user (file names, EXIF fields, PNG
@@ -12,6 +12,9 @@ from html import escape
 from typing import Any, Mapping, Sequence
 
 from fakeface.data.synthetic import SYNTHETIC_NOTICE
+from fakeface.modeling.config import Decision
+
+_DEFAULT_DECISION = Decision()
 
 VERDICT_STYLE = {
     # verdict -> (headline, colour, background, icon)
@@ -72,7 +75,9 @@ def render_verdict(result: Mapping[str, Any]) -> str:
     headline, colour, background, icon = VERDICT_STYLE.get(verdict, VERDICT_STYLE["uncertain"])
     primary = (result.get("models") or [{}])[0]
     calibrated = primary.get("calibrated")
-    t_fake, t_real = primary.get("threshold_fake", 0.5), primary.get("threshold_real", 0.5)
+    # Every model row carries its own thresholds; the fallback is the one default Decision, not a local 0.5.
+    t_fake = primary.get("threshold_fake", _DEFAULT_DECISION.threshold_fake)
+    t_real = primary.get("threshold_real", _DEFAULT_DECISION.threshold_real)
     explanation = {
         "fake": f"p(fake) is at or above the model's fake threshold ({_num(t_fake)}).",
         "real": f"p(fake) is below the model's real threshold ({_num(t_real)}).",

@@ -1,0 +1,106 @@
+"""The Detect tab: one image -> a verdict, with the evidence on demand; and the verdict-only API."""
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from fakeface.app.common import CPU_CONCURRENCY, CPU_LANE, AppContext, bind, public_result, user_errors
+from fakeface.app.components import OriginalImage
+from fakeface.app.render import render_facts, render_placeholder, render_provenance, render_robustness, render_verdict
+from fakeface.serving.analysis import analyze_bytes, read_upload
+from fakeface.serving.errors import AppError
+from fakeface.serving.verdicts import verdict_bytes
+from fakeface.utils.constants import MAX_UPLOAD_BYTES
+
+__all__ = ["build_detect_tab", "detect", "show_detection", "verdict"]
+
+VERDICT_LANE = "verdict"
+# Package data (shipped in the wheel). gr.Examples takes file paths, and an installed
+# package is an unpacked folder, so the resource is a real directory.
+EXAMPLES_DIR = Path(str(importlib.resources.files("fakeface.app") / "examples"))
+_NO_IMAGE = ("Add an image first:", "drop a file, upload, paste or use the webcam.")
+
+
+@user_errors
+def detect(ctx: AppContext, image_path: str | None, explain: bool = True, robustness: bool = True):
+    """``/detect``: the full analysis (Grad-CAM and the robustness re-check when asked) and the overlay."""
+    if not image_path:
+        raise AppError(*_NO_IMAGE, kind="no_input")
+    result = analyze_bytes(read_upload(image_path), image_path, ctx.models(), explain=bool(explain),
+                           robustness=bool(robustness))
+    return public_result(result), result.get("gradcam")
+
+
+@user_errors
+def verdict(ctx: AppContext, image_path: str | None) -> dict[str, Any]:
+    """``/verdict``: the verdict only (no evidence); concurrent calls share one model call."""
+    if not image_path:
+        raise AppError(*_NO_IMAGE, kind="no_input")
+    return verdict_bytes(read_upload(image_path), image_path, ctx.batcher)
+
+
+def show_detection(result: dict | None):
+    """The page's panels for a ``/detect`` result (rendering only, not an API)."""
+    if not result:
+        return (render_placeholder("No result yet."),) * 4
+    return (render_verdict(result), render_provenance(result.get("provenance")),
+            render_robustness(result.get("robustness")), render_facts(result))
+
+
+def _evidence_panels():
+    with gr.Tabs():
+        with gr.Tab("Where the model looked"):
+            gradcam = gr.Image(label="Grad-CAM (towards 'fake')", type="pil", format="png", interactive=False, height=360)
+            gr.Markdown("Warm colours mark the regions that pushed the score towards *fake*. It shows where the "
+                        "evidence came from, not proof; darkened areas were outside every crop the model inspected.",
+                        elem_classes="ff-small")
+        with gr.Tab("Provenance"):
+            provenance = gr.HTML(render_placeholder("Metadata and content credentials appear here."))
+        with gr.Tab("Robustness"):
+            robustness = gr.HTML(render_placeholder("Re-scored copies appear here."))
+        with gr.Tab("Image facts"):
+            facts = gr.HTML(render_placeholder("Format, size and compression appear here."))
+    return gradcam, provenance, robustness, facts
+
+
+def _input_column():
+    image_in = OriginalImage(type="filepath", sources=["upload", "webcam", "clipboard"], label="Face image",
+                             height=380, elem_id="detect-input", image_mode=None)
+    with gr.Row():
+        explain_box = gr.Checkbox(True, label="Grad-CAM heatmap")
+        robust_box = gr.Checkbox(True, label="Robustness check")
+    button = gr.Button("Analyze", variant="primary", elem_id="detect-button")
+    examples = sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    if examples:
+        gr.Examples([[str(p)] for p in examples], inputs=[image_in],
+                    label="Examples: synthetic stand-ins from fakeface.data.synthetic, not real people")
+    gr.Markdown("The original file is analysed as uploaded (its metadata included). "
+                f"Limit {MAX_UPLOAD_BYTES // 2**20} MiB.", elem_classes="ff-small")
+    return image_in, explain_box, robust_box, button
+
+
+def build_detect_tab(ctx: AppContext) -> None:
+    """The tab's components and events (call inside ``gr.Blocks``)."""
+    with gr.Tab("Detect", id="detect"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=5):
+                image_in, explain_box, robust_box, button = _input_column()
+            with gr.Column(scale=6):
+                verdict_html = gr.HTML(render_placeholder("Drop a face image and press Analyze."), elem_id="verdict")
+                gradcam, provenance, robustness, facts = _evidence_panels()
+                with gr.Accordion("Raw result (JSON)", open=False):
+                    result_json = gr.JSON(label="result")
+        verdict_json = gr.JSON(visible=False, label="verdict")
+        verdict_trigger = gr.Button(visible=False)
+
+    # Dropping or uploading an image analyses it at once; the button re-runs (e.g. with other options).
+    gr.on([button.click, image_in.upload], bind(detect, ctx), [image_in, explain_box, robust_box], [result_json, gradcam],
+          api_name="detect", concurrency_id=CPU_LANE, concurrency_limit=CPU_CONCURRENCY,
+          ).success(show_detection, [result_json], [verdict_html, provenance, robustness, facts],
+                    api_visibility="private", queue=False)
+    # As many verdict requests run at once as can share one model call.
+    verdict_trigger.click(bind(verdict, ctx), [image_in], [verdict_json], api_name="verdict",
+                          concurrency_id=VERDICT_LANE, concurrency_limit=ctx.settings.verdict_batch_size)

@@ -1,0 +1,89 @@
+"""Many uploaded files -> one flat row each, and their CSV (formula-like cells neutralised)."""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from fakeface.data.images import ImageDecodeError
+from fakeface.serving.analysis import analyze_bytes, display_name, read_upload, require_models
+from fakeface.serving.errors import AppError
+from fakeface.serving.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BATCH_COLUMNS", "MAX_BATCH_FILES", "analyze_files", "batch_columns", "batch_row", "write_rows_csv"]
+
+MAX_BATCH_FILES = 100
+BATCH_COLUMNS = ("file", "verdict", "p_fake", "model", "agreement", "format", "width", "height",
+                 "jpeg_quality", "c2pa", "warnings", "error")
+
+
+def batch_row(result: Mapping[str, Any]) -> dict[str, Any]:
+    """One flat table row from :func:`analyze_bytes`' result (plus one p_fake column per extra model)."""
+    image = result.get("image") or {}
+    prov = result.get("provenance") or {}
+    row = {
+        "file": result["file"], "verdict": result["verdict"], "p_fake": round(result["p_fake"], 4),
+        "model": result["model"], "agreement": "yes" if result["agreement"] else "no",
+        "format": image.get("format"), "width": image.get("width"), "height": image.get("height"),
+        "jpeg_quality": image.get("jpeg_quality"), "c2pa": (prov.get("c2pa") or {}).get("status", ""),
+        "warnings": " | ".join(result.get("warnings") or []), "error": "",
+    }
+    for extra in result["models"][1:]:
+        row[f"p_fake [{extra['model']}]"] = round(extra["p_fake"], 4)
+    return row
+
+
+def analyze_files(
+    files: Sequence[str | os.PathLike],
+    models: Sequence[LoadedModel],
+    *,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Score many uploaded files: one row each; a bad file gets an ``error`` and the rest go on."""
+    require_models(models)
+    if len(files) > MAX_BATCH_FILES:
+        raise AppError(f"Too many files: {len(files)};", f"at most {MAX_BATCH_FILES} per batch.", kind="too_large")
+    rows = []
+    for index, path in enumerate(files):
+        name = display_name(path)
+        if progress is not None:
+            progress(index, len(files), name)
+        try:
+            result = analyze_bytes(read_upload(path), name, models, explain=False, robustness=False)
+            rows.append(batch_row(result))
+        except (ImageDecodeError, AppError) as error:
+            rows.append({"file": name, "verdict": "error", "error": str(error)})
+        except Exception as error:  # noqa: BLE001 - one bad file must not lose the batch
+            logger.exception("batch: unexpected failure on one file")
+            rows.append({"file": name, "verdict": "error", "error": f"unexpected {type(error).__name__}"})
+    return rows
+
+
+def batch_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The table's columns: the fixed ones, then any per-model columns in first-seen order."""
+    extra = [k for row in rows for k in row if k not in BATCH_COLUMNS]
+    return list(BATCH_COLUMNS[:4]) + list(dict.fromkeys(extra)) + list(BATCH_COLUMNS[4:])
+
+
+def _csv_safe(value: Any) -> Any:
+    # A cell starting with = + - @ is run as a formula by spreadsheet apps;
+    # file names and warnings come from users (CSV injection).
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return "" if value is None else value
+
+
+def write_rows_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write batch rows as CSV (UTF-8, header row, formula-like cells neutralised)."""
+    path = Path(path)
+    columns = batch_columns(rows)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _csv_safe(row.get(c)) for c in columns})
+    return path
