@@ -21,11 +21,20 @@ class FaceCrop:
     """
 
     detector: str = "retinaface"
-    margin: float = 0.5            # extra context on every side, as a fraction of the face box's longer side
+    # Extra context on every side, as a fraction of the face's size (from its landmarks, by FFHQ's rule:
+    # max(2 x eye distance, 1.8 x eyes-to-mouth); see fakeface.faces.detect.face_geometry). 0.5 gives a
+    # square of 2 x size, FFHQ's own framing, so an aligned FFHQ/CelebA-HQ photo is cut to about itself.
+    margin: float = 0.5
     align: bool = True             # rotate about the eye centre so the eyes are level (from the landmarks)
-    min_face_px: int = 64          # faces whose box is shorter than this (px, longer side) are too small to judge
+    min_face_px: int = 64          # faces smaller than this (px, the landmark size above) are too small to judge
     score_threshold: float = 0.6   # detector confidence needed to count as a face
-    detect_size: int = 640         # the photo is downscaled to at most this (longer side) for detection only
+    detect_size: int = 320         # the photo is downscaled to at most this (longer side) for detection only
+    # Added with the face stage: eye-levelling turns smaller than this are skipped, because resampling
+    # blurs the pixel-level traces the classifier reads (quarter turns are lossless and always done).
+    align_min_deg: float = 3.0
+    # Added with the face stage: with no face found upright, also search the photo turned by 90/270/180
+    # degrees (a phone photo whose orientation was lost); costs three more detector runs on faceless photos.
+    try_turned: bool = True
 
     def __post_init__(self) -> None:
         if self.detector not in FACE_DETECTORS:
@@ -36,6 +45,8 @@ class FaceCrop:
             raise ValueError(f"min_face_px must be >= 1, got {self.min_face_px}")
         if not 0.0 < self.score_threshold < 1.0:
             raise ValueError(f"score_threshold must be in (0, 1), got {self.score_threshold}")
+        if not 0.0 <= self.align_min_deg <= 45.0:
+            raise ValueError(f"align_min_deg must be in [0, 45], got {self.align_min_deg}")
         if self.detect_size < 64:
             raise ValueError(f"detect_size must be >= 64, got {self.detect_size}")
 

