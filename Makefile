@@ -13,12 +13,18 @@ DEMO_EPOCHS ?= 4
 
 .PHONY: setup system-deps audit test test-fast demo demo-data demo-model benchmark train-benchmark load-test clean
 
-# Idempotent: reinstalls only when a requirements file changes.
-$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt
+# Idempotent: reinstalls only when a requirements file or pyproject.toml changes.
+# The checkout itself goes in editable (console scripts fakeface-*; scripts/*.py
+# import the package) in setuptools' compat mode: one .pth line puts the checkout
+# on sys.path, so the dev-only top-level benchmarks/ package (not in the wheel)
+# imports too. --no-deps: the pins above are the package's dependencies already;
+# --no-build-isolation: build with the pinned setuptools, nothing downloaded.
+$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
 	touch $@
 
 setup: $(STAMP)
@@ -34,7 +40,7 @@ audit: setup
 test: setup system-deps audit
 	$(BIN)/python -m pytest -q
 
-# Everything but the slow and browser tests, for a quick local loop.
+# Everything but the slow (> ~20 s each on 2 cores) and browser tests, for a quick local loop.
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 

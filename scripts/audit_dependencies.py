@@ -52,12 +52,12 @@ def latest_release_vulnerabilities(name: str) -> tuple[str | None, list | None]:
         return None, None
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requirements", type=Path, default=ROOT / "requirements.txt")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "dependency_audit.md")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a vulnerability is found")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     pins = read_pins(args.requirements)
     report = run_pip_audit(args.requirements)

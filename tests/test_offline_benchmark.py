@@ -2,17 +2,11 @@
 import copy
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-import train_benchmark  # noqa: E402
-
-from benchmarks.offline import ROBUST_TARGETS, render_offline_benchmark  # noqa: E402
+from benchmarks.offline import ROBUST_TARGETS, render_offline_benchmark
+from scripts import train_benchmark  # the command line as users run it (scripts/ is on pytest's pythonpath)
 
 
 @pytest.fixture(scope="module")
