@@ -22,7 +22,8 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from fakeface.data.dataset import build_face_dataset, push_face_dataset
-from fakeface.modeling.detector import create_detector, push_detector, save_detector, update_detector_settings
+from fakeface.modeling.config import Decision
+from fakeface.modeling.detector import create_detector, push_detector, save_detector, set_decision, set_release_facts
 from fakeface.data.preprocess import Preprocessing
 from fakeface.serving.models import ModelRegistry
 from fakeface.app.layout import build_app, launch_app
@@ -83,7 +84,8 @@ def space(tmp_path_factory):
         mp.delenv("OPENAI_API_KEY", raising=False)
         pp = Preprocessing(input_size=(3, 64, 64), num_test_crops=1)
         local = create_detector("mobilenetv2_100", preprocessing=pp)       # random weights: plumbing only
-        update_detector_settings(local, synthetic_training_data=True, threshold_fake=0.7, threshold_real=0.3)
+        set_release_facts(local, synthetic_training_data=True)
+        set_decision(local, Decision(threshold_fake=0.7, threshold_real=0.3))
         save_detector(local, tmp / "demo_model")
         save_detector(create_detector("mobilenetv2_050", preprocessing=pp), tmp / "hub_model")
         hub_sha = push_detector(tmp / "hub_model", HUB_MODEL)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fakeface.modeling.detector import create_detector, save_detector, update_detector_settings
+from fakeface.modeling.detector import create_detector, save_detector, set_release_facts
 from fakeface.data.preprocess import Preprocessing
 from fakeface.serving.models import ModelRegistry
 from fakeface.app.layout import build_app, launch_app
@@ -50,7 +50,7 @@ DROP_FILE_JS = """
 def app_url(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
     model = create_detector("mobilenetv2_100", preprocessing=Preprocessing(input_size=(3, 64, 64), num_test_crops=5))
-    update_detector_settings(model, synthetic_training_data=True)
+    set_release_facts(model, synthetic_training_data=True)
     save_detector(model, tmp / "demo_model")
     demo = build_app(ModelRegistry([str(tmp / "demo_model")]), environ={})
     with socket.socket() as s:

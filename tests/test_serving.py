@@ -7,6 +7,7 @@ it plugs in its own scorer.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from dataclasses import dataclass
@@ -18,8 +19,11 @@ from PIL import Image, PngImagePlugin
 
 from fakeface.utils.constants import SYNTHETIC_GENERATOR
 from fakeface.data.images import ImageDecodeError, load_image
-from fakeface.modeling.inference import Detector, decide, fake_probability
-from fakeface.modeling.detector import create_detector, load_detector, push_detector, save_detector, update_detector_settings
+from fakeface.modeling.config import Decision
+from fakeface.modeling.inference import Detector, fake_probability
+from fakeface.modeling.detector import (
+    create_detector, load_detector, push_detector, save_detector, set_decision, set_release_facts,
+)
 from fakeface.data.preprocess import Preprocessing
 from fakeface.serving.analysis import analyze_bytes
 from fakeface.serving.batch import analyze_files, write_rows_csv
@@ -35,8 +39,12 @@ TINY_PP = Preprocessing(input_size=(3, 64, 64), num_test_crops=1)
 
 def save_tiny_detector(folder: Path, arch: str = "mobilenetv2_100", **settings) -> Path:
     model = create_detector(arch, preprocessing=TINY_PP)
-    if settings:
-        update_detector_settings(model, **settings)
+    decision_fields = {f.name for f in dataclasses.fields(Decision)}
+    if any(k in decision_fields for k in settings):
+        set_decision(model, Decision(**{k: v for k, v in settings.items() if k in decision_fields}))
+    facts = {k: v for k, v in settings.items() if k not in decision_fields}
+    if facts:
+        set_release_facts(model, **facts)
     return save_detector(model, folder)
 
 
@@ -139,7 +147,7 @@ def test_analyze_bytes_applies_the_models_preprocessing_temperature_and_threshol
     logits = detector.logits([load_image(data).image])
     p = float(fake_probability(logits, 2.0)[0])
     assert result["p_fake"] == pytest.approx(p, abs=1e-5)
-    assert result["verdict"] == decide(p, 0.6, 0.4)
+    assert result["verdict"] == Decision(threshold_fake=0.6, threshold_real=0.4).verdict(p)
     assert (result["threshold_fake"], result["threshold_real"]) == (0.6, 0.4)
     row = result["models"][0]
     assert row["temperature"] == 2.0 and row["calibrated"] is True and row["runtime"] == "torch-fp32"
