@@ -101,7 +101,9 @@ def test_interleaved_rounds_rotate_the_order_and_fill_the_round():
     slow = time_interleaved({"sleep": lambda: (calls.append(1), time.sleep(0.005))}, rounds=2,
                             min_round_seconds=0.05, warmup_calls=1)
     per_round = len(slow["sleep"].samples_ms) / 2
-    assert per_round == int(per_round) and 2 <= per_round <= 10  # enough calls to fill 50 ms (10 on an idle machine)
+    # Calls per round come from the warm-up call's time: at most 10 sleeps of >= 5 ms fill 50 ms; on a busy
+    # machine one slow warm-up can leave a single call, so only the upper bound is exact.
+    assert per_round == int(per_round) and 1 <= per_round <= 10
     assert len(calls) == 1 + 2 * per_round
     stats = slow["sleep"].as_dict(batch=4)
     assert stats["median_ms"] >= 5 and stats["images_per_s"] == pytest.approx(4000 / stats["median_ms"])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import time
 from collections import Counter
 
 import numpy as np
@@ -109,14 +108,6 @@ def test_fakes_carry_a_periodic_spectral_fingerprint_that_survives_jpeg_and_down
 
     halved = {label: _fingerprint([half(i) for i in images[label]], 96) for label in images}
     assert halved[FAKE] > 2.5 * halved[REAL], halved
-
-
-def test_generation_is_fast_enough():
-    start = time.perf_counter()
-    list(generate_synthetic_faces(24, seed=1))
-    rate = 24 / (time.perf_counter() - start)
-    # Target is >= 50 images/s on one free core; the bar is lower because the test machine is shared.
-    assert rate > 15, f"{rate:.1f} images/s"
 
 
 def test_bad_arguments_are_refused():
