@@ -168,7 +168,8 @@ def test_importing_app_builds_the_blocks_without_loading_anything(monkeypatch):
         registry = app.demo.fakeface_registry
         assert registry._results is None and registry._thread is None        # nothing loaded at import
         assert {d.api_name for d in app.demo.fns.values() if d.api_name} >= {
-            "detect", "detect_batch", "generate", "dataset_load", "dataset_samples", "dataset_evaluate", "status"}
+            "detect", "verdict", "detect_batch", "generate", "dataset_load", "dataset_samples", "dataset_evaluate",
+            "status"}
     finally:
         sys.modules.pop("app", None)
 
@@ -265,6 +266,26 @@ def test_detect_scores_every_model_with_evidence(space):
     assert result["synthetic_model"] is True
     with Image.open(gradcam) as overlay:
         assert overlay.size == (240, 240)
+
+
+def test_verdict_endpoint_gives_the_detect_verdict_without_the_evidence(space):
+    from concurrent.futures import ThreadPoolExecutor
+
+    example = _example("synthetic-real-1.jpg")
+    full, _ = space.client.predict(handle_file(example), False, False, api_name="/detect")
+    quick = space.client.predict(handle_file(example), api_name="/verdict")
+    assert quick["file"] == "synthetic-real-1.jpg" and quick["verdict"] == full["verdict"]
+    assert [m["model"] for m in quick["models"]] == [m["model"] for m in full["models"]]
+    for fast, slow in zip(quick["models"], full["models"]):
+        assert fast["p_fake"] == pytest.approx(slow["p_fake"], abs=1e-4) and fast["verdict"] == slow["verdict"]
+    assert quick["faces"] == [] and not {"robustness", "provenance", "image", "gradcam"} & set(quick)
+    # Concurrent clients (each its own session) all get that verdict, whether or not their calls shared a batch.
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: _client(space).predict(handle_file(example), api_name="/verdict"), range(4)))
+    assert {a["verdict"] for a in answers} == {quick["verdict"]}
+    assert all(a["p_fake"] == pytest.approx(quick["p_fake"], abs=1e-4) for a in answers)
+    with pytest.raises(AppError, match="Add an image first"):
+        space.client.predict(None, api_name="/verdict")
 
 
 def test_detect_receives_the_original_bytes(space, tmp_path):

@@ -381,3 +381,161 @@ def test_describe_release_reads_metrics_and_card(tmp_path, model_dir):
     cards = render_model_cards([release])
     assert cards.startswith(f"## {model.name}") and "\n### Card\n" in cards and "Text." in cards
     assert render_model_cards([]) == "No model card ships with the loaded model(s)."
+
+
+# --------------------------------------------------------------------------- settings
+
+def test_settings_read_every_variable_with_one_boolean_rule():
+    for text in ("1", "true", "TRUE", "Yes", "on", " On "):
+        assert Settings.from_env({"FAKEFACE_DEMO_BANNER": text}).demo_banner is True
+        assert Settings.from_env({"FAKEFACE_FAST_PATH": text}).fast_path is True
+    for text in ("0", "false", "No", "OFF"):
+        assert Settings.from_env({"FAKEFACE_DEMO_BANNER": text}).demo_banner is False
+        assert Settings.from_env({"FAKEFACE_FAST_PATH": text}).fast_path is False
+    default = Settings.from_env({})
+    assert default == Settings() and default.fast_path is True and default.demo_banner is False
+    assert Settings.from_env({"FAKEFACE_FAST_PATH": ""}).fast_path is True           # empty = unset
+    values = Settings.from_env({
+        "FAKEFACE_MODEL": "org/a, ./b", "FAKEFACE_DATASET": " org/data ", "FAKEFACE_THREADS": "3",
+        "FAKEFACE_GENERATE_PER_SESSION": "5", "FAKEFACE_GENERATE_GLOBAL": "0", "FAKEFACE_GENERATE_WINDOW_S": "60",
+        "FAKEFACE_GENERATE_TIMEOUT_S": "2.5", "FAKEFACE_VERDICT_BATCH": "4", "FAKEFACE_VERDICT_WAIT_MS": "0",
+    })
+    assert values.models == ("org/a", "./b") and values.dataset == "org/data" and values.resolve_threads() == 3
+    assert (values.generate_per_session, values.generate_global, values.generate_window_s) == (5, 0, 60.0)
+    assert values.generate_timeout_s == 2.5 and (values.verdict_batch_size, values.verdict_wait_ms) == (4, 0.0)
+    assert 1 <= default.resolve_threads() <= 2
+
+
+@pytest.mark.parametrize("variable, value, expected", [
+    ("FAKEFACE_FAST_PATH", "maybe", "1/true/yes/on or 0/false/no/off"),
+    ("FAKEFACE_DEMO_BANNER", "2", "1/true/yes/on or 0/false/no/off"),
+    ("FAKEFACE_THREADS", "two", "whole number >= 1"),
+    ("FAKEFACE_THREADS", "0", "whole number >= 1"),
+    ("FAKEFACE_GENERATE_PER_SESSION", "-1", "whole number >= 0"),
+    ("FAKEFACE_GENERATE_WINDOW_S", "soon", "seconds > 0"),
+    ("FAKEFACE_GENERATE_TIMEOUT_S", "nan", "seconds > 0"),
+    ("FAKEFACE_VERDICT_BATCH", "1.5", "whole number >= 1"),
+])
+def test_a_bad_value_is_a_typed_error_naming_the_variable(variable, value, expected):
+    from fakeface.utils.settings import SettingsError
+
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({variable: value})
+    error = caught.value
+    assert (error.variable, error.value) == (variable, value) and expected in error.expected
+    assert variable in str(error) and repr(value) in str(error)
+
+
+def test_the_openai_key_is_kept_for_use_but_never_shown():
+    key = "sk-test-settings-0123456789"
+    settings = Settings.from_env({"OPENAI_API_KEY": key})
+    assert settings.space_has_openai_key and settings.openai_api_key == key
+    assert key not in repr(settings) and key not in json.dumps(settings.describe())
+    assert settings.describe()["OPENAI_API_KEY"] == "set"
+    assert not Settings.from_env({"OPENAI_API_KEY": "  "}).space_has_openai_key
+
+
+def test_every_fakeface_variable_in_the_repository_is_a_setting():
+    import re
+
+    from fakeface.utils.settings import ENV
+
+    repo = Path(__file__).resolve().parent.parent
+    texts = [p.read_text(errors="replace") for folder in ("fakeface", "benchmarks", "scripts", "docs")
+             for p in (repo / folder).rglob("*") if p.suffix in (".py", ".md") and p.is_file()]
+    texts += [(repo / name).read_text() for name in ("app.py", "Makefile", "README.md") if (repo / name).is_file()]
+    # FAKEFACE_KEY / FAKEFACE_FILES-like Python names are constants, not variables: only ALL-CAPS env names
+    # that appear as a variable (in backticks, an assignment, or a quoted string) count.
+    seen = {m for text in texts for m in re.findall(r"[`\"'$({ ]\s*(FAKEFACE_[A-Z_]+)", text)}
+    seen -= {"FAKEFACE_KEY"}
+    assert seen, "the scan found nothing: its pattern is wrong"
+    assert seen <= set(ENV.values()), sorted(seen - set(ENV.values()))
+
+
+# --------------------------------------------------------------------------- verdicts in shared batches
+
+class RecordingScorer:
+    """Wraps a real scorer; records the batch size of every call; the first call can be held at a gate."""
+
+    def __init__(self, inner, gate=None):
+        import threading
+
+        self.inner, self.gate, self.sizes = inner, gate, []
+        self.entered = threading.Event()
+        self.runtime = getattr(inner, "runtime", "torch-fp32")
+
+    def score(self, images):
+        self.sizes.append(len(images))
+        self.entered.set()
+        if self.gate is not None and len(self.sizes) == 1:
+            self.gate.wait(timeout=60)
+        return self.inner.score(images)
+
+
+def test_concurrent_verdicts_share_one_model_call_and_match_single_calls(loaded):
+    import threading
+
+    from fakeface.serving.analysis import score_images
+    from fakeface.serving.verdicts import VerdictBatcher
+
+    gate = threading.Event()
+    recording = RecordingScorer(loaded.scorer, gate)
+    model = LoadedModel(loaded.source, loaded.detector, recording, folder=loaded.folder)
+    batcher = VerdictBatcher(lambda: [model], max_batch_size=8, max_wait_ms=0)
+    images = [noise(64 + 8 * i, 64 + 8 * i, seed=i) for i in range(8)]
+    first = batcher.submit(images[0])
+    assert recording.entered.wait(timeout=60)      # the worker holds image 0 at the gate...
+    rest = [batcher.submit(image) for image in images[1:]]    # ...while 7 more requests queue up
+    gate.set()
+    batched = [first.result(timeout=60)] + [f.result(timeout=60) for f in rest]
+    assert recording.sizes == [1, 7] and batcher.batch_sizes == {1: 1, 7: 1}
+    singles = [score_images([loaded], [image])[0] for image in images]
+    for verdict, single in zip(batched, singles):
+        # A batch of 7 runs other convolution kernels than a batch of 1: p agrees to ~1e-5, not bit for bit.
+        assert verdict.primary.p_fake == pytest.approx(single.primary.p_fake, abs=1e-4)
+        assert verdict.primary.verdict == single.primary.verdict
+        assert verdict.to_dict()["threshold_fake"] == 0.6 and verdict.faces == ()
+
+
+def test_each_request_gets_its_own_images_verdict_back(loaded):
+    """Random weights give nearly one p for every image; a scorer keyed on size shows who gets which result."""
+    import threading
+
+    from fakeface.serving.verdicts import VerdictBatcher
+
+    class SideScorer(SizeScorer):
+        def score(self, images):
+            self.calls += 1
+            p = np.array([min(im.size) / 1000 for im in images])
+            return _Scores(p, ["fake" if v >= 0.1 else "real" for v in p])
+
+    gate = threading.Event()
+    recording = RecordingScorer(SideScorer(0), gate)
+    batcher = VerdictBatcher(lambda: [LoadedModel("stub", loaded.detector, recording)], max_batch_size=4,
+                             max_wait_ms=0)
+    sides = [50, 80, 120, 90, 60, 130, 70]
+    futures = [batcher.submit(noise(sides[0], sides[0]))]
+    assert recording.entered.wait(timeout=60)
+    futures += [batcher.submit(noise(side, side)) for side in sides[1:]]
+    gate.set()
+    results = [f.result(timeout=60) for f in futures]
+    assert recording.sizes == [1, 4, 2]                               # max_batch_size caps a batch
+    assert [r.primary.p_fake for r in results] == pytest.approx([side / 1000 for side in sides])
+    assert [r.primary.verdict for r in results] == ["real" if side < 100 else "fake" for side in sides]
+
+
+def test_a_scoring_error_reaches_every_waiting_request_and_the_batcher_lives_on(loaded):
+    from fakeface.serving.verdicts import VerdictBatcher, verdict_bytes
+
+    registry = ModelRegistry([])                     # no models: require_models raises
+    batcher = VerdictBatcher(registry.require_models, max_batch_size=4, max_wait_ms=0)
+    with pytest.raises(AppError) as caught:
+        batcher.verdict(noise(32, 32))
+    assert caught.value.kind == "no_model" and "FAKEFACE_MODEL" in str(caught.value)
+    working = VerdictBatcher(lambda: [loaded], max_batch_size=4, max_wait_ms=1)
+    result = verdict_bytes(encode(noise(70, 70)), "/srv/tmp/x/face.png", working)
+    assert result["file"] == "face.png" and result["verdict"] in ("real", "fake", "uncertain")
+    assert "gradcam" not in result and "robustness" not in result and result["faces"] == []
+    with pytest.raises(ImageDecodeError):
+        verdict_bytes(b"not an image", "x.png", working)
+    assert working.verdict(noise(64, 64)).primary.model is loaded      # still serving after the bad input
