@@ -1,10 +1,12 @@
-"""Load test: 16 concurrent gradio_client clients x 200 mixed detect requests against the launched app.
+"""Load test: 8 concurrent gradio_client clients x 200 verdict, no-op and full-analysis requests against the app.
 
     python scripts/load_test.py [--clients 16] [--requests 200] [--model DIR] [--output-dir results]
 
 Starts the app in its own process (a random-weight MobileNetV2 at 128 px
-unless --model is given), drives it, then drives a no-op endpoint on the same
-server the same way, and writes ``load_test.json`` and ``load_test.md``.
+unless --model is given), drives its verdict-only endpoint, a no-op endpoint on
+the same server and the full-analysis mix the same way, and writes
+``load_test.json`` and ``load_test.md`` with the targets judged (verdicts at
+>= 80 % of the no-op's requests per second, zero errors, flat memory).
 Exit code 1 when any request failed or memory grew past the bound.
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=200, help="requests per client")
     p.add_argument("--model", default=None, help="detector folder (default: a random-weight one, speed only)")
     p.add_argument("--output-dir", default="results")

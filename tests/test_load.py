@@ -1,13 +1,14 @@
 """A short load test: the launched app (own process) under 4 concurrent gradio_client clients.
 
-The full run (16 clients x 200 requests) is ``scripts/load_test.py``; its
-numbers are in results/load_test.md. Same code, fewer requests.
+The full run (8 clients x 200 requests per phase) is ``scripts/load_test.py``;
+its numbers are in results/load_test.md. Same code, fewer requests; nothing
+here is timed (the throughput target is judged by the full run's report).
 """
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.loadtest import NOOP_API, RSS_GROWTH_BOUND_MB, render_report_markdown, run_load_test
+from benchmarks.loadtest import NOOP_API, RSS_GROWTH_BOUND_MB, VERDICT_API, render_report_markdown, run_load_test
 
 # 40 requests are too few to tell a leak from lazy first-use allocations (a
 # code path first taken after the short warm-up, allocator arenas), so the
@@ -31,6 +32,16 @@ def test_mixed_detect_calls_all_succeed(report):
     assert report.server["alive_after"] is True
 
 
+def test_verdict_only_calls_all_succeed_and_are_compared_with_the_noop(report):
+    verdict = report.phase(VERDICT_API)
+    assert verdict.errors == [] and verdict.ok == 4 * 10 and verdict.calls == {VERDICT_API: 40}
+    ratio = report.targets()["verdict_vs_noop"]
+    assert ratio["ratio"] > 0 and ratio["target"] == 0.8 and ratio["met"] == (ratio["ratio"] >= 0.8)
+    lane = report.server["queue"]["endpoints"][VERDICT_API]
+    assert lane["concurrency_limit"] >= 4 and lane["concurrency_id"] == VERDICT_API    # 4 clients can share a batch
+    assert report.machine["cpu_flags"] is not None and len(report.machine["load_average"]) == 3
+
+
 def test_resident_memory_stays_within_the_bound(report):
     memory = report.phase("detect").memory_summary()
     assert memory and memory["peak"] > 0
@@ -50,4 +61,6 @@ def test_noop_baseline_and_report(report):
     noop = report.phase(NOOP_API)
     assert noop.errors == [] and noop.ok == 4 * 10 and noop.throughput_rps > 0
     text = render_report_markdown(report)
-    assert ("PASS" if report.passed else "FAIL") in text and "no-op" in text and f"{report.phase('detect').throughput_rps:.2f}"[:3] in text
+    assert ("PASS" if report.passed else "FAIL") in text and "no-op" in text
+    assert f"| {VERDICT_API} | 40 | 0 |" in text and "verdict-only throughput vs the no-op endpoint" in text
+    assert "p95" in text and "load average" in text
