@@ -228,3 +228,30 @@ def test_boxes_are_drawn_with_their_labels(seed_photos):
     with pytest.raises(ValueError, match="one to one"):
         draw_face_boxes(photo, scan.faces, ["a", "b"], ["red"])
     assert draw_face_boxes(photo, [], [], []).tobytes() == photo.tobytes()
+
+
+def test_concurrent_calls_share_one_session_and_give_the_serial_crops(seed_photos):
+    from concurrent.futures import ThreadPoolExecutor
+
+    serial = [_crop_bytes(crop_faces(photo, FACE_CROP)) for photo in seed_photos]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(lambda photo: _crop_bytes(crop_faces(photo, FACE_CROP)), seed_photos))
+    assert parallel == serial
+
+
+def test_the_benchmark_smoke_run_writes_results_that_re_render_the_same(tmp_path):
+    _needs(SHARED / "faces-dev")
+    from benchmarks.face_stage import quick_config, render_from_json, run_face_stage_benchmark, write_results
+
+    config = quick_config(data_dir=str(SHARED), max_images=6)
+    results = run_face_stage_benchmark(config)
+    assert results["choice"]["chosen"] in config.detect_sizes
+    assert {r["variant"] for r in results["speed"]} >= {"decode only (baseline)"}
+    single = results["single_face"]["by_size"]
+    assert all(v["images"] == 6 and 0.0 <= v["recall"] <= 1.0 for v in single.values())
+    json_path, md_path = tmp_path / "face_stage.json", tmp_path / "face_stage.md"
+    write_results(results, json_path, md_path)
+    first = md_path.read_text()
+    assert "single-face recall" in first and "load average" in first.lower()
+    render_from_json(json_path, md_path)
+    assert md_path.read_text() == first

@@ -135,20 +135,22 @@ def _turn_points(points: np.ndarray, turns: int, size: tuple[int, int]) -> np.nd
     return points.copy()
 
 
-def _cut_mirrored(pixels: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, int]:
-    """pixels[y0:y1, x0:x1] with the part outside the array mirrored in; and how many pixels were filled."""
-    height, width = pixels.shape[:2]
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    if cx0 >= cx1 or cy0 >= cy1:  # the region misses the photo entirely (a box far outside): keep the nearest edge
-        cx0, cx1 = min(max(x0, 0), width - 1), min(max(x0, 0), width - 1) + 1
-        cy0, cy1 = min(max(y0, 0), height - 1), min(max(y0, 0), height - 1) + 1
-    inside = pixels[cy0:cy1, cx0:cx1]
-    pads = ((cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1), (0, 0))
-    filled = (x1 - x0) * (y1 - y0) - inside.shape[0] * inside.shape[1]
-    if filled == 0:
+def _cut_mirrored(photo: Image.Image, x0: int, y0: int, x1: int, y1: int) -> tuple[Image.Image, int]:
+    """The region [x0, x1) x [y0, y1) of the photo, the part outside it mirrored in; and how many pixels were filled.
+
+    Only the filter rim of a rotated crop (2 px) normally lies outside; the
+    mirror keeps the resampling filter from pulling in a flat colour there.
+    """
+    width, height = photo.size
+    cx0, cy0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
+    cx1, cy1 = max(min(x1, width), cx0 + 1), max(min(y1, height), cy0 + 1)
+    inside = photo.crop((cx0, cy0, cx1, cy1))
+    filled = (x1 - x0) * (y1 - y0) - (cx1 - cx0) * (cy1 - cy0)
+    if (cx0, cy0, cx1, cy1) == (x0, y0, x1, y1):
         return inside, 0
+    pads = ((max(0, cy0 - y0), max(0, y1 - cy1)), (max(0, cx0 - x0), max(0, x1 - cx1)), (0, 0))
     # "symmetric" repeats the edge row, then mirrors; it accepts pads wider than the region, unlike "reflect"
-    return np.pad(inside, pads, mode="symmetric"), filled
+    return Image.fromarray(np.pad(np.asarray(inside), pads, mode="symmetric")), max(0, filled)
 
 
 def _fit(start: float, side: float, length: int) -> float:
@@ -186,16 +188,14 @@ def _cut(image: Image.Image, face: Face, face_crop: FaceCrop, turns: int, residu
     spread = abs(math.cos(theta)) + abs(math.sin(theta))     # photo-space extent of a unit square turned by theta
     fits = min(photo.size) / spread
     side = max(1, min(int(round(face.size_px * (1.0 + 2.0 * face_crop.margin))), int(fits)))
-    pixels = np.asarray(photo)
     if residual == 0.0:
+        # side <= the photo's shorter side, so after the shift the square lies inside: a plain pixel copy
         x0 = int(_fit(round(centre[0] - side / 2), side, photo.size[0]))
         y0 = int(_fit(round(centre[1] - side / 2), side, photo.size[1]))
-        crop, filled = _cut_mirrored(pixels, x0, y0, x0 + side, y0 + side)
-        padding = filled / side**2
+        out, padding = photo.crop((x0, y0, x0 + side, y0 + side)), 0.0
         crop_points = landmarks - (x0, y0)
-        out = Image.fromarray(np.ascontiguousarray(crop))
     else:
-        out, crop_points, padding = _rotated_crop(pixels, landmarks, centre, residual, side)
+        out, crop_points, padding = _rotated_crop(photo, landmarks, centre, residual, side)
     return CroppedFace(
         face=face, image=out, rotation_deg=float(90.0 * turns + residual) % 360.0, padding=float(padding),
         crop_landmarks=tuple((float(x), float(y)) for x, y in crop_points),
@@ -203,7 +203,7 @@ def _cut(image: Image.Image, face: Face, face_crop: FaceCrop, turns: int, residu
     )
 
 
-def _rotated_crop(pixels: np.ndarray, landmarks: np.ndarray, face_centre: np.ndarray, residual: float,
+def _rotated_crop(photo: Image.Image, landmarks: np.ndarray, face_centre: np.ndarray, residual: float,
                   side: int) -> tuple[Image.Image, np.ndarray, float]:
     """Turn by ``residual`` degrees about the eye centre and cut the square centred on the face."""
     eye_centre = landmarks[:2].mean(axis=0)
@@ -217,21 +217,21 @@ def _rotated_crop(pixels: np.ndarray, landmarks: np.ndarray, face_centre: np.nda
     corners_photo = (corners + origin_level - eye_centre) @ rot.T + eye_centre
     # As for unturned crops, shift the square to lie inside the photo where its photo-space extent fits.
     low, high = corners_photo.min(axis=0), corners_photo.max(axis=0)
-    height, width = pixels.shape[:2]
+    width, height = photo.size
     shift = np.array([_fit(low[0], high[0] - low[0], width) - low[0], _fit(low[1], high[1] - low[1], height) - low[1]])
     origin_level = origin_level + rot.T @ shift
     corners_photo = corners_photo + shift
     # Photo-space bounding box of the square, cut (mirrored where needed) with a 2 px rim for the filter.
     bx0, by0 = np.floor(corners_photo.min(axis=0)).astype(int) - 2
     bx1, by1 = np.ceil(corners_photo.max(axis=0)).astype(int) + 2
-    patch, _ = _cut_mirrored(pixels, bx0, by0, bx1, by1)
+    patch, _ = _cut_mirrored(photo, bx0, by0, bx1, by1)
     # PIL's affine maps each output pixel (u, v) to the input point (a u + b v + c, d u + e v + f).
     offset = rot @ (origin_level - eye_centre) + eye_centre - (bx0, by0)
     coeffs = (rot[0, 0], rot[0, 1], offset[0], rot[1, 0], rot[1, 1], offset[1])
-    out = Image.fromarray(np.ascontiguousarray(patch)).transform(
+    out = patch.transform(
         (side, side), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BICUBIC)
     crop_points = (landmarks - eye_centre) @ rot + eye_centre - origin_level     # photo -> levelled
-    padding = _outside_fraction(pixels.shape[:2], rot, origin_level, eye_centre, side)
+    padding = _outside_fraction((height, width), rot, origin_level, eye_centre, side)
     return out, crop_points, padding
 
 

@@ -202,16 +202,22 @@ def _detection_input(image: Image.Image, detect_size: int) -> tuple[np.ndarray, 
     """(1, 3, H', W') float32 BGR minus mean, zero-padded to a multiple of 32; and the scale used."""
     width, height = image.size
     scale = min(1.0, detect_size / max(width, height))
+    small = image
     if scale < 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        # reducing_gap: a box-filter reduce first, then bilinear: fast and free of aliasing
-        small = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    else:
-        small = image
-    pixels = np.asarray(small, dtype=np.float32)[:, :, ::-1] - _MEAN_BGR      # (h, w, 3) BGR
+        # A box-filter reduce by the whole factor first (0.6 ms for 1024² -> 341²), then bilinear on the
+        # small image: 10x cheaper than one bilinear resize from full size, and no aliasing.
+        factor = int(1.0 / scale)
+        if factor >= 2:
+            small = small.reduce(factor)
+        if small.size != size:
+            small = small.resize(size, Image.Resampling.BILINEAR)
+    pixels = np.asarray(small)                                                  # (h, w, 3) uint8 RGB
     h, w = pixels.shape[:2]
     padded = np.zeros((3, -(-h // _PAD_TO) * _PAD_TO, -(-w // _PAD_TO) * _PAD_TO), dtype=np.float32)
-    padded[:, :h, :w] = pixels.transpose(2, 0, 1)   # zero after mean subtraction = the mean colour
+    for plane, channel in enumerate((2, 1, 0)):     # the graph wants BGR planes minus the mean
+        np.subtract(pixels[:, :, channel], _MEAN_BGR[plane], out=padded[plane, :h, :w], dtype=np.float32)
+    # the zero padding is the mean colour after the subtraction
     # the scale actually applied per axis may differ from `scale` by rounding; use the mean of both
     real_scale = (w / width + h / height) / 2
     return padded[None], real_scale
