@@ -11,7 +11,7 @@ DEMO_MODEL ?= demo_model
 DEMO_N     ?= 600
 DEMO_EPOCHS ?= 4
 
-.PHONY: setup system-deps audit test test-fast demo demo-data demo-model benchmark train-benchmark load-test clean
+.PHONY: setup system-deps audit test test-fast demo demo-data demo-model benchmark train-benchmark real-benchmark load-test clean
 
 # Idempotent: reinstalls only when a requirements file or pyproject.toml changes.
 # The checkout itself goes in editable (console scripts fakeface-*; scripts/*.py
@@ -69,6 +69,10 @@ benchmark: setup
 
 train-benchmark: setup
 	$(BIN)/python scripts/train_benchmark.py
+
+# Real faces (../shared/data/faces-dev): probes and short fine-tunes, about an hour on 2 CPU cores; not in CI.
+real-benchmark: setup
+	$(BIN)/python scripts/real_benchmark.py
 
 load-test: setup
 	$(BIN)/python scripts/load_test.py

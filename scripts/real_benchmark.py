@@ -1,0 +1,62 @@
+"""The real-faces benchmark on faces-dev: linear probes and short fine-tunes, LOFO, shortcut controls, calibration.
+
+    python scripts/real_benchmark.py [--data-dir ../shared/data/faces-dev] [--no-finetune]
+    python scripts/real_benchmark.py --render-only      # re-render the Markdown from the JSON
+
+Writes ``results/real_faces.json`` and ``results/real_faces.md`` (see :mod:`benchmarks.real_faces`).
+Not run in CI: about an hour on a 2-core CPU; features are cached in ``.cache/real_faces``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from benchmarks.real_faces import RealBenchmarkSettings, render_real_benchmark, run_real_benchmark, write_real_benchmark
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = RealBenchmarkSettings(data_dir="")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "faces-dev"), help="faces-dev folder")
+    p.add_argument("--cache-dir", default=d.cache_dir)
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--max-faces", type=int, default=d.max_faces)
+    p.add_argument("--probe-c", type=float, default=d.probe_c)
+    p.add_argument("--finetune-size", type=int, default=d.finetune_size)
+    p.add_argument("--finetune-max-train", type=int, default=d.finetune_max_train)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch/BLAS threads (1 on a busy shared machine)")
+    p.add_argument("--no-finetune", action="store_true", help="linear probes only (minutes instead of an hour)")
+    p.add_argument("--limit", type=int, default=None, help="first N images per source (quick runs)")
+    p.add_argument("--render-only", action="store_true", help="re-render real_faces.md from real_faces.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.render_only:
+        data = json.loads((Path(args.results_dir) / "real_faces.json").read_text())
+    else:
+        settings = RealBenchmarkSettings(
+            data_dir=args.data_dir, cache_dir=args.cache_dir, seed=args.seed, max_faces=args.max_faces,
+            probe_c=args.probe_c, finetune=not args.no_finetune, finetune_size=args.finetune_size,
+            finetune_max_train=args.finetune_max_train, limit=args.limit, threads=args.threads,
+        )
+        command = ("python scripts/real_benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
+        data = run_real_benchmark(  # the probes' results are written before the fine-tunes start
+            settings, command=command, on_partial=lambda partial: write_real_benchmark(partial, args.results_dir))
+    _, md_path = write_real_benchmark(data, args.results_dir)
+    print(render_real_benchmark(data))
+    print(f"wrote {md_path} and its JSON", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
