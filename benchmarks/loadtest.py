@@ -4,15 +4,15 @@ The server runs in its own process (:func:`start_server`), so its resident
 memory is the app's alone; clients run as threads here. Three phases on the
 same server, each with the same clients:
 
+* ``detect``: the full-analysis mix (:data:`DETECT_MIX`), with p50/p95;
 * ``verdict``: verdict-only requests (``/verdict``, whose concurrent calls
   share one model call);
 * ``noop``: a no-op endpoint added to the same server (:func:`add_noop_endpoint`),
   the server and client machinery alone: the baseline of the target
-  (verdicts at >= 80 % of its requests per second);
-* ``detect``: the full-analysis mix (:data:`DETECT_MIX`), with p50/p95.
+  (verdicts at >= 80 % of its requests per second).
 
 Used by ``scripts/load_test.py`` (the full 8 clients x 200 requests run) and
-``tests/test_load.py`` (a short one).
+``tests/test_load.py`` (a short one); the report's Markdown is :mod:`benchmarks.loadtest_report`.
 """
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LoadReport", "MemoryWatch", "PhaseResult", "add_noop_endpoint", "build_load_images", "describe_machine",
-    "describe_queue", "free_port", "launch_local_app", "render_report_markdown", "run_load_test", "run_phase",
-    "save_load_model", "save_report", "start_server", "stop_server", "verdict_caller", "wait_until_ready",
+    "describe_queue", "free_port", "launch_local_app", "run_load_test", "run_phase",
+    "save_load_model", "start_server", "stop_server", "verdict_caller", "wait_until_ready",
 ]
 
 NOOP_API = "noop"
@@ -523,10 +523,11 @@ def _run_phases(url: str, watch: MemoryWatch, images: Sequence[Path], *, clients
     run_phase(url, "warmup", clients=clients, requests_per_client=warm,
               call=detect_caller(images, every_kind_first=True), seed=seed + 99)
     notes = [f"warm-up before measuring: {clients} clients x {warm} requests; RSS {watch.rss_mb():.0f} MiB after it"]
-    plan = [(VERDICT_API, verdict_caller(images))]
+    # The full mix right after the warm-up (which took its every path), then verdicts and the no-op back to back,
+    # so the ratio compares two phases under the same background load.
+    plan = [("detect", detect_caller(images)), (VERDICT_API, verdict_caller(images))]
     if noop:
         plan.append((NOOP_API, noop_call))
-    plan.append(("detect", detect_caller(images)))
     phases = []
     for name, call in plan:
         say(f"{name}: {clients} clients x {requests_per_client} requests")
@@ -558,87 +559,6 @@ def run_load_test(*, clients: int = 8, requests_per_client: int = 200, model_dir
         stop_server(process)
     machine = {**machine_before, "load_average_after": describe_machine()["load_average"]}
     return LoadReport(clients, requests_per_client, server, machine, phases, notes=notes)
-
-
-def _phase_table(phases: Sequence[dict[str, Any]]) -> list[str]:
-    lines = ["| phase | requests ok | errors | wall s | req/s | mean ms | p50 | p90 | p95 | p99 | max |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for phase in phases:
-        lat = phase["latency_ms"] or {}
-        cells = [lat.get(k, "") for k in ("mean", "p50", "p90", "p95", "p99", "max")]
-        lines.append(f"| {phase['name']} | {phase['ok']} | {phase['errors']} | {phase['wall_s']} | "
-                     f"{phase['throughput_rps']} | " + " | ".join(str(c) for c in cells) + " |")
-    return lines
-
-
-def _targets_lines(targets: dict[str, Any], phases: dict[str, dict[str, Any]]) -> list[str]:
-    lines = ["## Targets", ""]
-    ratio = targets.get("verdict_vs_noop")
-    if ratio:
-        lines.append(f"- verdict-only throughput vs the no-op endpoint: **{ratio['ratio']:.1%}** "
-                     f"({phases[VERDICT_API]['throughput_rps']} vs {phases[NOOP_API]['throughput_rps']} req/s), "
-                     f"target >= {ratio['target']:.0%}: **{'met' if ratio['met'] else 'missed'}**")
-    if "detect" in phases and NOOP_API in phases and phases[NOOP_API]["throughput_rps"]:
-        detect = phases["detect"]
-        lines.append(f"- full-analysis mix: {detect['throughput_rps'] / phases[NOOP_API]['throughput_rps']:.1%} of "
-                     f"the no-op's requests per second; p50 {detect['latency_ms'].get('p50')} ms, "
-                     f"p95 {detect['latency_ms'].get('p95')} ms")
-    lines.append(f"- errors: {targets['zero_errors']['errors']}: **{'met' if targets['zero_errors']['met'] else 'missed'}**")
-    memory = targets["flat_memory"]
-    lines.append(f"- memory growth after warm-up (largest over the model phases): {memory['growth_mb']} MiB, bound "
-                 f"{memory['bound_mb']:.0f} MiB: **{'met' if memory['met'] else 'missed'}**")
-    return lines + [""]
-
-
-def render_report_markdown(report: LoadReport) -> str:
-    """The committed ``results/load_test.md``."""
-    data = report.to_dict()
-    phases = {p["name"]: p for p in data["phases"]}
-    lines = [
-        "# Load test", "",
-        f"{report.clients} concurrent `gradio_client` clients x {report.requests_per_client} requests each per "
-        "phase, against the launched app (own process): verdict-only requests (`/verdict`, concurrent calls share "
-        "one model call), a no-op endpoint on the same server (the baseline), then the full-analysis mix.", "",
-        f"**Result: {'PASS' if report.passed else 'FAIL'}** (zero errors; resident memory growth after warm-up "
-        f"<= {report.rss_bound_mb:.0f} MiB).", "",
-        *_phase_table(data["phases"]), "",
-        *_targets_lines(data["targets"], phases),
-    ]
-    if "detect" in phases:
-        detect = phases["detect"]
-        lines += ["Server resident memory (MiB) during the detect phase: "
-                  + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in detect["rss_mb"].items()) + ".", "",
-                  f"Detect mix (calls made): {detect['calls']}; `fast` = no Grad-CAM and no robustness check, "
-                  "`full` = both, `explain` = Grad-CAM only, `batch` = two files through `/detect_batch`.", ""]
-    server = data["server"]
-    queue = server.get("queue") or {}
-    machine = data["machine"]
-    lines += ["## Server", "", f"- model: {server.get('model')}",
-              f"- upload limit (max_file_size): {server.get('max_file_size')} bytes",
-              f"- queue: at most {queue.get('max_size')} waiting requests, default concurrency "
-              f"{queue.get('default_concurrency_limit')}; per endpoint (limit, shared lane): " + ", ".join(
-                  f"`{k}` {v['concurrency_limit']} ({v['concurrency_id']})" for k, v in queue.get("endpoints", {}).items()),
-              f"- still serving after the run: {server.get('alive_after')}", "",
-              "## Machine", "", f"- CPU: {machine.get('cpu')}, flags {', '.join(machine.get('cpu_flags') or []) or 'none'}, "
-              f"{machine.get('cpus')} cores, {machine.get('memory_gb')} GB",
-              f"- load average before / after: {machine.get('load_average')} / {machine.get('load_average_after')}",
-              "- the CPU cores may be shared with other work during the run (see the load average), so throughput is "
-              "a lower bound and latencies are noisy.", ""]
-    lines += [f"- {note}" for note in report.notes]
-    if any(p["error_examples"] for p in data["phases"]):
-        lines += ["", "## Errors", ""] + [f"- {p['name']}: {e}" for p in data["phases"] for e in p["error_examples"]]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def save_report(report: LoadReport, output_dir: str | os.PathLike) -> tuple[Path, Path]:
-    """Write ``load_test.json`` and ``load_test.md`` into ``output_dir``."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    json_path = output_dir / "load_test.json"
-    json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    md_path = output_dir / "load_test.md"
-    md_path.write_text(render_report_markdown(report))
-    return json_path, md_path
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from benchmarks.loadtest import render_report_markdown, run_load_test, save_report
+    from benchmarks.loadtest import run_load_test
+    from benchmarks.loadtest_report import render_report_markdown, save_report
 
     report = run_load_test(clients=args.clients, requests_per_client=args.requests, model_dir=args.model,
                            seed=args.seed, noop=not args.no_noop, server_log=args.server_log,

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.loadtest import NOOP_API, RSS_GROWTH_BOUND_MB, VERDICT_API, render_report_markdown, run_load_test
+from benchmarks.loadtest import NOOP_API, RSS_GROWTH_BOUND_MB, VERDICT_API, run_load_test
+from benchmarks.loadtest_report import render_report_markdown
 
 # 40 requests are too few to tell a leak from lazy first-use allocations (a
 # code path first taken after the short warm-up, allocator arenas), so the
