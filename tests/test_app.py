@@ -235,6 +235,35 @@ def test_the_image_input_passes_files_through_untouched(tmp_path):
     assert not list(Path(fakeface.__file__).parent.glob("*.pyi"))      # Gradio wrote no stub copy
 
 
+def test_tab_callbacks_run_without_a_server(space):
+    """The callbacks are module-level functions of an AppContext: called here directly, no HTTP."""
+    import gradio as gr
+
+    from fakeface.app.common import AppContext
+    from fakeface.app.tabs.batch import detect_batch
+    from fakeface.app.tabs.detect import detect, show_detection, verdict
+    from fakeface.serving.models import load_models
+    from fakeface.utils.settings import Settings
+
+    registry = ModelRegistry.from_models(load_models([str(space.tmp / "demo_model")]))
+    ctx = AppContext.create(Settings(), registry)
+    result, overlay = detect(ctx, _example("synthetic-fake-1.jpg"), False, True)
+    assert result["robustness"]["checks"] and overlay is None and "gradcam" not in result
+    assert verdict(ctx, _example("synthetic-fake-1.jpg"))["verdict"] == result["verdict"]
+    assert "Likely" in show_detection(result)[0] or "Uncertain" in show_detection(result)[0]
+    table, csv_path = detect_batch(ctx, [_example("synthetic-real-1.jpg")], progress=lambda *a, **k: None)
+    assert table["data"][0][0] == "synthetic-real-1.jpg" and Path(csv_path).parent == ctx.output_dir
+    with pytest.raises(gr.Error, match="Add an image first"):
+        verdict(ctx, None)
+
+
+def test_a_bad_setting_stops_the_app_at_start_up_naming_the_variable():
+    from fakeface.utils.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="FAKEFACE_FAST_PATH='maybe'"):
+        build_app(environ={"FAKEFACE_MODEL": "org/x", "FAKEFACE_FAST_PATH": "maybe"})
+
+
 def test_temporary_outputs_expire(tmp_path):
     import os
     import time

@@ -88,6 +88,8 @@ def test_load_failures_say_what_is_wrong_and_how_to_fix_it(tmp_path, model_dir):
     assert isinstance(missing, LoadFailure) and "does not exist" in missing.problem and "FAKEFACE_MODEL" in missing.fix
     assert isinstance(corrupt, LoadFailure) and "corrupt" in corrupt.problem and "Re-download" in corrupt.fix
     assert isinstance(good, LoadedModel)
+    assert (missing.kind, corrupt.kind) == ("not_found", "corrupt_weights")       # decided from fields, not text
+    assert missing.describe()["kind"] == "not_found"
     [none] = load_models([])
     assert isinstance(none, LoadFailure) and "FAKEFACE_MODEL" in none.problem and "make demo" in none.fix
 
@@ -128,6 +130,9 @@ def test_hub_models_load_and_fall_back_to_the_cache_when_the_hub_is_down(hub, tm
     assert model.name.endswith(f"fakeface/tiny-detector@{sha[:7]}")
     [missing] = load_models(["fakeface/no-such-model"])
     assert isinstance(missing, LoadFailure) and "not found on the Hub" in missing.problem and "HF_TOKEN" in missing.fix
+    [no_branch] = load_models(["fakeface/tiny-detector@no-such-branch"])
+    assert isinstance(no_branch, LoadFailure) and no_branch.kind == "not_found"
+    assert no_branch.fix.startswith("Use an existing branch")
     with hub.offline():
         [cached] = load_models(["fakeface/tiny-detector"])
         [never] = load_models(["fakeface/never-downloaded"])
@@ -288,10 +293,13 @@ def test_rate_limiter_per_session_global_and_window():
     limiter.acquire("a")
     with pytest.raises(RateLimitExceeded, match="2 generation.*this session") as caught:
         limiter.acquire("a")
-    assert caught.value.retry_after == pytest.approx(60)
+    error = caught.value
+    assert error.retry_after == pytest.approx(60) and (error.scope, error.limit, error.window_s) == ("session", 2, 60)
+    assert error.kind == "rate_limited" and error.fix.startswith("try again in")
     limiter.acquire("b")
-    with pytest.raises(RateLimitExceeded, match="this Space"):
+    with pytest.raises(RateLimitExceeded, match="this Space") as caught:
         limiter.acquire("c")
+    assert (caught.value.scope, caught.value.limit) == ("space", 3)
     now[0] = 61.0
     limiter.acquire("a")
     limiter.acquire("c")
@@ -316,8 +324,9 @@ def test_generation_uses_the_users_key_else_the_spaces_key_under_the_limit(opena
     generate_and_analyze(GenerationRequest(prompt="a face"), [loaded], session_id="s1", limiter=limiter, settings=Settings.from_env(space))
     with pytest.raises(RateLimitExceeded):
         generate_and_analyze(GenerationRequest(prompt="a face"), [loaded], session_id="s1", limiter=limiter, settings=Settings.from_env(space))
-    with pytest.raises(AppError, match="Describe the face"):
+    with pytest.raises(AppError, match="Describe the face") as caught:
         generate_and_analyze(GenerationRequest(user_key=key), [loaded], session_id="s2", limiter=limiter, settings=Settings())
+    assert caught.value.kind == "no_input"
 
 
 # --------------------------------------------------------------------------- dataset browser
