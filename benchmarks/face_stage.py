@@ -11,9 +11,10 @@ Run with ``python scripts/face_stage_benchmark.py`` (writes ``results/face_stage
   downscaling for detection is what loses small faces.
 - Photos lying on their side: a sample of the single-face images turned by
   90 and 270 degrees; found, and turned back correctly.
-- Time for a 1024² photo (a PNG and a JPEG, decoded beforehand) on 2 threads,
-  as median and p90 over interleaved rounds, beside decoding the same file
-  (the baseline, in the same run) and as a ratio of it.
+- Time for a 1024² photo (a PNG and a JPEG with a face, and noise with none,
+  decoded beforehand) on 2 threads, as median and p90 over interleaved rounds,
+  beside decoding the same file (the baseline, in the same run) and as a
+  ratio of it; and the process CPU time per call.
 
 ``detect_size`` is then chosen by a fixed rule (:func:`choose_detect_size`)
 and the run says whether ``FaceCrop``'s default is that choice.
@@ -182,10 +183,21 @@ def _speed_photos(data_dir: Path, rows: Sequence[Mapping[str, str]]) -> dict[str
     return photos
 
 
+def _no_face_photo(size: int = 1024) -> bytes:
+    """A 1024² PNG of seeded noise: no face, so the face stage also searches it turned three ways."""
+    import io
+
+    buffer = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def measure_speed(photos: Mapping[str, Path], config: FaceStageBenchmarkConfig) -> list[dict[str, Any]]:
     rows = []
-    for kind, path in photos.items():
-        data = path.read_bytes()
+    files = {kind: (path.name, path.read_bytes()) for kind, path in photos.items()}
+    files["no face"] = ("noise 1024² PNG", _no_face_photo())
+    for kind, (file_name, data) in files.items():
         image = load_image(data).image
         variants = {DECODE_BASELINE: lambda data=data: load_image(data)}
         for size in config.detect_sizes:
@@ -197,7 +209,7 @@ def measure_speed(photos: Mapping[str, Path], config: FaceStageBenchmarkConfig) 
         for name, timing in timings.items():
             stats = timing.as_dict(1)
             size = None if name == DECODE_BASELINE else int(name.rsplit(" ", 1)[1])
-            rows.append({"photo": kind, "file": path.name, "variant": name, "detect_size": size,
+            rows.append({"photo": kind, "file": file_name, "variant": name, "detect_size": size,
                          "median_ms": stats["median_ms"], "p90_ms": stats["p90_ms"], "min_ms": stats["min_ms"],
                          "calls": stats["calls"], "ratio_to_decode": stats["median_ms"] / base["median_ms"],
                          "cpu_ms": _cpu_ms(variants[name], config.rounds * 3)})

@@ -170,14 +170,22 @@ def test_a_margin_larger_than_the_photo_shrinks_instead_of_inventing_pixels(seed
 def test_a_photo_lying_on_its_side_gives_the_upright_crop(seed_photos):
     # What happens: RetinaFace still finds a sideways face, but its landmarks are off by tens of degrees;
     # the eyes-to-mouth direction says the face lies on its side, the photo is searched turned, and the
-    # crop is made by a lossless quarter turn, so it equals the upright photo's crop.
-    photo = seed_photos[2]
-    upright = crop_faces(photo, FACE_CROP)
-    for turn, expected in ((Image.Transpose.ROTATE_90, 270), (Image.Transpose.ROTATE_270, 90)):
-        scan = crop_faces(photo.transpose(turn), FACE_CROP)
-        assert scan.turned_deg == expected and len(scan.faces) == 1, scan.to_record()
-        assert any("turned" in note for note in scan.notes)
-        assert _crop_bytes(scan) == _crop_bytes(upright)
+    # crop is made by a lossless quarter turn. It matches the upright photo's crop up to the detector's
+    # jitter (its small copy is downscaled before the turn, so its pixels differ a little).
+    for photo in seed_photos[:3]:
+        upright = crop_faces(photo, FACE_CROP).faces[0]
+        for turn, expected in ((Image.Transpose.ROTATE_90, 270), (Image.Transpose.ROTATE_270, 90)):
+            scan = crop_faces(photo.transpose(turn), FACE_CROP)
+            assert scan.turned_deg == expected and len(scan.faces) >= 1, scan.to_record()
+            assert any("turned" in note for note in scan.notes)
+            crop = scan.faces[0]
+            side = upright.image.size[0]
+            assert abs(crop.image.size[0] - side) <= 0.03 * side
+            eyes = np.asarray(crop.crop_landmarks[:2]) - np.asarray(upright.crop_landmarks[:2])
+            assert np.abs(eyes).max() <= 0.03 * side, (crop.crop_landmarks, upright.crop_landmarks)
+            # the crop is upright: the face's eyes sit above its mouth and level within the alignment tolerance
+            assert crop.crop_landmarks[3][1] > crop.crop_landmarks[0][1]
+            assert abs(_eye_tilt_deg(crop.crop_landmarks)) < FACE_CROP.align_min_deg + 1e-6
 
 
 def test_grayscale_rgba_and_palette_photos_work_and_say_so(seed_photos):

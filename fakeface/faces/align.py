@@ -22,14 +22,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fakeface.faces.crop import FaceCrop
-from fakeface.faces.detect import MAX_FACES, Face, detect_faces
+from fakeface.faces.detect import (
+    MAX_FACES, QUARTER_TURNS, DetectionView, Face, create_detection_view, detect_faces, detect_in_view,
+)
 
 __all__ = ["CroppedFace", "FaceScan", "crop_face", "crop_faces", "draw_face_boxes"]
 
 _REMEASURE_DEG = 10.0   # tilts from this on are measured a second time in the levelled crop
 
-# Quarter turns (counter-clockwise, as PIL's ROTATE_*) that make a face tilted by k*90 degrees upright.
-_QUARTER_TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def crop_face(image: Image.Image, face: Face, face_crop: FaceCrop, *, threads: i
 
 
 def _cut(image: Image.Image, face: Face, face_crop: FaceCrop, turns: int, residual: float) -> CroppedFace:
-    photo = image.transpose(_QUARTER_TURNS[turns]) if turns else image
+    photo = image.transpose(QUARTER_TURNS[turns]) if turns else image
     points = _turn_points(np.asarray(face.landmarks + (face.centre,), dtype=np.float64), turns, image.size)
     landmarks, centre = points[:5], points[5]
     # The square never needs pixels from outside the photo: where the margin would leave it, the
@@ -253,10 +253,9 @@ def crop_faces(image: Image.Image, face_crop: FaceCrop, *, threads: int | None =
     """Find every face in a decoded photo and cut its aligned crop.
 
     Accepts any PIL mode (grayscale, RGBA, palette...) and converts to RGB,
-    saying so in the notes. When no face is found upright and
-    ``face_crop.try_turned`` is set, the photo is also searched turned by 90,
-    270 and 180 degrees (a phone photo whose orientation was lost); crops of
-    faces found that way come out upright. Never raises for odd pixels; a
+    saying so in the notes. With ``face_crop.try_turned``, a photo that lies
+    on its side (a phone photo whose orientation was lost) is searched turned
+    by 90 or 270 degrees; crops of faces found that way come out upright. Never raises for odd pixels; a
     missing detector raises :class:`fakeface.faces.detect.FaceDetectorUnavailable`.
     """
     if not isinstance(image, Image.Image):
@@ -265,46 +264,52 @@ def crop_faces(image: Image.Image, face_crop: FaceCrop, *, threads: int | None =
     if image.mode != "RGB":
         notes.append(f"the image was {image.mode}; converted to RGB for face detection and crops")
         image = image.convert("RGB")
-    faces = detect_faces(image, face_crop, threads=threads)
+    view = create_detection_view(image, face_crop.detect_size)
+    faces = detect_in_view(view, face_crop, threads=threads)
     turned = 0
     if face_crop.try_turned:
-        faces, turned = _orient(image, faces, face_crop, threads)
+        faces, turned = _orient(view, faces, face_crop, threads)
     crops = tuple(crop_face(image, face, face_crop, threads=threads) for face in faces)
     notes.extend(_scan_notes(crops, turned, face_crop))
     return FaceScan(faces=crops, image_size=image.size, face_crop=face_crop, notes=tuple(notes), turned_deg=turned)
 
 
-def _orient(image: Image.Image, faces: list[Face], face_crop: FaceCrop,
+def _orient(view: DetectionView, faces: list[Face], face_crop: FaceCrop,
             threads: int | None) -> tuple[list[Face], int]:
     """Faces found in the photo's most likely orientation, and the quarter turn (degrees) that found them.
 
     The detector was trained on upright faces: turned by 90 degrees it often
     still finds a face, but its landmarks are then off by tens of degrees. So
-    when the largest face's eyes say it lies on its side, the photo is searched
-    again turned that way; when nothing is found upright, all three turns are tried.
+    when the largest face's eyes-to-mouth direction says it lies on its side,
+    the photo is searched again turned that way; when nothing is found
+    upright, both quarter turns are tried. (Not 180: an upside-down face is
+    found upright, with wrong but upright-looking landmarks, so turning the
+    photo over finds nothing the upright search missed.)
     """
     if faces:
         turns = _quarter_turns_to_upright(faces[0].landmarks)
         if not turns:
             return faces, 0
-        found, turned = _detect_turned(image, face_crop, threads, (turns,))
+        found, turned = _detect_turned(view, face_crop, threads, (turns,))
         return (found, turned) if found else (faces, 0)
-    return _detect_turned(image, face_crop, threads, (1, 3, 2))
+    return _detect_turned(view, face_crop, threads, (1, 3))
 
 
-def _detect_turned(image: Image.Image, face_crop: FaceCrop, threads: int | None,
+def _detect_turned(view: DetectionView, face_crop: FaceCrop, threads: int | None,
                    order: Sequence[int]) -> tuple[list[Face], int]:
     """Search the photo turned by each quarter turn in ``order``; faces come back in the photo's own pixels.
 
     The first turn that finds a face wins. (The detector's scores do not tell
-    orientations apart: an upside-down face scores 0.65-0.99.)
+    orientations apart: an upside-down face scores 0.65-0.99.) The small
+    detection copy is what gets turned, never the full-size photo.
     """
+    width, height = view.photo_size
     for turns in order:
-        turned = image.transpose(_QUARTER_TURNS[turns])
-        found = detect_faces(turned, face_crop, threads=threads)
+        found = detect_in_view(view, face_crop, quarter_turns=turns, threads=threads)
         if found:
+            turned_size = (height, width) if turns % 2 else (width, height)
             back = (4 - turns) % 4      # undo the turn: points in the turned photo -> the original
-            return [_unturn_face(face, back, turned.size) for face in found], 90 * turns
+            return [_unturn_face(face, back, turned_size) for face in found], 90 * turns
     return [], 0
 
 

