@@ -36,6 +36,7 @@ def quick_run(tmp_path_factory):
     return json.loads(output.with_suffix(".json").read_text()), output.with_suffix(".md").read_text(), done.stdout, info
 
 
+@pytest.mark.slow
 def test_quick_run_reports_every_section(quick_run):
     results, markdown, stdout, info = quick_run
     assert '"cpu_flags"' in stdout  # the environment is printed first
@@ -62,6 +63,7 @@ def test_quick_run_reports_every_section(quick_run):
     assert results["flops"][ARCH]["gflops"] > 0
 
 
+@pytest.mark.slow
 def test_quick_run_serves_the_release_fast_path_and_reports_its_accuracy(quick_run):
     results, markdown, _, info = quick_run
     recorded, remeasured = results["accuracy"]
@@ -80,6 +82,7 @@ def test_quick_run_serves_the_release_fast_path_and_reports_its_accuracy(quick_r
     assert any(name.startswith("cold start") for name in targets)
 
 
+@pytest.mark.slow
 def test_markdown_has_the_tables_with_the_measured_numbers(quick_run):
     results, markdown, _, _ = quick_run
     for heading in ("## Targets", "## Matrix-multiply ceiling", "## Forward pass", "## End to end", "## Decode",

@@ -102,6 +102,7 @@ def _copy(folder, tmp_path):
     return target
 
 
+@pytest.mark.slow
 def test_export_writes_the_graph_and_an_honest_report(release, fixed_set):
     folder, info = release
     assert (folder / FAST_MODEL_NAME).is_file() and (folder / FAST_INFO_NAME).is_file()
@@ -123,6 +124,7 @@ def test_export_writes_the_graph_and_an_honest_report(release, fixed_set):
     assert info["source"]["weights_sha256"] == compute_weights_fingerprint(model)
 
 
+@pytest.mark.slow
 def test_fast_path_gives_fp32_verdicts_within_tolerance(release, fixed_set):
     folder, info = release
     assert info["within_budget"] is True, info
@@ -150,6 +152,7 @@ def test_fast_path_gives_fp32_verdicts_within_tolerance(release, fixed_set):
     assert [new.verdicts[i] for i in clear] == [ref.verdicts[i] for i in clear]
 
 
+@pytest.mark.slow
 def test_graph_takes_the_detector_crops_for_any_batch(release):
     folder, _ = release
     fast = load_fast_detector(folder)
@@ -162,6 +165,7 @@ def test_graph_takes_the_detector_crops_for_any_batch(release):
     np.testing.assert_allclose(together, one_by_one, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_calibration_and_thresholds_stay_in_one_place(release):
     folder, _ = release
     fast = load_fast_detector(folder)
@@ -175,6 +179,7 @@ def test_calibration_and_thresholds_stay_in_one_place(release):
     assert "uncertain" in scores.verdicts  # T=3 squeezes probabilities into the wide uncertain band
 
 
+@pytest.mark.slow
 def test_fast_detector_accepts_a_loaded_model_or_detector(release):
     folder, _ = release
     model = load_detector(folder)
@@ -204,6 +209,7 @@ def test_absent_fast_path_means_fp32(tmp_path, caplog):
     ("other_preprocessing", "different preprocessing"),
     ("bad_json", "missing or unreadable"),
 ])
+@pytest.mark.slow
 def test_fast_path_is_refused_with_a_reason(release, tmp_path, caplog, damage, reason):
     folder = _copy(release[0], tmp_path)
     info_path = folder / FAST_INFO_NAME
@@ -240,6 +246,7 @@ def test_fast_path_is_refused_with_a_reason(release, tmp_path, caplog, damage, r
     assert len(Detector(load_detector(folder)).score(images).verdicts) == 2
 
 
+@pytest.mark.slow
 def test_missing_onnxruntime_means_fp32(release, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     caplog.set_level("INFO", logger="fakeface.modeling.fastpath")
@@ -247,6 +254,7 @@ def test_missing_onnxruntime_means_fp32(release, monkeypatch, caplog):
     assert "onnxruntime is not installed" in caplog.text
 
 
+@pytest.mark.slow
 def test_over_budget_export_tries_both_graphs_and_is_refused(tmp_path, caplog):
     folder = tmp_path / "strict"
     save_detector(_train_tiny_detector(steps=10), folder)
@@ -260,6 +268,7 @@ def test_over_budget_export_tries_both_graphs_and_is_refused(tmp_path, caplog):
     assert load_fast_detector(folder) is None and "loses" in caplog.text
 
 
+@pytest.mark.slow
 def test_input_convolution_is_found_through_the_crop_reshape(release, tmp_path):
     import onnx
 
@@ -294,6 +303,7 @@ def test_bad_export_arguments_write_nothing(tmp_path):
     assert not folder.exists() or not any(folder.iterdir())
 
 
+@pytest.mark.slow
 def test_thread_count_from_env(monkeypatch, release):
     monkeypatch.delenv(ENV_THREADS, raising=False)
     assert 1 <= resolve_num_threads() <= 2

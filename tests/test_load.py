@@ -18,6 +18,8 @@ from benchmarks.loadtest_report import render_report_markdown
 SHORT_RUN_RSS_BOUND_MB = 2 * RSS_GROWTH_BOUND_MB
 
 pytest.importorskip("psutil")
+# Every test shares one launched app and its phases (~30 s of CPU on 2 cores).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -125,6 +125,7 @@ def test_unknown_architecture_is_a_clear_error():
         create_detector("not_a_net")
 
 
+@pytest.mark.slow
 def test_pretrained_weights_unavailable_offline_says_so():
     # conftest points HF_ENDPOINT at a closed port: there is no Hub. (mobilenetv2_100
     # has offline weights, tests/test_pretrained.py; resnet50 has none.)

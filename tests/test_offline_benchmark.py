@@ -20,6 +20,7 @@ def tiny_run(tmp_path_factory):
     return data, (work / "results" / "offline_benchmark.md").read_text(), argv
 
 
+@pytest.mark.slow
 def test_every_configuration_is_trained_and_measured(tiny_run):
     data, _, argv = tiny_run
     assert [(r["architecture"], r["recipe"]) for r in data["runs"]] == [("mobilenetv2_050", "robust"),
@@ -33,6 +34,7 @@ def test_every_configuration_is_trained_and_measured(tiny_run):
     assert sum(data["splits"].values()) == 64
 
 
+@pytest.mark.slow
 def test_markdown_carries_the_json_numbers(tiny_run):
     data, markdown, _ = tiny_run
     assert data["command"] in markdown
@@ -45,6 +47,7 @@ def test_markdown_carries_the_json_numbers(tiny_run):
     assert "seed vs robust" in markdown
 
 
+@pytest.mark.slow
 def test_the_explanation_of_a_missed_target_follows_the_numbers(tiny_run):
     data = copy.deepcopy(tiny_run[0])
     robust = next(r for r in data["runs"] if r["recipe"] == "robust")

@@ -84,6 +84,7 @@ def trained(tiny_dataset, tmp_path_factory):
     return result, output
 
 
+@pytest.mark.slow
 def test_tiny_model_learns(trained):
     result, _ = trained
     history = result.progress.history
@@ -104,6 +105,7 @@ def test_tiny_model_learns(trained):
     assert result.throughput["images_per_second"] > 0
 
 
+@pytest.mark.slow
 def test_release_folder_holds_the_calibrated_model_and_nothing_else(trained, tiny_dataset):
     from fakeface.modeling.inference import Detector
     from fakeface.modeling.detector import load_detector
@@ -138,6 +140,7 @@ def test_release_folder_holds_the_calibrated_model_and_nothing_else(trained, tin
                     "roc.png"]
 
 
+@pytest.mark.slow
 def test_evaluate_script_reproduces_the_training_report(trained, tiny_dataset, tmp_path):
     """scripts/evaluate.py on the release scores the test split exactly as training's final evaluation did."""
     import importlib.util
@@ -159,6 +162,7 @@ def test_evaluate_script_reproduces_the_training_report(trained, tiny_dataset, t
                           "--output-dir", str(tmp_path / "eval2")]) == 2
 
 
+@pytest.mark.slow
 def test_card_contains_the_real_numbers_of_the_run(trained):
     from huggingface_hub import ModelCard
 
@@ -182,6 +186,7 @@ def test_card_contains_the_real_numbers_of_the_run(trained):
     assert "{{" not in body and "{%" not in body
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_final_metrics(tiny_dataset, tmp_path):
     common = dict(TINY, dataset=tiny_dataset, checkpoint_every=2, robustness=False, plots=False, num_workers=1)
     uninterrupted = train(TrainingConfig(output_dir=str(tmp_path / "straight"), **common))
@@ -205,6 +210,7 @@ def test_kill_and_resume_gives_the_same_final_metrics(tiny_dataset, tmp_path):
     assert a == b
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(tiny_dataset, tmp_path):
     common = dict(TINY, dataset=tiny_dataset, epochs=1, robustness=False, plots=False)
     train(TrainingConfig(output_dir=str(tmp_path), max_steps=2, **common))
