@@ -25,6 +25,7 @@ from fakeface.modeling.detector import (
     create_detector, load_detector, push_detector, save_detector, set_decision, set_release_facts,
 )
 from fakeface.data.preprocess import Preprocessing
+from fakeface.modeling.photo import NOTE_NO_FACE_STAGE
 from fakeface.serving.analysis import analyze_bytes
 from fakeface.serving.batch import analyze_files, write_rows_csv
 from fakeface.serving.browse import DatasetCache, evaluate_sample, filter_indices, sample_gallery, summarize_dataset
@@ -205,9 +206,11 @@ def test_inputs_far_from_training_data_are_flagged(loaded, size, fmt, kwargs, ex
 def test_partial_crop_coverage_is_a_note_not_a_warning(loaded):
     result = analyze_bytes(encode(noise(600, 600)), "big.png", [loaded], explain=False, robustness=False)
     assert result["warnings"] == []
-    [note] = result["notes"]
-    assert "1 crop(s) of 64×64 px" in note and "covering 1%" in note
-    assert analyze_bytes(encode(noise(64, 64)), "s.png", [loaded], explain=False, robustness=False)["notes"] == []
+    stage, note = result["notes"]
+    assert stage == NOTE_NO_FACE_STAGE and result["mode"] == "whole-image" and result["faces"] == []
+    assert "1 crop(s) of 64×64 px" in note and "covering 1% of this image" in note
+    small = analyze_bytes(encode(noise(64, 64)), "s.png", [loaded], explain=False, robustness=False)
+    assert small["notes"] == [NOTE_NO_FACE_STAGE]
 
 
 @dataclass
@@ -271,7 +274,8 @@ def test_batch_rows_csv_and_per_file_errors(loaded, tmp_path):
     formula.write_bytes(encode(noise(64, 64, seed=2)))
     seen = []
     rows = analyze_files([good, bad, formula], [loaded], progress=lambda i, n, name: seen.append((i, n, name)))
-    assert [r["file"] for r in rows] == ["good.png", "bad.jpg", "=HYPERLINK(1).png"]
+    assert [r["file"] for r in rows] == ["good.png", "bad.jpg", "=HYPERLINK(1).png"]    # no faces: photo rows only
+    assert {r["row"] for r in rows} == {"photo"} and rows[0]["faces"] == 0 and rows[0]["mode"] == "whole-image"
     assert rows[1]["verdict"] == "error" and "HTML" in rows[1]["error"]
     assert rows[0]["verdict"] in ("real", "fake", "uncertain") and rows[0]["error"] == ""
     assert seen == [(0, 3, "good.png"), (1, 3, "bad.jpg"), (2, 3, "=HYPERLINK(1).png")]
@@ -548,3 +552,111 @@ def test_a_scoring_error_reaches_every_waiting_request_and_the_batcher_lives_on(
     with pytest.raises(ImageDecodeError):
         verdict_bytes(b"not an image", "x.png", working)
     assert working.verdict(noise(64, 64)).primary.model is loaded      # still serving after the bad input
+
+
+# --------------------------------------------------------------------------- the face stage
+
+@pytest.fixture(scope="module")
+def face_model(tmp_path_factory) -> LoadedModel:
+    """A tiny detector whose config carries the face crop (as training writes it)."""
+    from fakeface.faces import FaceCrop
+    from fakeface.modeling.detector import set_face_crop
+
+    model = create_detector("mobilenetv2_050", preprocessing=TINY_PP)
+    set_face_crop(model, FaceCrop())
+    [loaded] = load_models([str(save_detector(model, tmp_path_factory.mktemp("faces") / "face-model"))],
+                           use_fast_path=False)
+    assert loaded.detector.face_crop == FaceCrop()          # read back from config.json
+    return loaded
+
+
+def _shared_photo(*parts: str) -> Path:
+    path = Path(__file__).resolve().parents[1].parent.joinpath("shared", "data", *parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the shared real-face data must sit next to the repo, in ../shared/data)")
+    return path
+
+
+def test_detect_on_a_group_photo_gives_each_face_its_box_and_verdict(face_model):
+    from fakeface.faces import crop_faces
+    from fakeface.modeling.photo import score_photos
+
+    path = _shared_photo("faces-dev", "real", "group-photos-ulfd", "ulfd_2.jpg")
+    data = path.read_bytes()
+    result = analyze_bytes(data, path.name, [face_model])
+    photo = load_image(data).image
+    [expected] = score_photos(face_model.scorer, [photo])        # the one path, straight
+    assert result["mode"] == "faces" == expected.mode and len(result["faces"]) >= 2
+    assert [f["box"] for f in result["faces"]] == [list(f.box) for f in expected.faces]
+    assert [f["p_fake"] for f in result["faces"]] == pytest.approx([f.p_fake for f in expected.faces], abs=1e-5)
+    worst = max((f for f in result["faces"] if not f["too_small"]), key=lambda f: f["p_fake"])
+    assert worst["most_suspicious"] and sum(f["most_suspicious"] for f in result["faces"]) == 1
+    assert result["p_fake"] == pytest.approx(worst["p_fake"], abs=1e-6)
+    assert result["notes"][0].startswith("The photo's verdict is that of its most suspicious face: "
+                                         f"face {worst['face']}")
+    # the evidence is of that face's crop, not of the whole photo
+    crop = crop_faces(photo, face_model.detector.face_crop).faces[worst["face"] - 1]
+    assert result["evidence_of"] == f"face {worst['face']}" and result["gradcam"].size == crop.image.size
+    assert result["robustness"]["of"] == f"face {worst['face']}" and "face the verdict comes from" in \
+        result["robustness"]["summary"]
+    json.dumps({k: v for k, v in result.items() if k != "gradcam"})
+
+
+def test_no_face_and_too_small_faces_say_the_whole_image_was_scored(face_model):
+    from fakeface.modeling.photo import NOTE_NO_FACE
+
+    blank = analyze_bytes(encode(noise(300, 300)), "noise.png", [face_model], explain=False, robustness=False)
+    assert blank["mode"] == "whole-image" and blank["faces"] == [] and blank["notes"][0] == NOTE_NO_FACE
+    assert blank["evidence_of"] == "the whole image"
+    seed = load_image(_shared_photo("seed-ffhq", "ffhq_00156.png")).image
+    canvas = Image.new("RGB", (640, 480), (128, 128, 128))
+    canvas.paste(seed.resize((100, 100), Image.Resampling.LANCZOS), (320, 240))
+    tiny = analyze_bytes(encode(canvas), "tiny.png", [face_model], explain=False, robustness=False)
+    [face] = tiny["faces"]
+    assert face["too_small"] and face["p_fake"] is None and face["verdict"] is None
+    assert tiny["mode"] == "whole-image" and "too small to judge: the whole image was scored" in tiny["notes"][0]
+
+
+def test_models_sharing_a_face_crop_share_one_face_scan(face_model, monkeypatch):
+    import fakeface.serving.analysis as analysis
+
+    calls = []
+    real = analysis.scan_photos
+    monkeypatch.setattr(analysis, "scan_photos", lambda images, face_crop: calls.append(face_crop) or real(images, face_crop))
+    twin = LoadedModel("twin", face_model.detector, SizeScorer(min_side=10))
+    photo = load_image(_shared_photo("seed-ffhq", "ffhq_00152.png")).image
+    [verdict] = analysis.score_images([face_model, twin], [photo])
+    assert len(calls) == 1
+    assert [m.mode for m in verdict.models] == ["faces", "faces"]
+    assert verdict.models[1].p_fake == 0.9          # the stub scored the face crop (>= 10 px): p 0.9
+
+
+def test_batch_and_csv_carry_a_row_per_face_with_its_box(face_model, tmp_path):
+    group = _shared_photo("faces-dev", "real", "group-photos-ulfd", "ulfd_2.jpg")
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(encode(noise(200, 200)))
+    rows = analyze_files([group, blank], [face_model])
+    photo_rows = [r for r in rows if r["row"] == "photo"]
+    face_rows = [r for r in rows if r["row"] != "photo"]
+    assert [r["file"] for r in photo_rows] == ["ulfd_2.jpg", "blank.png"]
+    assert photo_rows[0]["faces"] == len(face_rows) >= 2 and photo_rows[1]["faces"] == 0
+    assert [r["row"] for r in face_rows] == [f"face {i}" for i in range(1, len(face_rows) + 1)]
+    assert rows[1:1 + len(face_rows)] == face_rows, "a photo's face rows follow its photo row"
+    assert all(r["x0"] < r["x1"] and r["y0"] < r["y1"] and r["file"] == "ulfd_2.jpg" for r in face_rows)
+    path = write_rows_csv(rows, tmp_path / "faces.csv")
+    with path.open(newline="", encoding="utf-8") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["row"] for r in table] == [r["row"] for r in rows]
+    assert [int(r["x0"]) for r in table if r["row"] != "photo"] == [r["x0"] for r in face_rows]
+    assert max(float(r["p_fake"]) for r in table if r["row"] != "photo" and r["p_fake"]) == \
+        pytest.approx(float(table[0]["p_fake"]))
+
+
+def test_the_verdict_endpoint_carries_the_faces(face_model):
+    from fakeface.serving.verdicts import VerdictBatcher, verdict_bytes
+
+    data = _shared_photo("seed-ffhq", "ffhq_00152.png").read_bytes()
+    quick = verdict_bytes(data, "face.png", VerdictBatcher(lambda: [face_model], max_wait_ms=0))
+    full = analyze_bytes(data, "face.png", [face_model], explain=False, robustness=False, provenance=False)
+    assert quick["mode"] == "faces" and quick["faces"] == full["faces"] and quick["verdict"] == full["verdict"]
+    assert quick["notes"][0] == full["notes"][0]

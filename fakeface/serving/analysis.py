@@ -1,11 +1,16 @@
 """One uploaded file -> a verdict, and on demand the evidence behind it.
 
 :func:`score_images` is the one scoring step (every model, a list of decoded
-images, one model call each) and returns typed :class:`ImageVerdict` results;
-:func:`analyze_bytes` adds, when asked, the image facts, provenance, the
-robustness re-check and Grad-CAM. Scoring goes through each model's
-``scorer`` (the int8 fast path when the release has a valid one), Grad-CAM
-always through the torch model.
+images, each model's crops in shared calls) and returns typed
+:class:`ImageVerdict` results; it goes through
+:func:`fakeface.modeling.photo.score_photos`, so a model with a face stage
+judges every face and the photo's verdict is its most suspicious face's
+(models sharing a face crop share one face scan). :func:`analyze_bytes`
+adds, when asked, the image facts, provenance, the robustness re-check and
+Grad-CAM, both of the crop the verdict came from (the most suspicious face,
+or the whole image). Scoring goes through each model's ``scorer`` (the int8
+fast path when the release has a valid one), Grad-CAM always through the
+torch model.
 """
 from __future__ import annotations
 
@@ -19,8 +24,10 @@ from PIL import Image
 
 from fakeface.data.images import DecodedImage, load_image
 from fakeface.evaluation.metrics import apply_condition
+from fakeface.faces import FaceDetectorUnavailable
 from fakeface.modeling.config import Decision
 from fakeface.modeling.explain import crop_coverage, explain_image
+from fakeface.modeling.photo import FaceScore, PhotoScore, resolve_face_crop, scan_photos, score_photos
 from fakeface.serving.errors import AppError
 from fakeface.serving.models import LoadedModel
 from fakeface.serving.provenance import read_provenance
@@ -53,16 +60,21 @@ class ModelVerdict:
     model: LoadedModel = field(repr=False)
     p_fake: float
     verdict: str
+    photo: PhotoScore | None = field(default=None, repr=False, compare=False)   # how this model reached it
 
     @property
     def decision(self) -> Decision:
         return self.model.decision
 
+    @property
+    def mode(self) -> str:
+        return self.photo.mode if self.photo is not None else "whole-image"
+
     def to_dict(self) -> dict[str, Any]:
         d, m = self.decision, self.model
         return {
             "model": m.name, "architecture": m.architecture, "source": m.public_source, "revision": m.revision,
-            "runtime": m.runtime, "p_fake": round(float(self.p_fake), 6), "verdict": self.verdict,
+            "runtime": m.runtime, "p_fake": round(float(self.p_fake), 6), "verdict": self.verdict, "mode": self.mode,
             "threshold_fake": d.threshold_fake, "threshold_real": d.threshold_real,
             "temperature": d.temperature, "calibrated": d.calibrated, "synthetic_training_data": m.synthetic,
         }
@@ -70,28 +82,54 @@ class ModelVerdict:
 
 @dataclass(frozen=True)
 class FaceResult:
-    """One face found in a photo: its box (left, top, right, bottom, in pixels) and its own verdict.
+    """One face found in a photo, as the primary model judged it.
 
-    Filled by the face stage (:mod:`fakeface.faces`) once it is wired in; the
-    photo's verdict then comes from its most suspicious face.
+    ``box`` is (left, top, right, bottom) in the photo's pixels; ``face`` its
+    number (1 = largest, as labelled on the image). ``p_fake``/``verdict`` are
+    None for a face too small to judge. ``most_suspicious`` marks the face the
+    photo's verdict comes from.
     """
 
     box: tuple[int, int, int, int]
-    p_fake: float
-    verdict: str
+    p_fake: float | None
+    verdict: str | None
     too_small: bool = False
+    cut_by_border: bool = False
+    face: int = 1
+    score: float = 1.0                 # the face detector's confidence
+    most_suspicious: bool = False
+
+    @classmethod
+    def from_score(cls, face: FaceScore, most_suspicious: bool = False) -> "FaceResult":
+        return cls(face.box, face.p_fake, face.verdict, face.too_small, face.cut_by_border, face.index, face.score,
+                   most_suspicious)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"box": list(self.box), "p_fake": round(float(self.p_fake), 6), "verdict": self.verdict,
-                "too_small": self.too_small}
+        return {"face": self.face, "box": list(self.box),
+                "p_fake": None if self.p_fake is None else round(float(self.p_fake), 6), "verdict": self.verdict,
+                "too_small": self.too_small, "cut_by_border": self.cut_by_border,
+                "most_suspicious": self.most_suspicious, "score": round(float(self.score), 4)}
 
 
 @dataclass(frozen=True)
 class ImageVerdict:
-    """Every model's verdict on one image; the first model's is the image's."""
+    """Every model's verdict on one image; the first model's is the image's (and its faces and notes)."""
 
     models: tuple[ModelVerdict, ...]
     faces: tuple[FaceResult, ...] = ()
+    notes: tuple[str, ...] = ()        # how the primary model reached its verdict (faces, no face, ...)
+
+    @classmethod
+    def from_photos(cls, verdicts: Sequence[ModelVerdict]) -> "ImageVerdict":
+        photo = verdicts[0].photo
+        if photo is None:
+            return cls(tuple(verdicts))
+        faces = tuple(FaceResult.from_score(f, i == photo.most_suspicious) for i, f in enumerate(photo.faces))
+        return cls(tuple(verdicts), faces, photo.notes)
+
+    @property
+    def mode(self) -> str:
+        return self.primary.mode
 
     @property
     def primary(self) -> ModelVerdict:
@@ -106,7 +144,8 @@ class ImageVerdict:
         first = rows[0]
         return {"verdict": first["verdict"], "p_fake": first["p_fake"], "model": first["model"],
                 "threshold_fake": first["threshold_fake"], "threshold_real": first["threshold_real"],
-                "models": rows, "agreement": self.agreement, "faces": [f.to_dict() for f in self.faces]}
+                "models": rows, "agreement": self.agreement, "mode": self.mode,
+                "faces": [f.to_dict() for f in self.faces], "notes": list(self.notes)}
 
 
 def require_models(models: Sequence[LoadedModel]) -> Sequence[LoadedModel]:
@@ -116,12 +155,27 @@ def require_models(models: Sequence[LoadedModel]) -> Sequence[LoadedModel]:
 
 
 def score_images(models: Sequence[LoadedModel], images: Sequence[Image.Image]) -> list[ImageVerdict]:
-    """Each model scores all ``images`` in ONE call; one :class:`ImageVerdict` per image, in order."""
+    """Each model scores all ``images`` (their faces, or the whole images) through :func:`score_photos`.
+
+    One :class:`ImageVerdict` per image, in order. The face stage runs once per
+    distinct face crop, however many models use it.
+    """
     require_models(models)
-    per_model = [model.scorer.score(list(images)) for model in models]
+    images = list(images)
+    scans: dict[Any, list] = {}
+    per_model = []
+    try:
+        for model in models:
+            face_crop = resolve_face_crop(model.detector)
+            if face_crop is not None and face_crop not in scans:
+                scans[face_crop] = scan_photos(images, face_crop)
+            per_model.append(score_photos(model.scorer, images, face_crop=face_crop, scans=scans.get(face_crop)))
+    except FaceDetectorUnavailable as error:
+        raise AppError(f"The face detector is unavailable ({error.reason});", error.fix,
+                       kind="no_face_detector") from None
     return [
-        ImageVerdict(tuple(ModelVerdict(model, float(scores.p_fake[i]), scores.verdicts[i])
-                           for model, scores in zip(models, per_model)))
+        ImageVerdict.from_photos([ModelVerdict(model, photos[i].photo_p_fake, photos[i].verdict, photos[i])
+                                  for model, photos in zip(models, per_model)])
         for i in range(len(images))
     ]
 
@@ -137,19 +191,27 @@ def describe_image(decoded: DecodedImage, n_bytes: int) -> dict[str, Any]:
     }
 
 
-def assess_image(decoded: DecodedImage, model: LoadedModel) -> list[str]:
-    """Warnings when the input is far from what the model was trained on (tiny, not square, compressed)."""
+def assess_image(decoded: DecodedImage, model: LoadedModel, photo: PhotoScore | None = None) -> list[str]:
+    """Warnings when the input is far from what the model was trained on (tiny, not square, compressed).
+
+    When the verdict came from a face (``photo.mode == "faces"``), size is
+    judged on that face's crop, and shape not at all (face crops are square).
+    """
     pp = model.preprocessing
     crop_h, crop_w = pp.crop_size
     width, height = decoded.width, decoded.height
+    from_face = photo is not None and photo.mode == "faces" and photo.scored_image is not None
+    if from_face:
+        width, height = photo.scored_image.size
     warnings = []
     if min(width, height) < min(crop_h, crop_w):
+        what = "The face's crop" if from_face else "Small image"
         warnings.append(
-            f"Small image ({width}×{height}): the model looks at {crop_w}×{crop_h} px crops, so it was enlarged; "
+            f"{what} ({width}×{height}): the model looks at {crop_w}×{crop_h} px crops, so it was enlarged; "
             "enlarging smooths away the fine detail the detector relies on."
         )
     ratio = max(width, height) / max(1, min(width, height))
-    if ratio > NON_SQUARE_RATIO:
+    if ratio > NON_SQUARE_RATIO and not from_face:
         warnings.append(
             f"Not square (aspect ratio {ratio:.1f}:1): the model was trained on square face images; "
             + ("its crops may miss the face." if pp.crop_protocol == "native-crops" else "squashing it distorts the face.")
@@ -162,19 +224,32 @@ def assess_image(decoded: DecodedImage, model: LoadedModel) -> list[str]:
     return warnings
 
 
-def describe_coverage(decoded: DecodedImage, model: LoadedModel) -> str | None:
-    """A note when the model's native-resolution crops see only part of the image (by design, not a fault)."""
+def describe_coverage(image: Image.Image, model: LoadedModel, *, of: str = "this image") -> str | None:
+    """A note when the model's native-resolution crops see only part of ``image`` (by design, not a fault)."""
     pp = model.preprocessing
-    coverage = crop_coverage(decoded.image, pp)
+    coverage = crop_coverage(image, pp)
     if coverage >= LOW_CROP_COVERAGE:
         return None
     crop_h, crop_w = pp.crop_size
     return (f"The model inspects {pp.crops_per_image} crop(s) of {crop_w}×{crop_h} px at full resolution "
-            f"(never downscaling, which would erase generator traces), covering {coverage:.0%} of this image.")
+            f"(never downscaling, which would erase generator traces), covering {coverage:.0%} of {of}.")
 
 
-def check_robustness(model: LoadedModel, image: Image.Image, clean_verdict: str, clean_p: float) -> dict[str, Any]:
-    """Re-score JPEG q75 and half-size copies; ``stable`` is False when a copy gets another verdict."""
+def _scored_part(photo: PhotoScore | None) -> str:
+    """What the evidence is of, in words: the face the verdict came from, or the whole image."""
+    if photo is None or photo.most_suspicious is None:
+        return "the whole image"
+    return f"face {photo.faces[photo.most_suspicious].index}"
+
+
+def check_robustness(model: LoadedModel, image: Image.Image, clean_verdict: str, clean_p: float,
+                     *, of: str = "the whole image") -> dict[str, Any]:
+    """Re-score JPEG q75 and half-size copies of ``image``; ``stable`` is False when a copy gets another verdict.
+
+    ``image`` is what the verdict was computed on: the most suspicious face's
+    crop (``of`` names it; the face stage is not re-run on the copies, which
+    keeps the check to one model call) or the whole image.
+    """
     copies = [apply_condition(image, name) for name, _ in ROBUSTNESS_CHECKS]
     scores = model.scorer.score(copies)
     checks = [
@@ -189,7 +264,9 @@ def check_robustness(model: LoadedModel, image: Image.Image, clean_verdict: str,
         summary = "Unstable: the verdict changes when the image is " + " or ".join(
             f"{c['description']} ('{c['verdict']}')" for c in changed
         ) + "; treat the verdict with caution."
-    return {"stable": not changed, "checks": checks, "summary": summary}
+    if of != "the whole image":
+        summary += f" (Checked on {of}'s crop, the face the verdict comes from.)"
+    return {"stable": not changed, "checks": checks, "summary": summary, "of": of}
 
 
 # --------------------------------------------------------------------------- uploads
@@ -232,8 +309,12 @@ def analyze_bytes(
 
     Returns a dict: :meth:`ImageVerdict.to_dict` (``verdict``/``p_fake``/
     ``model`` of the primary model, ``models`` side by side, ``agreement``,
-    ``faces``), plus ``image`` facts, ``warnings`` (input far from the
-    training data), ``notes`` (e.g. crop coverage), ``provenance``,
+    ``mode`` ("faces" or "whole-image"), ``faces`` with their boxes, p_fake,
+    verdicts and flags), plus ``image`` facts, ``warnings`` (input far from
+    the training data), ``notes`` (how the verdict was reached: from the most
+    suspicious face, no face found, faces too small, no face stage; crop
+    coverage), ``evidence_of`` (what Grad-CAM and the robustness re-check
+    looked at: "face N" or "the whole image"), ``provenance``,
     ``robustness`` and ``gradcam`` (a PIL image, or None; the only value that
     is not JSON) for the evidence asked for. Raises ``ImageDecodeError`` (a
     ValueError with a user-facing reason) when the bytes are not a usable
@@ -247,16 +328,20 @@ def analyze_bytes(
     t = time.perf_counter()
     [verdict] = score_images(models, [decoded.image])
     timings["score_ms"] = (time.perf_counter() - t) * 1e3
-    primary = models[0]
+    primary, photo = models[0], verdict.primary.photo
+    scored = photo.scored_image if photo is not None and photo.scored_image is not None else decoded.image
+    of = _scored_part(photo)
+    coverage = describe_coverage(scored, primary, of="this image" if of == "the whole image" else f"{of}'s crop")
     result: dict[str, Any] = {
         "file": display_name(filename), **verdict.to_dict(),
-        "image": describe_image(decoded, len(data)), "warnings": assess_image(decoded, primary),
-        "notes": [n for n in [describe_coverage(decoded, primary)] if n], "synthetic_model": primary.synthetic,
+        "image": describe_image(decoded, len(data)), "warnings": assess_image(decoded, primary, photo),
+        "synthetic_model": primary.synthetic, "evidence_of": of,
         "robustness": None, "provenance": None, "gradcam": None,
     }
+    result["notes"] = [*result["notes"], *([coverage] if coverage else [])]
     if robustness:
         t = time.perf_counter()
-        result["robustness"] = check_robustness(primary, decoded.image, verdict.primary.verdict, result["p_fake"])
+        result["robustness"] = check_robustness(primary, scored, verdict.primary.verdict, result["p_fake"], of=of)
         timings["robustness_ms"] = (time.perf_counter() - t) * 1e3
     if provenance:
         t = time.perf_counter()
@@ -264,7 +349,7 @@ def analyze_bytes(
         timings["provenance_ms"] = (time.perf_counter() - t) * 1e3
     if explain:
         t = time.perf_counter()
-        _, result["gradcam"] = explain_image(primary.detector, decoded.image)
+        _, result["gradcam"] = explain_image(primary.detector, scored)
         timings["gradcam_ms"] = (time.perf_counter() - t) * 1e3
     timings["total_ms"] = (time.perf_counter() - started) * 1e3
     result["timings_ms"] = {k: round(v, 1) for k, v in timings.items()}

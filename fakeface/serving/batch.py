@@ -1,4 +1,13 @@
-"""Many uploaded files -> one flat row each, and their CSV (formula-like cells neutralised)."""
+"""Many uploaded files -> flat rows, and their CSV (formula-like cells neutralised).
+
+Each file gives one ``photo`` row (its verdict, as :func:`analyze_bytes`
+gives it: from its most suspicious face, or from the whole image; ``faces``
+counts the faces found, ``mode`` says which) followed by one ``face N`` row per
+face found, with that face's box (``x0, y0, x1, y1``, photo pixels), its own
+``p_fake``/``verdict`` (empty and ``too small`` for a face too small to judge)
+and its flags. The ``row`` column tells them apart; a file that cannot be
+read gets one ``photo`` row with ``verdict`` "error".
+"""
 from __future__ import annotations
 
 import csv
@@ -14,27 +23,48 @@ from fakeface.serving.models import LoadedModel
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BATCH_COLUMNS", "MAX_BATCH_FILES", "analyze_files", "batch_columns", "batch_row", "write_rows_csv"]
+__all__ = ["BATCH_COLUMNS", "MAX_BATCH_FILES", "PHOTO_ROW", "TOO_SMALL", "analyze_files", "batch_columns",
+           "batch_row", "batch_rows", "write_rows_csv"]
 
 MAX_BATCH_FILES = 100
-BATCH_COLUMNS = ("file", "verdict", "p_fake", "model", "agreement", "format", "width", "height",
-                 "jpeg_quality", "c2pa", "warnings", "error")
+PHOTO_ROW = "photo"
+TOO_SMALL = "too small"          # a face row's verdict when the face is too small to judge
+BATCH_COLUMNS = ("file", "verdict", "p_fake", "model", "row", "faces", "mode", "x0", "y0", "x1", "y1", "too_small",
+                 "cut_by_border", "agreement", "format", "width", "height", "jpeg_quality", "c2pa", "notes",
+                 "warnings", "error")
 
 
 def batch_row(result: Mapping[str, Any]) -> dict[str, Any]:
-    """One flat table row from :func:`analyze_bytes`' result (plus one p_fake column per extra model)."""
+    """The photo row from :func:`analyze_bytes`' result (plus one p_fake column per extra model)."""
     image = result.get("image") or {}
     prov = result.get("provenance") or {}
     row = {
         "file": result["file"], "verdict": result["verdict"], "p_fake": round(result["p_fake"], 4),
-        "model": result["model"], "agreement": "yes" if result["agreement"] else "no",
+        "model": result["model"], "row": PHOTO_ROW, "faces": len(result.get("faces") or []),
+        "mode": result.get("mode", ""), "agreement": "yes" if result["agreement"] else "no",
         "format": image.get("format"), "width": image.get("width"), "height": image.get("height"),
         "jpeg_quality": image.get("jpeg_quality"), "c2pa": (prov.get("c2pa") or {}).get("status", ""),
-        "warnings": " | ".join(result.get("warnings") or []), "error": "",
+        "notes": " | ".join(result.get("notes") or []), "warnings": " | ".join(result.get("warnings") or []),
+        "error": "",
     }
     for extra in result["models"][1:]:
         row[f"p_fake [{extra['model']}]"] = round(extra["p_fake"], 4)
     return row
+
+
+def _face_row(file: str, model: str, face: Mapping[str, Any]) -> dict[str, Any]:
+    x0, y0, x1, y1 = face["box"]
+    p = face.get("p_fake")
+    return {"file": file, "verdict": TOO_SMALL if face["too_small"] else face["verdict"],
+            "p_fake": "" if p is None else round(p, 4), "model": model, "row": f"face {face['face']}",
+            "x0": x0, "y0": y0, "x1": x1, "y1": y1, "too_small": face["too_small"],
+            "cut_by_border": face["cut_by_border"], "error": ""}
+
+
+def batch_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The photo row, then one row per face found (see the module docstring)."""
+    return [batch_row(result)] + [_face_row(result["file"], result["model"], face)
+                                  for face in result.get("faces") or []]
 
 
 def analyze_files(
@@ -43,7 +73,7 @@ def analyze_files(
     *,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Score many uploaded files: one row each; a bad file gets an ``error`` and the rest go on."""
+    """Score many uploaded files: a photo row each plus its face rows; a bad file gets an ``error`` and the rest go on."""
     require_models(models)
     if len(files) > MAX_BATCH_FILES:
         raise AppError(f"Too many files: {len(files)};", f"at most {MAX_BATCH_FILES} per batch.", kind="too_large")
@@ -54,12 +84,13 @@ def analyze_files(
             progress(index, len(files), name)
         try:
             result = analyze_bytes(read_upload(path), name, models, explain=False, robustness=False)
-            rows.append(batch_row(result))
+            rows.extend(batch_rows(result))
         except (ImageDecodeError, AppError) as error:
-            rows.append({"file": name, "verdict": "error", "error": str(error)})
+            rows.append({"file": name, "row": PHOTO_ROW, "verdict": "error", "error": str(error)})
         except Exception as error:  # noqa: BLE001 - one bad file must not lose the batch
             logger.exception("batch: unexpected failure on one file")
-            rows.append({"file": name, "verdict": "error", "error": f"unexpected {type(error).__name__}"})
+            rows.append({"file": name, "row": PHOTO_ROW, "verdict": "error",
+                         "error": f"unexpected {type(error).__name__}"})
     return rows
 
 
