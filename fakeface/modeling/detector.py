@@ -43,7 +43,9 @@ WEIGHTS_NAME = "model.safetensors"
 FAKEFACE_KEY = "fakeface"
 # Files that make up a release. Anything else in a folder (training state,
 # logs, tokens) is never uploaded.
-RELEASE_PATTERNS = ("config.json", "model.safetensors", "README.md", "*.png", "*.onnx", "*.json", "*.md")
+# fastpath_reference.npz: the int8 graph's reference inputs, re-scored at load (fakeface.modeling.fastpath).
+RELEASE_PATTERNS = ("config.json", "model.safetensors", "README.md", "*.png", "*.onnx", "*.json", "*.md",
+                    "fastpath_reference.npz")
 
 # Until evaluation calibrates a model (fakeface.evaluation.metrics), its probabilities
 # are uncalibrated and the verdict threshold is the plain argmax.
