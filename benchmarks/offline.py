@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fakeface.utils.formatting import format_number, json_safe
+
 __all__ = [
     "OFFLINE_BENCHMARK_ARCHITECTURES", "OFFLINE_BENCHMARK_RECIPES", "ROBUST_TARGETS", "OfflineBenchmarkSettings",
     "auc_standard_error", "render_offline_benchmark", "run_offline_benchmark", "write_offline_benchmark",
@@ -61,7 +63,7 @@ def _result_row(arch: str, recipe: str, result: Any, seconds: float, epochs: int
         "fpr_at_threshold": report["overall"]["fpr"],
         "ece": report["overall"]["ece"],
         "ece_uncalibrated_validation": result.calibration["validation_ece_before"],
-        "temperature": result.calibration["temperature"],
+        "temperature": result.decision.temperature,
         "train_images_per_second": result.throughput.get("images_per_second"),
         "loader_wait_fraction": result.throughput.get("loader_wait_fraction"),
         "eval_images_per_second": report["images_per_second"],
@@ -74,11 +76,11 @@ def _result_row(arch: str, recipe: str, result: Any, seconds: float, epochs: int
 
 def run_offline_benchmark(settings: OfflineBenchmarkSettings, *, command: str) -> dict[str, Any]:
     """Build the data, train every (architecture, recipe), return the JSON-ready results."""
+    # torch, accelerate and the training stack: imported only to run, never to re-render (--render-only)
     import torch
 
     from benchmarks.inference import collect_environment
     from fakeface.data.dataset import ensure_synthetic_dataset, load_face_dataset
-    from fakeface.evaluation.metrics import json_safe
     from fakeface.training.loop import RECIPES, TrainingConfig, train
 
     output = Path(settings.output_dir)
@@ -122,10 +124,6 @@ def _load_average() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-def _f(value: Any, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 def auc_standard_error(auc: float | None, n_negative: int, n_positive: int) -> float | None:
     """Hanley & McNeil (1982) standard error of a ROC-AUC from its value and the class counts."""
     if auc is None or n_negative < 1 or n_positive < 1:
@@ -160,8 +158,8 @@ def render_offline_benchmark(data: dict[str, Any]) -> str:
         f"- Machine: {env['cpu']}, {cores} cores available, torch {env['versions']['torch']} with "
         f"{data['torch_threads']} threads, timm {env['versions']['timm']}, no GPU used (training on CPU by design).",
         "- 1-minute load average before → after each run: " + "; ".join(
-            f"{r['architecture']} {r['recipe']} {_f((r.get('load_average_before_after') or [None, None])[0], 1)} → "
-            f"{_f((r.get('load_average_before_after') or [None, None])[1], 1)}" for r in rows)
+            f"{r['architecture']} {r['recipe']} {format_number((r.get('load_average_before_after') or [None, None])[0], 1)} → "
+            f"{format_number((r.get('load_average_before_after') or [None, None])[1], 1)}" for r in rows)
         + " (a run itself adds about 2–3: its torch threads and its loader worker). Images/s and wall times depend "
           "on what else the cores were doing; AUC and ECE do not.",
         f"- Data: `scripts/build_dataset.py --synthetic {settings['images']} --seed {settings['seed']}` → "
@@ -190,10 +188,10 @@ def render_offline_benchmark(data: dict[str, Any]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['architecture']} | {r['recipe']} | {r['epochs']} ({r['best_epoch']}) | {_f(r['auc_clean'], 4)} | "
-            f"{_f(r.get('auc_jpeg75'), 4)} | {_f(r.get('auc_downscale0.5'), 4)} | {_f(r.get('auc_jpeg50'), 4)} | "
-            f"{_f(r.get('auc_blur'), 4)} | {_f(r.get('auc_screenshot'), 4)} | {_f(r['ece'], 4)} | "
-            f"{_f(r['train_images_per_second'], 1)} | {_f(100 * (r['loader_wait_fraction'] or 0), 0)} % | "
+            f"| {r['architecture']} | {r['recipe']} | {r['epochs']} ({r['best_epoch']}) | {format_number(r['auc_clean'], 4)} | "
+            f"{format_number(r.get('auc_jpeg75'), 4)} | {format_number(r.get('auc_downscale0.5'), 4)} | {format_number(r.get('auc_jpeg50'), 4)} | "
+            f"{format_number(r.get('auc_blur'), 4)} | {format_number(r.get('auc_screenshot'), 4)} | {format_number(r['ece'], 4)} | "
+            f"{format_number(r['train_images_per_second'], 1)} | {format_number(100 * (r['loader_wait_fraction'] or 0), 0)} % | "
             f"{r['wall_seconds'] / 60:.1f} min |"
         )
     n_test = max((r["n_test"] for r in rows), default=0)
@@ -208,7 +206,7 @@ def render_offline_benchmark(data: dict[str, Any]) -> str:
     targets = data["targets_robust"]
     robust_rows = [r for r in rows if r["recipe"] == "robust"]
     for r in robust_rows:
-        checks = [f"{name} {_f(r.get('auc_' + name), 4)} ± {_f(auc_standard_error(r.get('auc_' + name), *_class_counts(r)), 4)} "
+        checks = [f"{name} {format_number(r.get('auc_' + name), 4)} ± {format_number(auc_standard_error(r.get('auc_' + name), *_class_counts(r)), 4)} "
                   f"{'≥' if _met(r, name, t) else '<'} {t} ({'met' if _met(r, name, t) else 'MISSED'})"
                   for name, t in targets.items()]
         lines.append(f"- {r['architecture']}: " + "; ".join(checks) + ".")
@@ -236,8 +234,8 @@ def render_offline_benchmark(data: dict[str, Any]) -> str:
         by_recipe = {r["recipe"]: r for r in rows if r["architecture"] == arch}
         if {"robust", "seed"} <= set(by_recipe):
             robust, seed = by_recipe["robust"], by_recipe["seed"]
-            parts = [f"{label} {_f(seed.get(key), 4)} vs {_f(robust.get(key), 4)} "
-                     f"({_f((seed.get(key) or 0) - (robust.get(key) or 0), 4)})"
+            parts = [f"{label} {format_number(seed.get(key), 4)} vs {format_number(robust.get(key), 4)} "
+                     f"({format_number((seed.get(key) or 0) - (robust.get(key) or 0), 4)})"
                      for key, label in (("auc_clean", "AUC clean"), ("auc_jpeg75", "JPEG q75"),
                                         ("auc_downscale0.5", "0.5×"))]
             lines.append(f"- {arch}, seed vs robust: " + "; ".join(parts) + ".")

@@ -337,7 +337,7 @@ def test_output_folder_that_is_not_a_dataset_is_never_replaced(tmp_path):
 
 
 def test_failed_build_leaves_the_previous_folder_and_rebuild_replaces_it(tmp_path, monkeypatch):
-    import fakeface.data.dataset as dataset_module
+    import fakeface.data.build as dataset_module
 
     output = tmp_path / "faces"
     first = build_face_dataset(output, synthetic=10, synthetic_size=64, seed=1, progress=False)

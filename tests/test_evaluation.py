@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from fakeface.utils.constants import FAKE, REAL
+from fakeface.modeling.config import Decision
 from fakeface.evaluation.metrics import (
     ROBUSTNESS_CONDITIONS,
     apply_condition,
@@ -166,13 +167,13 @@ def test_group_metrics_per_attribute_and_per_generator():
 class _ColourDetector:
     """Stands in for inference.Detector: p(fake) rises with high-frequency energy of the image."""
 
-    settings = {"temperature": 1.0, "threshold_fake": 0.5, "threshold_real": 0.5}
+    decision = Decision()
 
     def scores_from_logits(self, logits):
-        from fakeface.modeling.inference import Scores, fake_probability
+        from fakeface.modeling.inference import Scores
 
-        p = fake_probability(logits)
-        return Scores(np.asarray(logits), p, ["fake" if v >= 0.5 else "real" for v in p])
+        p = self.decision.p_fake(logits)
+        return Scores(np.asarray(logits), p, [self.decision.verdict(float(v)) for v in p])
 
     def score_batches(self, images, batch_size=16):
         energy = []
@@ -240,3 +241,21 @@ def test_card_tables_carry_the_numbers():
     assert "**gender**" in tables["attribute_tables"] and "| f |" in tables["attribute_tables"]
     assert "as stored" in tables["robustness_table"]
     assert markdown_table(["a"], [["x|y"], [float("nan")]]).splitlines()[2:] == ["| x\\|y |", "| — |"]
+
+
+def test_calibrate_returns_a_new_decision_and_its_report():
+    from fakeface.evaluation.metrics import calibrate, calibration_report
+
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(300, 2)) * 4.0
+    labels = (logits[:, 1] - logits[:, 0] + rng.normal(size=300) * 3 > 0).astype(int)
+    decision = calibrate(logits, labels, target_fpr=0.1)
+    assert isinstance(decision, Decision) and decision.calibrated and decision.target_fpr == 0.1
+    assert decision.temperature == fit_temperature(logits, labels)
+    p = Decision(temperature=decision.temperature).p_fake(logits)
+    expected = choose_thresholds(labels, p, 0.1)
+    assert (decision.threshold_fake, decision.threshold_real) == (expected["threshold_fake"], expected["threshold_real"])
+    assert np.mean(p[labels == REAL] >= decision.threshold_fake) <= 0.1
+    report = calibration_report(logits, labels, decision)
+    assert report["temperature"] == decision.temperature and report["thresholds"]["target_fpr"] == 0.1
+    assert report["validation_ece_after"] < report["validation_ece_before"]

@@ -8,21 +8,24 @@ from PIL import Image
 
 from fakeface.utils.constants import LABEL_NAMES
 from fakeface.utils.hub import ErrorKind
-from fakeface.modeling.inference import Detector
+from fakeface.modeling.config import Decision, resolve_detector_config
+from fakeface.modeling.inference import Detector, StaleDetectorError
 from fakeface.modeling.detector import (
     DetectorLoadError,
     PretrainedWeightsUnavailable,
     create_detector,
-    detector_settings,
     load_detector,
     parse_detector_source,
     push_detector,
     save_detector,
-    update_detector_settings,
+    set_decision,
+    set_face_crop,
+    set_release_facts,
 )
 from fakeface.data.preprocess import Preprocessing, resolve_preprocessing
 
 PP = Preprocessing(input_size=(3, 64, 64), num_test_crops=5)
+DECISION = Decision(temperature=1.7, threshold_fake=0.8, threshold_real=0.3, target_fpr=0.05, calibrated=True)
 
 
 def _random_init(model, seed):
@@ -37,7 +40,7 @@ def _random_init(model, seed):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     model = _random_init(create_detector("mobilenetv2_100", preprocessing=PP), seed=0)
-    update_detector_settings(model, temperature=1.7, threshold_fake=0.8, threshold_real=0.3, calibrated=True)
+    set_decision(model, DECISION)
     folder = save_detector(model, tmp_path_factory.mktemp("detector"))
     return model, folder
 
@@ -68,7 +71,48 @@ def test_local_round_trip_same_logits_and_preprocessing(saved, batch):
         with torch.no_grad():
             torch.testing.assert_close(loaded(batch), model(batch), rtol=0, atol=0)
         assert resolve_preprocessing(loaded) == resolve_preprocessing(model) == PP
-        assert detector_settings(loaded) == detector_settings(model)
+        assert resolve_detector_config(loaded) == resolve_detector_config(model)
+        assert resolve_detector_config(loaded).decision == DECISION
+        assert resolve_detector_config(loaded).face_crop is None
+
+
+def test_face_crop_and_release_facts_round_trip(saved, tmp_path):
+    from fakeface.faces.crop import FaceCrop
+
+    model, _ = saved
+    copy = create_detector("mobilenetv2_100", preprocessing=PP)
+    copy.load_state_dict(model.state_dict())
+    crop = FaceCrop(margin=0.3, min_face_px=48)
+    set_face_crop(copy, crop)
+    set_release_facts(copy, recipe="robust")
+    with pytest.raises(ValueError, match="set_decision"):
+        set_release_facts(copy, threshold_fake=0.1)   # decisions only go through set_decision
+    loaded = load_detector(save_detector(copy, tmp_path / "with-crop"))
+    config = resolve_detector_config(loaded)
+    assert config.face_crop == crop and Detector(loaded).face_crop == crop
+    assert config.decision == Decision() and loaded.pretrained_cfg["fakeface"]["recipe"] == "robust"
+    block = json.loads((tmp_path / "with-crop" / "config.json").read_text())["fakeface"]
+    assert block["face_crop"]["margin"] == 0.3
+    set_face_crop(copy, None)
+    assert resolve_detector_config(copy).face_crop is None
+
+
+def test_detector_decides_with_the_decision_it_was_built_with(saved, batch):
+    model, folder = saved
+    loaded = load_detector(folder)
+    detector = Detector(loaded)
+    logits = detector.logits([Image.new("RGB", (64, 64), (90, 120, 150))])
+    assert detector.decision == DECISION
+    assert detector.settings["threshold_fake"] == DECISION.threshold_fake  # deprecated compatibility view
+    strict = Decision(temperature=1.0, threshold_fake=0.99, threshold_real=0.01, calibrated=True)
+    stricter = detector.with_decision(strict)
+    assert stricter.decision == strict and detector.decision == DECISION   # a new Detector, the old one unchanged
+    assert stricter.scores_from_logits(logits).verdicts == [strict.verdict(float(strict.p_fake(logits)[0]))]
+    set_decision(loaded, strict)
+    assert stricter.scores_from_logits(logits).verdicts   # deciding with the model's new decision: fine
+    with pytest.raises(StaleDetectorError):
+        detector.scores_from_logits(logits)               # built before: would silently keep old thresholds
+    assert Detector(loaded).decision == strict
 
 
 def test_timm_and_transformers_give_the_same_logits(saved, batch):

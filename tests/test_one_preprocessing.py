@@ -50,7 +50,7 @@ def test_training_evaluation_and_app_feed_the_model_the_same_tensor(pp, tmp_path
     from fakeface.evaluation.metrics import decode_split
     from fakeface.serving.analysis import analyze_bytes
     from fakeface.serving.models import load_model
-    from fakeface.training.loop import _EvalTransform, prepare_split
+    from fakeface.training.data import EvalTransform, prepare_split
 
     folder = save_detector(create_detector("mobilenetv2_050", preprocessing=pp), tmp_path / "model")
     model = load_detector(str(folder))
@@ -64,7 +64,7 @@ def test_training_evaluation_and_app_feed_the_model_the_same_tensor(pp, tmp_path
     )
     from fakeface.data.preprocess import resolve_preprocessing
 
-    training_input = prepare_split(split, _EvalTransform(resolve_preprocessing(model)))[0]["pixel_values"]
+    training_input = prepare_split(split, EvalTransform(resolve_preprocessing(model)))[0]["pixel_values"]
 
     # evaluate.py: decode the split, score through Detector.
     images, labels, _ = decode_split(split)

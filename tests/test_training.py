@@ -117,7 +117,8 @@ def test_release_folder_holds_the_calibrated_model_and_nothing_else(trained, tin
     config = json.loads((output / "config.json").read_text())
     block = config["fakeface"]
     assert block["calibrated"] is True and block["recipe"] == "robust"
-    assert block["temperature"] == pytest.approx(result.calibration["temperature"])
+    assert block["temperature"] == pytest.approx(result.decision.temperature)
+    assert result.calibration["temperature"] == result.decision.temperature
     assert block["threshold_real"] <= block["threshold_fake"]
     assert block["crop_protocol"] == "native-crops" and block["num_test_crops"] == 5
     assert block["trained_on"] == {"fake_generators": ["tiny-upsampler"], "real_sources": ["tiny-camera"]}
@@ -179,7 +180,7 @@ def test_card_contains_the_real_numbers_of_the_run(trained):
     assert metrics[("roc_auc", "jpeg75")] == pytest.approx(jpeg75["roc_auc"], abs=1e-6)
     body = card.text
     assert f"{overall['roc_auc']:.4f}" in body and f"{overall['ece']:.4f}" in body
-    assert f"{result.calibration['temperature']:.4f}" in body
+    assert f"{result.decision.temperature:.4f}" in body
     assert "Trained on `tiny-upsampler` (fake) vs `tiny-camera` (real)" in body
     assert "other generators" in body.lower() and "untested" in body
     assert "![ROC curve](plots/roc.png)" in body and "**gender**" in body
@@ -204,7 +205,7 @@ def test_kill_and_resume_gives_the_same_final_metrics(tiny_dataset, tmp_path):
     resumed = train(TrainingConfig(output_dir=str(tmp_path / "killed"), resume=True, **common))
     assert resumed.progress.history == uninterrupted.progress.history
     assert resumed.report["overall"] == uninterrupted.report["overall"]
-    assert resumed.calibration["temperature"] == uninterrupted.calibration["temperature"]
+    assert resumed.decision == uninterrupted.decision
     a = (tmp_path / "straight" / "model.safetensors").read_bytes()
     b = (tmp_path / "killed" / "model.safetensors").read_bytes()
     assert a == b
@@ -220,7 +221,7 @@ def test_resume_refuses_changed_settings(tiny_dataset, tmp_path):
 
 def test_seed_recipe_trains_only_the_head_on_resized_images(tiny_dataset, tmp_path):
     from fakeface.modeling.detector import load_detector
-    from fakeface.training.loop import create_training_model
+    from fakeface.training.model import create_training_model
 
     cfg = TrainingConfig(dataset=tiny_dataset, output_dir=str(tmp_path), recipe="seed", max_steps=3,
                          **{**TINY, "epochs": 1, "lr": None}, robustness=False, plots=False)

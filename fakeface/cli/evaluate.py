@@ -18,9 +18,9 @@ from pathlib import Path
 
 from fakeface.cli.common import add_split_arguments
 from fakeface.data.dataset import load_face_dataset
-from fakeface.evaluation.metrics import calibrate_detector, decode_split, evaluate_detector, json_safe
+from fakeface.evaluation.metrics import calibrate, decode_split, evaluate_detector, json_safe
 from fakeface.evaluation.plots import save_report_figures
-from fakeface.modeling.detector import DetectorLoadError, load_detector, save_detector
+from fakeface.modeling.detector import DetectorLoadError, load_detector, save_detector, set_decision
 from fakeface.modeling.fastpath import load_fast_detector
 from fakeface.modeling.inference import Detector
 from fakeface.training.card import build_card_tables
@@ -54,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"split {args.recalibrate!r} not in the dataset (it has {', '.join(data)})")
             images, labels, _ = decode_split(data[args.recalibrate], max_images=args.limit)
             logits = Detector(model).score_batches(images, args.batch_size).logits
-            calibration = calibrate_detector(model, logits, labels, target_fpr=args.target_fpr)
+            decision = calibrate(logits, labels, target_fpr=args.target_fpr)
+            set_decision(model, decision)
             save_detector(model, output_dir)
             logging.info("recalibrated on %s: temperature %.3f, threshold_fake %.4f", args.recalibrate,
-                         calibration["temperature"], calibration["threshold_fake"])
+                         decision.temperature, decision.threshold_fake)
     except (DetectorLoadError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

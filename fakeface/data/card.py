@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fakeface.training.card import format_number, markdown_table
+from fakeface.utils.formatting import format_number, markdown_table
 from fakeface.utils.constants import LABEL_NAMES, SYNTHETIC_GENERATOR, SYNTHETIC_REAL_SOURCE
 
 __all__ = ["KNOWN_SOURCE_LICENSES", "build_bias_report", "build_split_counts", "dataset_license", "render_dataset_card"]

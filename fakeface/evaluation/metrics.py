@@ -5,23 +5,29 @@ sees exactly the crops, temperature and thresholds the app applies.
 
 Conventions: ``labels`` are 0 = real, 1 = fake (``constants.REAL``/``FAKE``);
 ``p_fake`` is the (calibrated) probability of ``fake``; the positive class of
-every metric is ``fake``. The metric implementations are numpy, written to the
-same definitions as scikit-learn (tests check agreement), so the app can call
-them on a handful of images without pulling in anything heavy.
+every metric is ``fake``. Curves, areas, the calibration curve and the
+confusion matrix come from scikit-learn, the temperature fit from scipy.
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
+from scipy.optimize import minimize_scalar
+from sklearn import calibration as sklearn_calibration
+from sklearn import metrics as sklearn_metrics
+from sklearn.exceptions import UndefinedMetricWarning
 
 from fakeface.utils.constants import ATTRIBUTE_COLUMNS, FAKE, LABEL_NAMES, REAL
 from fakeface.data.preprocess import jpeg_roundtrip
+from fakeface.modeling.config import VERDICT_UNCERTAIN, Decision
+from fakeface.utils.formatting import json_safe  # noqa: F401 - also imported from here by the app
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +54,12 @@ def _as_labels_and_scores(labels: Sequence[int], scores: Sequence[float]) -> tup
 
 
 # --------------------------------------------------------------------------- curves
+# scikit-learn computes the curves; these wrappers fix the conventions (fake = positive,
+# every distinct score a point, NaN instead of a warning when one class is missing).
+
+def _one_class(y: np.ndarray) -> bool:
+    return not ((y == FAKE).any() and (y == REAL).any())
+
 
 def roc_curve_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds), one point per distinct score, starting at (0, 0).
@@ -56,45 +68,36 @@ def roc_curve_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np
     is called fake); the first threshold is ``inf``.
     """
     y, s = _as_labels_and_scores(labels, scores)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    # Last index of each run of equal scores: tied samples enter together.
-    last = np.r_[np.flatnonzero(np.diff(s)), s.size - 1] if s.size else np.array([], int)
-    tp = np.cumsum(y == FAKE)[last]
-    fp = np.cumsum(y == REAL)[last]
-    n_pos, n_neg = int((y == FAKE).sum()), int((y == REAL).sum())
-    tpr = np.r_[0.0, tp / n_pos] if n_pos else np.full(last.size + 1, np.nan)
-    fpr = np.r_[0.0, fp / n_neg] if n_neg else np.full(last.size + 1, np.nan)
-    return fpr, tpr, np.r_[np.inf, s[last]]
+    if not y.size:
+        return np.full(1, np.nan), np.full(1, np.nan), np.array([np.inf])
+    with warnings.catch_warnings():  # one class present: sklearn warns and returns NaN rates, as wanted
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        return sklearn_metrics.roc_curve(y, s, pos_label=FAKE, drop_intermediate=False)
 
 
 def precision_recall_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(precision, recall, thresholds) over decreasing thresholds, recall rising from 0."""
+    """(precision, recall, thresholds) over decreasing thresholds, recall rising from 0 (first threshold ``inf``)."""
     y, s = _as_labels_and_scores(labels, scores)
-    _, tpr, thresholds = roc_curve_points(y, s)
-    order = np.argsort(-s, kind="mergesort")
-    s_sorted, y_sorted = s[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1] if s.size else np.array([], int)
-    tp = np.cumsum(y_sorted == FAKE)[last]
-    predicted = last + 1
-    precision = np.r_[1.0, tp / predicted]
-    return precision, tpr, thresholds
+    if not (y == FAKE).any():
+        thresholds = np.r_[np.inf, np.unique(s)[::-1]]
+        return np.r_[1.0, np.zeros(thresholds.size - 1)], np.full(thresholds.size, np.nan), thresholds
+    precision, recall, thresholds = sklearn_metrics.precision_recall_curve(y, s, pos_label=FAKE,
+                                                                           drop_intermediate=False)
+    return precision[::-1], recall[::-1], np.r_[np.inf, thresholds[::-1]]
 
 
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     """Area under the ROC curve (ties count half); NaN when one class is missing."""
-    fpr, tpr, _ = roc_curve_points(labels, scores)
-    if np.isnan(fpr).any() or np.isnan(tpr).any():
-        return float("nan")
-    return float(np.trapezoid(tpr, fpr))
+    y, s = _as_labels_and_scores(labels, scores)
+    return float("nan") if _one_class(y) else float(sklearn_metrics.roc_auc_score(y, s))
 
 
 def average_precision(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """sum_n (R_n - R_{n-1}) P_n over distinct thresholds (scikit-learn's definition)."""
-    precision, recall, _ = precision_recall_points(labels, scores)
-    if np.isnan(recall).any():
+    """sum_n (R_n - R_{n-1}) P_n over distinct thresholds; NaN without fakes."""
+    y, s = _as_labels_and_scores(labels, scores)
+    if not (y == FAKE).any():
         return float("nan")
-    return float(np.sum(np.diff(recall) * precision[1:]))
+    return float(sklearn_metrics.average_precision_score(y, s, pos_label=FAKE))
 
 
 # --------------------------------------------------------------------------- calibration
@@ -113,11 +116,13 @@ def reliability_bins(labels: Sequence[int], p_fake: Sequence[float], n_bins: int
     """Bin p(fake) into ``n_bins`` equal-width bins (a value on an inner edge goes to the lower bin)."""
     y, p = _as_labels_and_scores(labels, p_fake)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    ids = np.searchsorted(edges[1:-1], p)  # same binning as sklearn.calibration.calibration_curve
-    counts = np.bincount(ids, minlength=n_bins).astype(np.int64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_p = np.bincount(ids, weights=p, minlength=n_bins) / counts
-        frac = np.bincount(ids, weights=(y == FAKE).astype(float), minlength=n_bins) / counts
+    # calibration_curve returns the filled bins only; their counts place them (same binning as sklearn's).
+    counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins).astype(np.int64)
+    mean_p, frac = np.full(n_bins, np.nan), np.full(n_bins, np.nan)
+    if y.size:
+        filled = counts > 0
+        frac[filled], mean_p[filled] = sklearn_calibration.calibration_curve(
+            y, p, pos_label=FAKE, n_bins=n_bins, strategy="uniform")
     return ReliabilityBins(edges, mean_p, frac, counts)
 
 
@@ -162,9 +167,8 @@ def fit_temperature(logits: Sequence[Sequence[float]], labels: Sequence[int]) ->
 
     The targets are Platt's (:func:`platt_targets`), so a perfectly separated
     validation split still gives a finite T. The loss is convex in 1/T, hence
-    unimodal in log T, so a golden-section search over log T finds the
-    optimum without a dependency. The result is clipped to
-    ``TEMPERATURE_RANGE``; single-class inputs give T = 1.
+    unimodal in log T, so scipy's bounded scalar search over log T finds
+    the optimum, within ``TEMPERATURE_RANGE``; single-class inputs give T = 1.
     """
     z = np.asarray(logits, dtype=np.float64)
     y = np.asarray(labels).astype(np.int64).ravel()
@@ -174,19 +178,9 @@ def fit_temperature(logits: Sequence[Sequence[float]], labels: Sequence[int]) ->
         return 1.0
     targets = platt_targets(y)
     lo, hi = (math.log(t) for t in TEMPERATURE_RANGE)
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = lo + (1 - ratio) * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = _nll(z, targets, math.exp(a)), _nll(z, targets, math.exp(b))
-    for _ in range(80):  # interval shrinks by 0.618 per step: far below float precision
-        if fa <= fb:
-            hi, b, fb = b, a, fa
-            a = lo + (1 - ratio) * (hi - lo)
-            fa = _nll(z, targets, math.exp(a))
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = _nll(z, targets, math.exp(b))
-    return float(math.exp((lo + hi) / 2))
+    fit = minimize_scalar(lambda log_t: _nll(z, targets, math.exp(log_t)), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-10})
+    return float(math.exp(fit.x))
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -257,8 +251,8 @@ def compute_metrics(labels: Sequence[int], p_fake: Sequence[float], threshold: f
     """
     y, p = _as_labels_and_scores(labels, p_fake)
     pred = (p >= threshold).astype(np.int64)
-    cm = np.zeros((2, 2), dtype=np.int64)
-    np.add.at(cm, (y, pred), 1)
+    cm = (sklearn_metrics.confusion_matrix(y, pred, labels=[REAL, FAKE]).astype(np.int64) if y.size
+          else np.zeros((2, 2), dtype=np.int64))
     tp, fp, fn = int(cm[FAKE, FAKE]), int(cm[REAL, FAKE]), int(cm[FAKE, REAL])
     notes = []
     n_fake, n_real = int((y == FAKE).sum()), int((y == REAL).sum())
@@ -286,8 +280,6 @@ def compute_metrics(labels: Sequence[int], p_fake: Sequence[float], threshold: f
 
 def verdict_counts(verdicts: Iterable[str]) -> dict[str, int]:
     """How many "real" / "fake" / "uncertain" verdicts."""
-    from fakeface.modeling.inference import VERDICT_UNCERTAIN
-
     counts = {name: 0 for name in (*LABEL_NAMES, VERDICT_UNCERTAIN)}
     for verdict in verdicts:
         counts[verdict] = counts.get(verdict, 0) + 1
@@ -362,7 +354,7 @@ def robustness_sweep(
     Metrics use the detector's own temperature and ``threshold_fake``, as the
     app would; ``clean_logits`` saves recomputing the clean condition.
     """
-    threshold = float(detector.settings["threshold_fake"])
+    threshold = detector.decision.threshold_fake
     rows = []
     for name in conditions:
         if name == "clean" and clean_logits is not None:
@@ -423,14 +415,14 @@ def evaluate_detector(
     :func:`decode_split`'s result instead to reuse decoded images.
     """
     images, labels, columns = decoded if decoded is not None else decode_split(split, max_images=max_images)
-    settings = dict(detector.settings)
-    threshold = float(settings["threshold_fake"])
+    decision: Decision = detector.decision
+    threshold = decision.threshold_fake
     start = time.perf_counter()
     scores = detector.score_batches(images, batch_size=batch_size)
     seconds = time.perf_counter() - start
     report: dict[str, Any] = {
         "n": len(images),
-        "settings": {k: settings.get(k) for k in ("temperature", "threshold_fake", "threshold_real", "target_fpr", "calibrated")},
+        "settings": decision.to_cfg(),
         "overall": compute_metrics(labels, scores.p_fake, threshold),
         "overall_at_0.5": compute_metrics(labels, scores.p_fake, 0.5),
         "verdicts": verdict_counts(scores.verdicts),
@@ -455,41 +447,31 @@ def evaluate_detector(
     return report
 
 
-def calibrate_detector(
-    model: Any, logits: np.ndarray, labels: Sequence[int], *, target_fpr: float = DEFAULT_TARGET_FPR,
+def calibrate(
+    logits: np.ndarray, labels: Sequence[int], *, target_fpr: float = DEFAULT_TARGET_FPR,
     uncertain_band: float | None = None,
-) -> dict[str, Any]:
-    """Fit the temperature and thresholds on validation logits and write them into ``model``'s config."""
-    from fakeface.modeling.inference import fake_probability
-    from fakeface.modeling.detector import update_detector_settings
+) -> Decision:
+    """A new calibrated :class:`Decision` fitted on validation logits: temperature, then thresholds.
 
+    Nothing is written anywhere: the caller stores it (``set_decision(model, decision)``)
+    and scores with ``detector.with_decision(decision)``.
+    """
     temperature = fit_temperature(logits, labels)
-    p_fake = fake_probability(logits, temperature)
+    p_fake = Decision(temperature=temperature).p_fake(logits)
     thresholds = choose_thresholds(labels, p_fake, target_fpr, uncertain_band)
-    settings = {
-        "temperature": temperature,
-        "threshold_fake": thresholds["threshold_fake"],
-        "threshold_real": thresholds["threshold_real"],
-        "target_fpr": float(target_fpr),
-        "calibrated": True,
+    return Decision(temperature=temperature, threshold_fake=thresholds["threshold_fake"],
+                    threshold_real=thresholds["threshold_real"], target_fpr=float(target_fpr), calibrated=True)
+
+
+def calibration_report(
+    logits: np.ndarray, labels: Sequence[int], decision: Decision, *, uncertain_band: float | None = None,
+) -> dict[str, Any]:
+    """What a calibration did on its validation split: the decision, threshold statistics, ECE before and after."""
+    p_fake = decision.p_fake(logits)
+    target_fpr = DEFAULT_TARGET_FPR if decision.target_fpr is None else decision.target_fpr
+    return {
+        **decision.to_cfg(),
+        "thresholds": choose_thresholds(labels, p_fake, target_fpr, uncertain_band),
+        "validation_ece_before": expected_calibration_error(labels, Decision().p_fake(logits)),
+        "validation_ece_after": expected_calibration_error(labels, p_fake),
     }
-    update_detector_settings(model, **settings)
-    ece_before = expected_calibration_error(labels, fake_probability(logits, 1.0))
-    return {**settings, "thresholds": thresholds, "validation_ece_before": ece_before,
-            "validation_ece_after": expected_calibration_error(labels, p_fake)}
-
-
-def json_safe(value: Any) -> Any:
-    """Turn NaN/inf into None and numpy scalars/arrays into Python types, for JSON and YAML."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value

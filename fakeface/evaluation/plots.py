@@ -16,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fakeface.utils.constants import FAKE, LABEL_NAMES, REAL
+from fakeface.modeling.config import Decision
+from fakeface.modeling.explain import gradcam, overlay_heatmap
 from fakeface.evaluation.metrics import (
     DEFAULT_ECE_BINS,
     average_precision,
@@ -200,18 +202,13 @@ def embedding_figure(points: np.ndarray, labels: Sequence[int], predicted: Seque
 # --------------------------------------------------------------------------- Grad-CAM
 
 def gradcam_grid_figure(detector: Any, images: Sequence[Any], labels: Sequence[int], p_fake: Sequence[float], *,
-                        per_group: int = 3, title: str = "Grad-CAM (target: fake)") -> Figure | None:
+                        per_group: int = 3, title: str = "Grad-CAM (target: fake)") -> Figure:
     """Grid of Grad-CAM overlays: rows correct real / correct fake / wrong, ``per_group`` each.
 
-    Uses ``fakeface.modeling.explain`` (the app's Grad-CAM); returns None if it is unavailable.
+    Uses ``fakeface.modeling.explain`` (the app's Grad-CAM).
     """
-    try:
-        from fakeface.modeling.explain import gradcam, overlay_heatmap
-    except ImportError as error:
-        logger.warning("Grad-CAM grid skipped: fakeface.modeling.explain is not available (%s)", error)
-        return None
     y, p = np.asarray(labels), np.asarray(p_fake)
-    threshold = float(detector.settings["threshold_fake"])
+    threshold = detector.decision.threshold_fake
     pred = (p >= threshold).astype(int)
     confidence = np.abs(p - threshold)
     groups = [
@@ -253,7 +250,7 @@ def save_report_figures(report: Mapping[str, Any], output_dir: str | Path, *, de
     output_dir = Path(output_dir)
     scores = report["scores"]
     labels, p_fake = np.asarray(scores["labels"]), np.asarray(scores["p_fake"])
-    threshold = float(report["settings"]["threshold_fake"])
+    threshold = Decision.from_cfg(report["settings"]).threshold_fake
     written = {
         "roc": save_figure(roc_figure(labels, p_fake, operating_threshold=threshold), output_dir / "roc.png"),
         "pr": save_figure(pr_figure(labels, p_fake), output_dir / "pr.png"),
@@ -269,7 +266,6 @@ def save_report_figures(report: Mapping[str, Any], output_dir: str | Path, *, de
         points, method = project_2d(extract_features(detector, images), seed=seed)
         written["embedding"] = save_figure(embedding_figure(points, labels, predicted, method=method),
                                            output_dir / "embedding.png")
-        grid = gradcam_grid_figure(detector, images, labels, p_fake)
-        if grid is not None:
-            written["gradcam"] = save_figure(grid, output_dir / "gradcam.png")
+        written["gradcam"] = save_figure(gradcam_grid_figure(detector, images, labels, p_fake),
+                                         output_dir / "gradcam.png")
     return written

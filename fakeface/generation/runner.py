@@ -45,6 +45,7 @@ from typing import Any
 from fakeface.utils.constants import DEFAULT_IMAGE_MODEL, ENV_OPENAI_BASE_URL, ENV_OPENAI_KEY, RETIRED_IMAGE_MODELS
 from fakeface.utils.fileio import TEMP_MARK, fsync_dir, write_atomic
 from fakeface.data.images import ImageDecodeError, load_image
+from fakeface.data.sources import MANIFEST_NAME  # one name for the file generation writes and the dataset build reads
 from fakeface.generation.prompts import build_face_prompt, build_lookalike_prompt, plan_balanced_attributes, validate_attributes
 
 try:
@@ -75,7 +76,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MANIFEST_NAME = "manifest.jsonl"
 DEFAULT_SIZE = "1024x1024"
 DEFAULT_QUALITY = "high"
 # A high-quality 1024² image takes tens of seconds; bigger sizes take longer.

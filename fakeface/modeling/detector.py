@@ -33,29 +33,20 @@ from torch import nn
 
 from fakeface.utils.constants import DEFAULT_ARCHITECTURE, LABEL_NAMES
 from fakeface.utils.hub import BadSource, ErrorKind, HubUnreachable, Source, SourceError, parse_source, probe_repo
-from fakeface.data.preprocess import Preprocessing, resolve_preprocessing
+from fakeface.data.preprocess import Preprocessing
+from fakeface.faces.crop import FaceCrop
+from fakeface.modeling.config import FACE_CROP_KEY, FAKEFACE_KEY, Decision, resolve_detector_config
 from fakeface.modeling.pretrained import OFFLINE_WEIGHTS, OfflineWeightsMissing, describe_init, offline_weights_file
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-FAKEFACE_KEY = "fakeface"
 # Files that make up a release. Anything else in a folder (training state,
 # logs, tokens) is never uploaded.
 # fastpath_reference.npz: the int8 graph's reference inputs, re-scored at load (fakeface.modeling.fastpath).
 RELEASE_PATTERNS = ("config.json", "model.safetensors", "README.md", "*.png", "*.onnx", "*.json", "*.md",
                     "fastpath_reference.npz")
-
-# Until evaluation calibrates a model (fakeface.evaluation.metrics), its probabilities
-# are uncalibrated and the verdict threshold is the plain argmax.
-DEFAULT_DECISION = {
-    "temperature": 1.0,
-    "threshold_fake": 0.5,   # p(fake) >= this -> "fake"
-    "threshold_real": 0.5,   # p(fake) <  this -> "real"; in between -> "uncertain"
-    "target_fpr": None,
-    "calibrated": False,
-}
 
 
 _IMAGENET_IDENTITY_KEYS = (
@@ -146,31 +137,72 @@ def create_detector(
     cfg.update(pp.to_pretrained_cfg())
     cfg["num_classes"] = len(LABEL_NAMES)
     cfg["label_names"] = list(LABEL_NAMES)
-    cfg[FAKEFACE_KEY] = {**pp.to_fakeface_cfg(), **DEFAULT_DECISION,
+    # Until calibration (fakeface.evaluation.metrics.calibrate) the decision is Decision(): raw softmax, argmax.
+    cfg[FAKEFACE_KEY] = {**pp.to_fakeface_cfg(), **Decision().to_cfg(),
                          "init": describe_init(architecture, pretrained, pretrained_path)}
     model.pretrained_cfg = cfg
     return model
 
 
-def detector_settings(model: nn.Module) -> dict[str, Any]:
-    """The model's ``fakeface`` block: crop protocol, calibration, thresholds."""
-    block = dict(DEFAULT_DECISION)
-    block.update(model.pretrained_cfg.get(FAKEFACE_KEY) or {})
-    return block
+# --------------------------------------------------------------------------- the fakeface block
+# The model's ``pretrained_cfg["fakeface"]`` is written only by the set_* functions
+# below and read only through fakeface.modeling.config.resolve_detector_config.
+
+_DECISION_KEYS = frozenset(Decision().to_cfg())
+_PREPROCESSING_KEYS = frozenset(Preprocessing().to_fakeface_cfg())
 
 
-def update_detector_settings(model: nn.Module, **updates: Any) -> None:
-    """Write calibration/threshold results (or other settings) into the model's config."""
-    block = detector_settings(model)
-    block.update(updates)
-    model.pretrained_cfg = {**model.pretrained_cfg, FAKEFACE_KEY: block}
+def _update_block(model: nn.Module, changes: dict[str, Any], *, drop: tuple[str, ...] = ()) -> None:
+    block = {k: v for k, v in (model.pretrained_cfg.get(FAKEFACE_KEY) or {}).items() if k not in drop}
+    model.pretrained_cfg = {**model.pretrained_cfg, FAKEFACE_KEY: {**block, **changes}}
+
+
+def set_decision(model: nn.Module, decision: Decision) -> None:
+    """Write a (calibrated) decision into the model: the one way its temperature and thresholds change.
+
+    A :class:`fakeface.modeling.inference.Detector` built earlier keeps the
+    decision it was built with and refuses to score once the model's changes
+    (use ``detector.with_decision(decision)`` or build a new one).
+    """
+    _update_block(model, decision.to_cfg())
+
+
+def set_face_crop(model: nn.Module, face_crop: FaceCrop | None) -> None:
+    """Store the face-crop definition beside the preprocessing (None: the whole image is scored)."""
+    if face_crop is None:
+        _update_block(model, {}, drop=(FACE_CROP_KEY,))
+    else:
+        _update_block(model, {FACE_CROP_KEY: face_crop.to_cfg()})
 
 
 def set_preprocessing(model: nn.Module, pp: Preprocessing) -> None:
     """Write a (changed) preprocessing back into the model before it is saved."""
-    cfg = {**model.pretrained_cfg, **pp.to_pretrained_cfg()}
-    cfg[FAKEFACE_KEY] = {**detector_settings(model), **pp.to_fakeface_cfg()}
-    model.pretrained_cfg = cfg
+    model.pretrained_cfg = {**model.pretrained_cfg, **pp.to_pretrained_cfg()}
+    _update_block(model, pp.to_fakeface_cfg())
+
+
+def set_release_facts(model: nn.Module, **facts: Any) -> None:
+    """Record how the release was made (``recipe``, ``trained_on``, ``synthetic_training_data``, ...).
+
+    Decision, preprocessing and face crop have their own typed setters; this
+    refuses their keys so no setting can be written around them.
+    """
+    reserved = sorted(set(facts) & (_DECISION_KEYS | _PREPROCESSING_KEYS | {FACE_CROP_KEY}))
+    if reserved:
+        raise ValueError(f"{reserved} are not release facts: use set_decision / set_preprocessing / set_face_crop")
+    _update_block(model, facts)
+
+
+def fakeface_block(model: nn.Module) -> dict[str, Any]:
+    """The canonical ``fakeface`` block: release facts, then preprocessing, decision and face crop as resolved."""
+    config = resolve_detector_config(model)
+    raw = model.pretrained_cfg.get(FAKEFACE_KEY) or {}
+    block = {k: v for k, v in raw.items() if k not in _DECISION_KEYS | _PREPROCESSING_KEYS | {FACE_CROP_KEY}}
+    block.update(config.preprocessing.to_fakeface_cfg())
+    block.update(config.decision.to_cfg())
+    if config.face_crop is not None:
+        block[FACE_CROP_KEY] = config.face_crop.to_cfg()
+    return block
 
 
 def label_names(model: nn.Module) -> list[str]:
@@ -189,7 +221,7 @@ def save_detector(model: nn.Module, output_dir: str | os.PathLike, *, extra_conf
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    settings = detector_settings(model)
+    block = fakeface_block(model)
     pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k != FAKEFACE_KEY}
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".save-") as tmp:
         original_cfg = model.pretrained_cfg
@@ -207,7 +239,7 @@ def save_detector(model: nn.Module, output_dir: str | os.PathLike, *, extra_conf
         # TimmWrapper then passes it twice ("got multiple values for keyword
         # argument 'num_classes'"). The top-level num_classes is authoritative.
         config.get("model_args", {}).pop("num_classes", None)
-        config[FAKEFACE_KEY] = settings
+        config[FAKEFACE_KEY] = block
         config.update(extra_config or {})
         config_path.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
         for name in (WEIGHTS_NAME, CONFIG_NAME):
@@ -345,9 +377,13 @@ def load_detector(
     cfg = dict(model.pretrained_cfg)
     cfg.update(config["pretrained_cfg"])
     cfg["label_names"] = list(config.get("label_names") or LABEL_NAMES)
-    cfg[FAKEFACE_KEY] = {**DEFAULT_DECISION, **(config.get(FAKEFACE_KEY) or {})}
+    cfg[FAKEFACE_KEY] = dict(config.get(FAKEFACE_KEY) or {})
     model.pretrained_cfg = cfg
-    resolve_preprocessing(model)  # fail now, not at the first request, if the config is unusable
+    try:  # fail now, not at the first request, if the preprocessing, decision or face crop is unusable
+        cfg[FAKEFACE_KEY] = fakeface_block(model)
+    except (ValueError, TypeError, KeyError) as error:
+        raise DetectorLoadError(ErrorKind.BAD_CONFIG, f"{files.folder / CONFIG_NAME} has unusable settings ({error})",
+                                "re-save the model with this version of fakeface", **{**where, "file": CONFIG_NAME}) from error
     model.fakeface_files = files
     return model.eval()
 

@@ -2,23 +2,27 @@
 
 Training's validation, ``scripts/evaluate.py``, the app and the benchmark all
 score through :class:`Detector`, so the crop averaging, temperature and
-thresholds are applied identically everywhere.
+thresholds are applied identically everywhere. A ``Detector`` resolves the
+model's :class:`~fakeface.modeling.config.DetectorConfig` once, at
+construction; a new decision (calibration) gives a new ``Detector``
+(:meth:`Detector.with_decision`).
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from fakeface.utils.constants import FAKE, LABEL_NAMES
-from fakeface.modeling.detector import detector_settings, load_detector
-from fakeface.data.preprocess import Preprocessing, build_eval_transform, resolve_preprocessing
-
-VERDICT_UNCERTAIN = "uncertain"
+from fakeface.data.preprocess import Preprocessing, build_eval_transform
+from fakeface.faces.crop import FaceCrop
+from fakeface.modeling.config import FAKEFACE_KEY, Decision, DetectorConfig, resolve_detector_config
+from fakeface.modeling.detector import load_detector
+from fakeface.utils.constants import LABEL_NAMES
 
 
 def logits_from_crops(model: nn.Module, crops: torch.Tensor) -> torch.Tensor:
@@ -29,18 +33,14 @@ def logits_from_crops(model: nn.Module, crops: torch.Tensor) -> torch.Tensor:
 
 
 def fake_probability(logits: torch.Tensor | np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Temperature-scaled softmax probability of the ``fake`` class, shape (N,)."""
-    logits = torch.as_tensor(logits, dtype=torch.float32)
-    return torch.softmax(logits / float(temperature), dim=-1)[..., FAKE].numpy()
+    """Temperature-scaled softmax probability of the ``fake`` class, shape (N,) (see :meth:`Decision.p_fake`)."""
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().float().cpu().numpy()
+    return Decision(temperature=float(temperature)).p_fake(logits)
 
 
-def decide(p_fake: float, threshold_fake: float, threshold_real: float) -> str:
-    """"fake" at or above ``threshold_fake``, "real" below ``threshold_real``, else "uncertain"."""
-    if p_fake >= threshold_fake:
-        return LABEL_NAMES[FAKE]
-    if p_fake < threshold_real:
-        return LABEL_NAMES[1 - FAKE]
-    return VERDICT_UNCERTAIN
+class StaleDetectorError(RuntimeError):
+    """The model's decision changed after this Detector was built; scoring would use the old thresholds."""
 
 
 @dataclass(frozen=True)
@@ -50,21 +50,54 @@ class Scores:
     verdicts: list[str]
 
 
-class Detector:
-    """A loaded model together with its preprocessing and decision settings."""
+def _model_decision(model: nn.Module) -> Decision:
+    return Decision.from_cfg((getattr(model, "pretrained_cfg", None) or {}).get(FAKEFACE_KEY))
 
-    def __init__(self, model: nn.Module):
+
+class Detector:
+    """A loaded model together with its resolved preprocessing, decision and face crop."""
+
+    def __init__(self, model: nn.Module, config: DetectorConfig | None = None):
         self.model = model.eval()
-        self.preprocessing: Preprocessing = resolve_preprocessing(model)
+        self.config: DetectorConfig = config or resolve_detector_config(model)
+        self.preprocessing: Preprocessing = self.config.preprocessing
         self.transform = build_eval_transform(self.preprocessing)
+        # What the model carried when this Detector was built: if that changes later
+        # (set_decision after calibration), scoring with the old thresholds would be silent.
+        self._built_from = _model_decision(model)
 
     @classmethod
     def from_pretrained(cls, source: str, **kwargs) -> "Detector":
         return cls(load_detector(source, **kwargs))
 
     @property
-    def settings(self) -> dict:
-        return detector_settings(self.model)
+    def decision(self) -> Decision:
+        return self.config.decision
+
+    @property
+    def face_crop(self) -> FaceCrop | None:
+        """The face-crop definition, or None: no face stage, the whole image is scored."""
+        return self.config.face_crop
+
+    def with_decision(self, decision: Decision) -> "Detector":
+        """The same detector (same model, preprocessing, runtime) deciding with ``decision``."""
+        new = copy.copy(self)
+        new.config = self.config.with_decision(decision)
+        return new
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        # DEPRECATED, read-only: serving/app still read this dict while they move to
+        # .decision / .preprocessing / .face_crop; the lead deletes it at the end of issue 13.
+        return {**self.preprocessing.to_fakeface_cfg(), **self.decision.to_cfg()}
+
+    def _check_fresh(self) -> None:
+        current = _model_decision(self.model)
+        if current != self._built_from and current != self.decision:
+            raise StaleDetectorError(
+                "the model's decision changed after this Detector was built; "
+                "use detector.with_decision(decision) or build a new Detector(model)"
+            )
 
     def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Decoded images -> (N, K, C, H, W) input tensor."""
@@ -75,9 +108,9 @@ class Detector:
         return logits_from_crops(self.model, self.prepare(images)).float().numpy()
 
     def scores_from_logits(self, logits: np.ndarray) -> Scores:
-        s = self.settings
-        p_fake = fake_probability(logits, s["temperature"])
-        verdicts = [decide(float(p), s["threshold_fake"], s["threshold_real"]) for p in p_fake]
+        self._check_fresh()
+        p_fake = self.decision.p_fake(logits)
+        verdicts = [self.decision.verdict(float(p)) for p in p_fake]
         return Scores(np.asarray(logits), p_fake, verdicts)
 
     def score(self, images: Sequence[Image.Image]) -> Scores:

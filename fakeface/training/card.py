@@ -14,7 +14,11 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from fakeface.data.preprocess import Preprocessing
+from fakeface.modeling.config import FAKEFACE_KEY, Decision, resolve_detector_config
+from fakeface.modeling.detector import read_detector_config
 from fakeface.utils.constants import ATTRIBUTE_COLUMNS, LABEL_NAMES, SYNTHETIC_GENERATOR
+from fakeface.utils.formatting import format_number, markdown_table  # noqa: F401 - also imported from here
 
 # Package data, so an installed fakeface renders cards too; the repository's
 # top-level model_card.md is a symlink to this file.
@@ -46,29 +50,6 @@ def describe_dataset(dataset: Any) -> tuple[str, str | None]:
     if source.kind == "local":
         return f"local folder '{Path(source.location).name}'", None
     return source.location, source.location
-
-
-def format_number(value: Any, digits: int = 4) -> str:
-    """Table cell text: numbers rounded, missing/NaN as an em dash."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return "—" if not math.isfinite(value) else f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table (pipes in cells escaped)."""
-    def cell(value: Any) -> str:
-        return format_number(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _metric_row(name: str, metrics: Mapping[str, Any]) -> list[Any]:
@@ -143,106 +124,119 @@ def _join(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def render_model_card(*, report: Mapping[str, Any], config: Any, recipe: Any, settings: Mapping[str, Any],
+def render_model_card(*, report: Mapping[str, Any], config: Any, recipe: Any, release_config: Mapping[str, Any],
                       plots: Mapping[str, str] | None = None, template_path: str | Path | None = None) -> str:
-    """The README.md text of a release (see ``model_card.md`` for the layout)."""
+    """The README.md text of a release (see ``model_card.md`` for the layout).
+
+    ``release_config`` is the release's ``config.json``: its decision and preprocessing
+    are resolved by :func:`resolve_detector_config`, the training facts read from its block.
+    """
     from huggingface_hub import ModelCard
 
-    plots = dict(plots or {})
-    training = report.get("training") or {}
-    validation = report.get("validation") or {}
-    calibration = validation.get("calibration") or {}
-    thresholds = calibration.get("thresholds") or {}
-    scope = settings.get("trained_on") or {}
-    fakes, reals = scope.get("fake_generators") or [], scope.get("real_sources") or []
+    detector_config = resolve_detector_config(release_config)
+    facts = release_config.get(FAKEFACE_KEY) or {}   # release facts: trained_on, init, ...
+    scope = facts.get("trained_on") or {}
+    fakes = scope.get("fake_generators") or []
+    synthetic = SYNTHETIC_GENERATOR in fakes or bool(facts.get("synthetic_training_data"))
     dataset_name, dataset_id = describe_dataset(config.dataset)
     repo_id = config.push_to_hub or PLACEHOLDER_REPO
     model_name = repo_id.split("/")[-1] if config.push_to_hub else f"fakeface-{config.model}-{recipe.name}"
-    overall = report["overall"]
-    history = validation.get("history") or []
-    fast = report.get("fast_path")
-    synthetic = SYNTHETIC_GENERATOR in fakes or bool(settings.get("synthetic_training_data"))
-
-    fast_section = ""
-    if isinstance(fast, Mapping) and "error" not in fast:
-        rows = [[k, v] for k, v in fast.items() if not isinstance(v, (dict, list))]
-        fast_section = ("\n## Fast path (int8 ONNX)\n\nAn int8 ONNX export ships beside the safetensors for fast CPU "
-                        "serving; its accuracy cost, measured on the test split against the fp32 model:\n\n"
-                        + markdown_table(["measure", "value"], rows) + "\n")
-    notes = list(training.get("notes") or [])
-    notes_section = ("\n**Notes.**\n\n" + "\n".join(f"- {n}" for n in notes) + "\n") if notes else ""
     values = dict(
-        model_name=model_name,
-        repo_id=repo_id,
-        architecture=config.model,
-        recipe_name=recipe.name,
-        recipe_description=recipe.description,
-        synthetic=synthetic,
-        fake_generators=_join(fakes),
-        real_sources=_join(reals),
-        dataset_name=dataset_name,
-        n_test=overall.get("n"),
-        n_test_real=overall.get("n_real"),
-        n_test_fake=overall.get("n_fake"),
-        n_train=(training.get("splits") or {}).get("train"),
-        n_validation=(training.get("splits") or {}).get("validation"),
-        threshold_fake=format_number(settings.get("threshold_fake"), 4),
-        target_fpr_pct=f"{100 * float(settings.get('target_fpr') or config.target_fpr):g} %",
+        model_name=model_name, repo_id=repo_id, architecture=config.model,
+        recipe_name=recipe.name, recipe_description=recipe.description, synthetic=synthetic,
+        dataset_name=dataset_name, plots=dict(plots or {}), labels=", ".join(LABEL_NAMES),
+        **_data_section(report, scope),
+        **_decision_section(report, detector_config.decision, config),
+        **_training_section(report, config, recipe, detector_config.preprocessing, facts),
+        fast_path_section=_fast_path_section(report.get("fast_path")),
+        notes_section=_notes_section((report.get("training") or {}).get("notes")),
+        **build_card_tables(report),
+    )
+    card_data = build_card_data(model_name=model_name, report=report, dataset_id=dataset_id,
+                                dataset_name=dataset_name, tags=["synthetic-data"] if synthetic else ())
+    template = Path(template_path).read_text(encoding="utf-8") if template_path else TEMPLATE.read_text(encoding="utf-8")
+    return str(ModelCard.from_template(card_data, template_str=template, **values))
+
+
+def _data_section(report: Mapping[str, Any], scope: Mapping[str, Any]) -> dict[str, Any]:
+    """What the model was trained and tested on."""
+    overall, splits = report["overall"], (report.get("training") or {}).get("splits") or {}
+    return dict(
+        fake_generators=_join(scope.get("fake_generators") or []), real_sources=_join(scope.get("real_sources") or []),
+        n_test=overall.get("n"), n_test_real=overall.get("n_real"), n_test_fake=overall.get("n_fake"),
+        n_train=splits.get("train"), n_validation=splits.get("validation"),
+    )
+
+
+def _decision_section(report: Mapping[str, Any], decision: Decision, config: Any) -> dict[str, Any]:
+    """The calibrated decision and what calibration measured on validation."""
+    calibration = (report.get("validation") or {}).get("calibration") or {}
+    thresholds = calibration.get("thresholds") or {}
+    return dict(
+        threshold_fake=format_number(decision.threshold_fake, 4),
+        target_fpr_pct=f"{100 * float(decision.target_fpr or config.target_fpr):g} %",
         verdict_summary=", ".join(f"{v} {k}" for k, v in (report.get("verdicts") or {}).items()),
         calibration_table=markdown_table(["setting", "value"], [
-            ["temperature", settings.get("temperature")],
-            ["threshold_fake (p ≥ → fake)", settings.get("threshold_fake")],
-            ["threshold_real (p < → real)", settings.get("threshold_real")],
-            ["target false-positive rate", settings.get("target_fpr")],
+            ["temperature", decision.temperature],
+            ["threshold_fake (p ≥ → fake)", decision.threshold_fake],
+            ["threshold_real (p < → real)", decision.threshold_real],
+            ["target false-positive rate", decision.target_fpr],
             ["validation FPR at threshold_fake", thresholds.get("fpr_at_threshold")],
             ["validation share of fakes caught", thresholds.get("tpr_at_threshold")],
             ["validation share uncertain", thresholds.get("uncertain_fraction")],
             ["validation ECE before → after", f"{format_number(calibration.get('validation_ece_before'))} → "
                                               f"{format_number(calibration.get('validation_ece_after'))}"],
         ]),
+    )
+
+
+def _training_section(report: Mapping[str, Any], config: Any, recipe: Any, pp: Preprocessing,
+                      facts: Mapping[str, Any]) -> dict[str, Any]:
+    """How the run went: initialisation, schedule, per-epoch validation, the chosen epoch, speed."""
+    training, validation = report.get("training") or {}, report.get("validation") or {}
+    history = validation.get("history") or []
+    if facts.get("init") not in (None, "random"):
+        init = f"ImageNet-pretrained initialisation ({facts['init']})"
+    elif config.pretrained or config.pretrained_path:
+        init = "ImageNet-pretrained initialisation"
+    else:
+        init = "trained from random initialisation (no pretrained weights)"
+    return dict(
         validation_table=markdown_table(
             ["epoch", "step", "val ROC-AUC", "selection AUC", "val AP", "val accuracy", "val NLL", "val ECE"],
             [[h.get("epoch", 0) + 1, h.get("step"), h.get("roc_auc"), h.get("selection_auc", h.get("roc_auc")),
               h.get("average_precision"), h.get("accuracy"), h.get("nll"), h.get("ece")] for h in history],
         ) if history else "",
-        fast_path_section=fast_section,
-        notes_section=notes_section,
-        input_size=config.input_size,
-        crop_protocol=settings.get("crop_protocol"),
-        num_test_crops=settings.get("num_test_crops"),
-        standard_crop="squash resize" if settings.get("crop_protocol") == "resize" else "centre crop",
-        init=(f"ImageNet-pretrained initialisation ({settings['init']})" if settings.get("init") not in (None, "random")
-              else "ImageNet-pretrained initialisation" if (config.pretrained or config.pretrained_path)
-              else "trained from random initialisation (no pretrained weights)"),
-        epochs=config.epochs,
-        steps=history[-1]["step"] if history else 0,
-        batch_size=config.batch_size,
-        lr=format_number(config.lr or recipe.lr, 6),
-        mixed_precision=config.mixed_precision,
-        seed=config.seed,
-        best_epoch=validation.get("best_epoch"),
-        best_auc=format_number(validation.get("best_auc")),
+        input_size=config.input_size, crop_protocol=pp.crop_protocol, num_test_crops=pp.num_test_crops,
+        standard_crop="squash resize" if pp.crop_protocol == "resize" else "centre crop",
+        init=init, epochs=config.epochs, steps=history[-1]["step"] if history else 0,
+        batch_size=config.batch_size, lr=format_number(config.lr or recipe.lr, 6),
+        mixed_precision=config.mixed_precision, seed=config.seed,
+        best_epoch=validation.get("best_epoch"), best_auc=format_number(validation.get("best_auc")),
         selected_on=", ".join(getattr(recipe, "select_on", ("clean",))),
         images_per_second=format_number((training.get("throughput") or {}).get("images_per_second"), 1),
-        plots=plots,
-        labels=", ".join(LABEL_NAMES),
-        **build_card_tables(report),
     )
-    card_data = build_card_data(model_name=model_name, report=report, dataset_id=dataset_id,
-                                dataset_name=dataset_name, tags=["synthetic-data"] if synthetic else ())
-    template = Path(template_path).read_text(encoding="utf-8") if template_path else TEMPLATE.read_text(encoding="utf-8")
-    card = ModelCard.from_template(card_data, template_str=template, **values)
-    return str(card)
+
+
+def _fast_path_section(fast: Any) -> str:
+    if not isinstance(fast, Mapping) or "error" in fast:
+        return ""
+    rows = [[k, v] for k, v in fast.items() if not isinstance(v, (dict, list))]
+    return ("\n## Fast path (int8 ONNX)\n\nAn int8 ONNX export ships beside the safetensors for fast CPU "
+            "serving; its accuracy cost, measured on the test split against the fp32 model:\n\n"
+            + markdown_table(["measure", "value"], rows) + "\n")
+
+
+def _notes_section(notes: Sequence[str] | None) -> str:
+    notes = list(notes or [])
+    return ("\n**Notes.**\n\n" + "\n".join(f"- {n}" for n in notes) + "\n") if notes else ""
 
 
 def write_model_card(output_dir: str | Path, *, report: Mapping[str, Any], config: Any, recipe: Any,
                      plots: Mapping[str, str] | None = None, template_path: str | Path | None = None) -> Path:
     """Render the card from the saved release's own settings and write ``output_dir/README.md``."""
-    from fakeface.modeling.detector import read_detector_config
-
-    settings = read_detector_config(output_dir).get("fakeface") or {}
-    text = render_model_card(report=report, config=config, recipe=recipe, settings=settings, plots=plots,
-                             template_path=template_path)
+    text = render_model_card(report=report, config=config, recipe=recipe,
+                             release_config=read_detector_config(output_dir), plots=plots, template_path=template_path)
     path = Path(output_dir) / CARD_NAME
     path.write_text(text, encoding="utf-8")
     return path
