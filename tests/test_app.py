@@ -250,7 +250,9 @@ def test_tab_callbacks_run_without_a_server(space):
     result, overlay = detect(ctx, _example("synthetic-fake-1.jpg"), False, True)
     assert result["robustness"]["checks"] and overlay is None and "gradcam" not in result
     assert verdict(ctx, _example("synthetic-fake-1.jpg"))["verdict"] == result["verdict"]
-    assert "Likely" in show_detection(result)[0] or "Uncertain" in show_detection(result)[0]
+    panels = show_detection(result, _example("synthetic-fake-1.jpg"))
+    assert len(panels) == 5 and ("Likely" in panels[0] or "Uncertain" in panels[0])
+    assert panels[1] is None, "no face stage in this model: no boxes to draw"
     table, csv_path = detect_batch(ctx, [_example("synthetic-real-1.jpg")], progress=lambda *a, **k: None)
     assert table["data"][0][0] == "synthetic-real-1.jpg" and Path(csv_path).parent == ctx.output_dir
     with pytest.raises(gr.Error, match="Add an image first"):
@@ -521,3 +523,49 @@ def test_rendered_page_assets_are_html_escaped(space, tmp_path):
     html = render_verdict({**result, "file": hostile}) + render_provenance(result["provenance"]) + render_facts(result)
     assert hostile not in html and "&lt;img src=x" in html
     json.dumps(result)
+
+
+# --------------------------------------------------------------------------- faces on the Detect tab
+
+def test_the_detect_tab_draws_each_face_and_lists_its_verdict(tmp_path):
+    """Callbacks called directly with a face-stage model on a real group photo: boxes, per-face rows, notes."""
+    import numpy as np
+
+    from fakeface.app.common import AppContext
+    from fakeface.app.render import TOO_SMALL_COLOUR, VERDICT_STYLE, render_faces
+    from fakeface.app.tabs.batch import detect_batch
+    from fakeface.app.tabs.detect import detect, show_detection
+    from fakeface.faces import FaceCrop
+    from fakeface.modeling.detector import set_face_crop
+    from fakeface.serving.models import load_models
+    from fakeface.utils.settings import Settings
+
+    group = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces-dev" / "real" / \
+        "group-photos-ulfd" / "ulfd_2.jpg"
+    if not group.is_file():
+        pytest.skip(f"{group} is absent (the shared real-face data must sit next to the repo, in ../shared/data)")
+    model = create_detector("mobilenetv2_050", preprocessing=Preprocessing(input_size=(3, 64, 64), num_test_crops=1))
+    set_face_crop(model, FaceCrop())
+    save_detector(model, tmp_path / "face_model")
+    ctx = AppContext.create(Settings(), ModelRegistry.from_models(load_models([str(tmp_path / "face_model")],
+                                                                              use_fast_path=False)))
+    result, overlay = detect(ctx, str(group), True, False)
+    faces = result["faces"]
+    assert result["mode"] == "faces" and len(faces) >= 2 and overlay is not None
+    card, drawn, *_ = show_detection(result, str(group))
+    assert card.count('data-testid="face-row"') == len(faces) == render_faces(result).count("<tr data-testid")
+    assert "most suspicious face" in card and "the photo&#x27;s verdict comes from this face" in card
+    # the boxes are drawn on the photo, each in its verdict's colour
+    with Image.open(group) as original:
+        assert drawn.size == original.size                          # 1024 wide: shown as is
+        before = np.asarray(original.convert("RGB"))
+    after = np.asarray(drawn)
+    for face in faces:
+        x0, y0, x1, y1 = face["box"]
+        colour = TOO_SMALL_COLOUR if face["too_small"] else VERDICT_STYLE[face["verdict"]][1]
+        rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+        assert tuple(after[(y0 + y1) // 2, x0]) == rgb and tuple(before[(y0 + y1) // 2, x0]) != rgb
+    table, _ = detect_batch(ctx, [str(group)], progress=lambda *a, **k: None)
+    rows = [dict(zip(table["headers"], row)) for row in table["data"]]
+    assert [r["row"] for r in rows] == ["photo"] + [f"face {f['face']}" for f in faces]
+    assert [[r["x0"], r["y0"], r["x1"], r["y1"]] for r in rows[1:]] == [f["box"] for f in faces]

@@ -278,6 +278,7 @@ def test_two_processes_gather_the_whole_validation_split(tiny_dataset, tmp_path)
     assert [h["step"] for h in report["validation"]["history"]] == [6, 12]
 
 
+@pytest.mark.slow
 def test_push_to_hub_then_timm_and_transformers_agree(tiny_dataset, tmp_path, hub):
     import timm
     from huggingface_hub import HfApi

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import re
 from html import escape
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
+
+from PIL import Image
 
 from fakeface.data.synthetic import SYNTHETIC_NOTICE
+from fakeface.faces import draw_face_boxes
 from fakeface.modeling.config import Decision
 
 _DEFAULT_DECISION = Decision()
@@ -121,8 +124,9 @@ def render_verdict(result: Mapping[str, Any]) -> str:
             for r in rows
         )
         parts.append(f'<table style="{_TABLE}"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>')
+    parts.append(render_faces(result))
     for note in result.get("notes") or []:
-        parts.append(f'<div style="margin-top:8px;{_MUTED}">{_e(note)}</div>')
+        parts.append(f'<div style="margin-top:8px;{_MUTED}" data-testid="note">{_e(note)}</div>')
     if result.get("synthetic_model"):
         parts.append(f'<div style="margin-top:10px;{_MUTED}"><b>Demo model:</b> trained on synthetic data, '
                      'not a face-forgery detector. Do not use this verdict to judge real images.</div>')
@@ -136,6 +140,73 @@ def render_verdict(result: Mapping[str, Any]) -> str:
             f'<ul style="margin:6px 0 0 18px;padding:0">{items}</ul></div>'
         )
     return "".join(parts)
+
+
+TOO_SMALL_COLOUR = "#98a2b3"
+FACES_MAX_SIDE = 1024      # the annotated photo is shown at most this large (boxes scaled with it)
+
+
+def _face_colour(face: Mapping[str, Any]) -> str:
+    if face.get("too_small"):
+        return TOO_SMALL_COLOUR
+    return VERDICT_STYLE.get(face.get("verdict"), VERDICT_STYLE["uncertain"])[1]
+
+
+def _face_label(face: Mapping[str, Any]) -> str:
+    if face.get("too_small"):
+        return f"{face.get('face')}: too small"
+    return f"{face.get('face')}: {face.get('verdict')} {_num(face.get('p_fake'), 2)}"
+
+
+def render_faces(result: Mapping[str, Any]) -> str:
+    """The per-face table (one row per face found, the most suspicious marked); empty when there are none."""
+    faces = result.get("faces") or []
+    if not faces:
+        return ""
+    header = "".join(f'<th style="{_CELL}">{h}</th>'
+                     for h in ("face", "p(fake)", "verdict", "box (x0, y0, x1, y1)", "notes"))
+    rows = []
+    for face in faces:
+        flags = [text for key, text in (("most_suspicious", "the photo's verdict comes from this face"),
+                                        ("too_small", "too small to judge"),
+                                        ("cut_by_border", "cut by the photo's border")) if face.get(key)]
+        verdict = "too small" if face.get("too_small") else face.get("verdict")
+        weight = "font-weight:700;" if face.get("most_suspicious") else ""
+        rows.append(
+            f'<tr data-testid="face-row" style="{weight}">'
+            f'<td style="{_CELL}"><span style="display:inline-block;width:10px;height:10px;border-radius:2px;'
+            f'background:{_face_colour(face)};margin-right:6px"></span>{_e(face.get("face"))}</td>'
+            f'<td style="{_CELL}">{_num(face.get("p_fake"), 3)}</td>'
+            f'<td style="{_CELL};color:{_face_colour(face)};font-weight:600">{_e(verdict)}</td>'
+            f'<td style="{_CELL}">{_e(", ".join(str(v) for v in face.get("box") or []))}</td>'
+            f'<td style="{_CELL}">{_e("; ".join(flags))}</td></tr>'
+        )
+    judged = sum(not f.get("too_small") for f in faces)
+    title = f"{len(faces)} face(s) found, {judged} judged"
+    return (f'<div style="margin-top:12px;font-weight:600" data-testid="faces-title">{_e(title)}</div>'
+            f'<table style="{_TABLE}" data-testid="faces-table"><thead><tr>{header}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+class _Box(NamedTuple):
+    box: tuple[int, int, int, int]     # what draw_face_boxes reads from a face
+
+
+def draw_result_faces(image: Image.Image, result: Mapping[str, Any],
+                      max_side: int = FACES_MAX_SIDE) -> Image.Image | None:
+    """The photo (at most ``max_side``) with each face's box in its verdict's colour, labelled with p(fake).
+
+    None when the result has no faces (the notes then say the whole image was scored).
+    """
+    faces = result.get("faces") or []
+    if not faces:
+        return None
+    scale = min(1.0, max_side / max(image.size))
+    if scale < 1.0:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BILINEAR)
+    boxes = [_Box(tuple(int(round(v * scale)) for v in face["box"])) for face in faces]
+    return draw_face_boxes(image, boxes, [_face_label(f) for f in faces], [_face_colour(f) for f in faces])
 
 
 def render_facts(result: Mapping[str, Any]) -> str:

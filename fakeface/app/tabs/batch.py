@@ -14,7 +14,7 @@ __all__ = ["build_batch_tab", "detect_batch"]
 
 @user_errors
 def detect_batch(ctx: AppContext, files: list[str] | None, progress=gr.Progress()):
-    """``/detect_batch``: one row per file (bad files get an error row), the table and the CSV's path."""
+    """``/detect_batch``: a photo row per file and a row per face (bad files get an error row); table and CSV path."""
     if not files:
         raise AppError("Add some image files first.", kind="no_input")
     paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in files]
@@ -32,7 +32,10 @@ def _cell(value: Any) -> Any:
 def build_batch_tab(ctx: AppContext) -> None:
     with gr.Tab("Batch", id="batch"):
         gr.Markdown("Score many images at once. Each file is analysed like a single upload (without "
-                    "Grad-CAM and the robustness check); files that cannot be read get an error row.")
+                    "Grad-CAM and the robustness check): a **photo** row with its verdict (from its most "
+                    "suspicious face, or from the whole image when no face was found), then a **face N** row per "
+                    "face with its box (x0, y0, x1, y1) and its own verdict. Files that cannot be read get an "
+                    "error row.")
         files_in = gr.File(file_count="multiple", type="filepath", label="Images")
         button = gr.Button("Analyze all", variant="primary")
         table = gr.Dataframe(label="Results", interactive=False, wrap=True)

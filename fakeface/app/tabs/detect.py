@@ -9,8 +9,10 @@ import gradio as gr
 
 from fakeface.app.common import CPU_CONCURRENCY, CPU_LANE, AppContext, bind, public_result, user_errors
 from fakeface.app.components import OriginalImage
-from fakeface.app.render import render_facts, render_placeholder, render_provenance, render_robustness, render_verdict
-from fakeface.serving.analysis import analyze_bytes, read_upload
+from fakeface.app.render import (
+    draw_result_faces, render_facts, render_placeholder, render_provenance, render_robustness, render_verdict,
+)
+from fakeface.serving.analysis import analyze_bytes, decode_upload, read_upload
 from fakeface.serving.errors import AppError
 from fakeface.serving.verdicts import verdict_bytes
 from fakeface.utils.constants import MAX_UPLOAD_BYTES
@@ -42,19 +44,34 @@ def verdict(ctx: AppContext, image_path: str | None) -> dict[str, Any]:
     return verdict_bytes(read_upload(image_path), image_path, ctx.batcher)
 
 
-def show_detection(result: dict | None):
-    """The page's panels for a ``/detect`` result (rendering only, not an API)."""
+def show_detection(result: dict | None, image_path: str | None = None):
+    """The page's panels for a ``/detect`` result (rendering only, not an API).
+
+    (verdict card with the per-face table, the photo with its face boxes or
+    None, provenance, robustness, image facts). The boxes are drawn here, from
+    the upload and the result's ``faces``, so ``/detect`` keeps its outputs.
+    """
     if not result:
-        return (render_placeholder("No result yet."),) * 4
-    return (render_verdict(result), render_provenance(result.get("provenance")),
+        return render_placeholder("No result yet."), None, *(render_placeholder("No result yet."),) * 3
+    faces_image = None
+    if image_path and result.get("faces"):
+        faces_image = draw_result_faces(decode_upload(read_upload(image_path)).image, result)
+    return (render_verdict(result), faces_image, render_provenance(result.get("provenance")),
             render_robustness(result.get("robustness")), render_facts(result))
 
 
 def _evidence_panels():
     with gr.Tabs():
+        with gr.Tab("Faces"):
+            faces_image = gr.Image(label="Faces found (box colour = the face's verdict, label = p(fake))", type="pil",
+                                   format="jpeg", interactive=False, height=360, elem_id="detect-faces")
+            gr.Markdown("Each face is judged on its own crop; the photo's verdict is that of its most suspicious "
+                        "face. Grey boxes are faces too small to judge. With no face found, the whole image is "
+                        "scored and the verdict card says so.", elem_classes="ff-small")
         with gr.Tab("Where the model looked"):
             gradcam = gr.Image(label="Grad-CAM (towards 'fake')", type="pil", format="png", interactive=False, height=360)
-            gr.Markdown("Warm colours mark the regions that pushed the score towards *fake*. It shows where the "
+            gr.Markdown("Warm colours mark the regions that pushed the score towards *fake*: on the most "
+                        "suspicious face's crop when faces were found, else on the whole image. It shows where the "
                         "evidence came from, not proof; darkened areas were outside every crop the model inspected.",
                         elem_classes="ff-small")
         with gr.Tab("Provenance"):
@@ -63,7 +80,7 @@ def _evidence_panels():
             robustness = gr.HTML(render_placeholder("Re-scored copies appear here."))
         with gr.Tab("Image facts"):
             facts = gr.HTML(render_placeholder("Format, size and compression appear here."))
-    return gradcam, provenance, robustness, facts
+    return faces_image, gradcam, provenance, robustness, facts
 
 
 def _input_column():
@@ -90,7 +107,7 @@ def build_detect_tab(ctx: AppContext) -> None:
                 image_in, explain_box, robust_box, button = _input_column()
             with gr.Column(scale=6):
                 verdict_html = gr.HTML(render_placeholder("Drop a face image and press Analyze."), elem_id="verdict")
-                gradcam, provenance, robustness, facts = _evidence_panels()
+                faces_image, gradcam, provenance, robustness, facts = _evidence_panels()
                 with gr.Accordion("Raw result (JSON)", open=False):
                     result_json = gr.JSON(label="result")
         verdict_json = gr.JSON(visible=False, label="verdict")
@@ -99,7 +116,7 @@ def build_detect_tab(ctx: AppContext) -> None:
     # Dropping or uploading an image analyses it at once; the button re-runs (e.g. with other options).
     gr.on([button.click, image_in.upload], bind(detect, ctx), [image_in, explain_box, robust_box], [result_json, gradcam],
           api_name="detect", concurrency_id=CPU_LANE, concurrency_limit=CPU_CONCURRENCY,
-          ).success(show_detection, [result_json], [verdict_html, provenance, robustness, facts],
+          ).success(show_detection, [result_json, image_in], [verdict_html, faces_image, provenance, robustness, facts],
                     api_visibility="private", queue=False)
     # As many verdict requests run at once as can share one model call.
     verdict_trigger.click(bind(verdict, ctx), [image_in], [verdict_json], api_name="verdict",
