@@ -228,7 +228,8 @@ def test_figures_render_to_png(tmp_path):
 
 
 def test_card_tables_carry_the_numbers():
-    from fakeface.training.card import build_card_tables, markdown_table
+    from fakeface.training.card import build_card_tables
+    from fakeface.utils.formatting import markdown_table
 
     labels, p = _scores(2, n=50)
     overall = compute_metrics(labels, p, 0.6)

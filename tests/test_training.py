@@ -303,3 +303,24 @@ def test_push_to_hub_then_timm_and_transformers_agree(tiny_dataset, tmp_path, hu
         by_label = {row["label"]: row["score"] for row in classify(image, top_k=2)}
         assert set(by_label) == set(LABEL_NAMES)
         np.testing.assert_allclose([by_label[name] for name in LABEL_NAMES], p_timm, atol=1e-5)
+
+
+def test_command_line_is_generated_from_the_config_fields():
+    from dataclasses import fields
+
+    from fakeface.modeling.pretrained import has_offline_weights
+    from fakeface.training.config import build_parser, config_from_args
+
+    parser = build_parser()
+    minimal = config_from_args(parser.parse_args(["--dataset", "d", "--output-dir", "o"]))
+    assert minimal == TrainingConfig(dataset="d", output_dir="o", pretrained=has_offline_weights(minimal.model))
+    cfg = config_from_args(parser.parse_args([
+        "--dataset", "d", "--output-dir", "o", "--model", "resnet50", "--no-plots", "--non-deterministic",
+        "--log-with", "none", "--lr", "0.01", "--num-test-crops", "5", "--from-scratch", "--face-crop"]))
+    assert (cfg.plots, cfg.deterministic, cfg.log_with, cfg.lr, cfg.num_test_crops, cfg.pretrained, cfg.face_crop) == (
+        False, False, None, 0.01, 5, False, True)
+    # Every field but the in-code-only log_every is a flag, and no flag exists without a field.
+    dests = {a.dest for a in parser._actions} - {"help", "from_scratch"}
+    assert dests == {f.name for f in fields(TrainingConfig)} - {"log_every"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dataset", "d", "--output-dir", "o", "--pretrained", "--from-scratch"])
