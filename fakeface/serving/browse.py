@@ -5,6 +5,7 @@ import contextlib
 import logging
 import random
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -15,6 +16,7 @@ from PIL import Image
 from fakeface.data.dataset import load_face_dataset, resolve_dataset_source
 from fakeface.data.images import ImageDecodeError, load_image
 from fakeface.evaluation.metrics import compute_metrics, decode_split, verdict_counts
+from fakeface.modeling.photo import resolve_face_crop, score_photos
 from fakeface.serving.errors import AppError
 from fakeface.serving.models import LoadedModel
 from fakeface.utils.constants import ATTRIBUTE_COLUMNS, LABEL_NAMES
@@ -175,29 +177,34 @@ def evaluate_sample(model: LoadedModel, split: Any, *, n: int = 200, seed: int =
     """Score a random sample of a split and compute metrics at the model's own threshold.
 
     Images are decoded and scored a batch at a time, so memory stays bounded
-    whatever the sample size. Returns the metrics dict of
+    whatever the sample size, through :func:`score_photos` like an upload (a
+    model with a face stage judges each image by its most suspicious face).
+    Returns the metrics dict of
     :func:`fakeface.evaluation.metrics.compute_metrics` plus ``labels``/``p_fake``
-    (for the ROC curve) and ``verdicts`` counts.
+    (for the ROC curve), ``verdicts`` counts and ``modes`` (how many images
+    were judged by a face or whole).
     """
     size = len(split)
     if size == 0:
         raise AppError("The split is empty.", kind="not_found")
     chosen = sorted(random.Random(seed).sample(range(size), min(int(n), size)))
-    logits, labels = [], []
+    face_crop = resolve_face_crop(model.detector)
+    photos, labels = [], []
     for start in range(0, len(chosen), batch_size):
         if progress:
             progress(start / len(chosen), f"scoring {start}/{len(chosen)}")
         images, batch_labels, _ = decode_split(split.select(chosen[start:start + batch_size]))
         if images:
-            logits.append(model.scorer.logits(images))
+            photos.extend(score_photos(model.scorer, images, face_crop=face_crop))
             labels.append(batch_labels)
-    if not logits:
+    if not photos:
         raise AppError("None of the sampled images could be decoded.", kind="bad_input")
     decision = model.decision
-    p_fake = decision.p_fake(np.concatenate(logits))
+    p_fake = np.array([photo.photo_p_fake for photo in photos])
     labels_all = np.concatenate(labels)
     metrics = compute_metrics(labels_all, p_fake, decision.threshold_fake)
-    metrics["verdicts"] = verdict_counts([decision.verdict(float(p)) for p in p_fake])
+    metrics["verdicts"] = verdict_counts([photo.verdict for photo in photos])
+    metrics["modes"] = dict(Counter(photo.mode for photo in photos))
     metrics["labels"] = labels_all.tolist()
     metrics["p_fake"] = [float(p) for p in p_fake]
     metrics["model"] = model.name
