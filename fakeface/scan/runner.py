@@ -1,0 +1,351 @@
+"""Bulk scans: score every image of a source, resumable, on one process or many.
+
+:func:`run_scan` is the whole command: load the detector once (the int8 fast
+path when the release has a valid one), take this process's share of the
+source (:func:`fakeface.scan.sources.iter_items`), skip what committed parts
+already hold, decode each file through the safe decoder, find faces when the
+model's config asks for them, score in batches, commit parts, and on the main
+process merge every part into one table with a summary.
+
+Processes: the same command under ``torchrun --nproc_per_node N`` or
+``accelerate launch`` (one machine or several) runs N copies; each reads its
+rank from the environment those launchers set (``RANK``/``WORLD_SIZE``, read
+through accelerate's ``PartialState``), writes its own parts, and waits for
+the others before the main process merges. Nothing is sent between processes
+but that barrier, so the output folder must be shared (one machine, or a
+network filesystem) for the merge to see every part.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from PIL import Image
+
+import fakeface.faces as faces_stage
+from fakeface.data.dataset import DEFAULT_MAX_FILE_BYTES
+from fakeface.data.images import ImageDecodeError, load_image
+from fakeface.modeling.config import resolve_detector_config
+from fakeface.modeling.detector import load_detector
+from fakeface.modeling.fastpath import compute_weights_fingerprint, load_fast_path
+from fakeface.modeling.inference import Detector
+from fakeface.scan.sources import ScanItem, ScanSource, iter_items
+from fakeface.scan.store import (
+    SUMMARY_NAME, TABLE_NAME, PartWriter, merge_parts, prepare_output, read_done_keys, summarize_rows,
+)
+from fakeface.utils.fileio import write_atomic
+
+logger = logging.getLogger(__name__)
+
+PROCESSES_DIR = "processes"        # per-process counts and timings of the last run
+
+# error_code values of rows that carry no verdict
+READ_ERROR = "read_error"          # the file could not be read (permissions, vanished, I/O)
+TOO_LARGE = "too_large"            # the file is over --max-file-bytes (never read into memory)
+DECODE_ERROR = "decode_error"      # not an image, truncated, a decompression bomb, too small... (the decoder says which)
+NO_IMAGE = "no_image"              # a dataset row without image bytes
+SCORE_ERROR = "score_error"        # the model failed on this image
+FACE_TOO_SMALL = "face_too_small"  # a face was found but has too few pixels to judge
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """One scan: what, with which model, where to, and how it is split up."""
+
+    source: ScanSource
+    model: str
+    output_dir: str
+    batch_size: int = 16
+    part_rows: int = 256
+    threads: int = 1                    # per process: N processes x 1 thread beats 1 x N on CPU
+    use_fast_path: bool = True
+    use_faces: bool = True              # when the model's config has a face crop and the face stage exists
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    limit: int | None = None            # score at most this many items per process (tests, trial runs)
+    progress: bool = True
+    token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "part_rows", "threads", "max_file_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ScanModel:
+    """The scorer and what identifies it in every row."""
+
+    scorer: Any                 # Detector or FastDetector: .score(images) -> Scores
+    model_id: str
+    revision: str
+    runtime: str
+    face_crop: Any              # FaceCrop or None
+    fast_path_note: str | None  # why the int8 path is not used, when it is not
+
+
+@dataclass
+class ScanSummary:
+    """What a scan did; the main process's summary covers the merged table."""
+
+    output_dir: str
+    process_index: int
+    num_processes: int
+    scored_now: int = 0                 # images this process scored in this run
+    skipped_done: int = 0               # images already in committed parts (resumed)
+    seconds: float = 0.0                # the whole run: model load, scan, merge
+    scan_seconds: float = 0.0           # first item to last committed part (all processes start together)
+    ms_per_image: list[float] = field(default_factory=list, repr=False)   # per batch: its wall time / its images
+    model: dict[str, Any] = field(default_factory=dict)
+    table: dict[str, Any] | None = None  # main process: counts of the merged table
+    files: dict[str, str] = field(default_factory=dict)
+
+    _batch_started: float = field(default_factory=time.perf_counter, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+
+# --------------------------------------------------------------------------- processes
+
+def resolve_processes() -> tuple[int, int, Any]:
+    """(process_index, num_processes, state) from the launcher's environment; (0, 1, None) when run plainly.
+
+    accelerate's ``PartialState`` reads what ``torchrun`` and ``accelerate
+    launch`` set and starts the process group (gloo on CPU) the barrier needs.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    from accelerate import PartialState  # heavy, only under a launcher
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state
+
+
+# --------------------------------------------------------------------------- model
+
+def load_scan_model(source: str, *, threads: int = 1, use_fast_path: bool = True, use_faces: bool = True,
+                    token: str | None = None) -> ScanModel:
+    """The detector once per process: int8 when its checks pass on this CPU, else fp32 (the reason kept)."""
+    torch.set_num_threads(threads)
+    model = load_detector(source, token=token)
+    files = getattr(model, "fakeface_files", None)
+    # A Hub model is identified by its commit; a local folder by its weights.
+    revision = getattr(files, "revision", None) or f"sha256:{compute_weights_fingerprint(model)[:16]}"
+    scorer, note = Detector(model), None
+    if use_fast_path:
+        loaded = load_fast_path(model, threads=threads)
+        if loaded.detector is not None:
+            scorer = loaded.detector
+        elif loaded.refusal is not None:
+            note = loaded.refusal.message
+    face_crop = resolve_detector_config(model).face_crop if use_faces else None
+    if face_crop is not None and not hasattr(faces_stage, "crop_faces"):
+        face_crop = None
+    return ScanModel(scorer=scorer, model_id=os.fspath(source), revision=revision,
+                     runtime=getattr(scorer, "runtime", "torch-fp32"), face_crop=face_crop, fast_path_note=note)
+
+
+# --------------------------------------------------------------------------- one image
+
+@dataclass
+class _Pending:
+    """One item on its way to rows: its crops to score (one per face, or the whole image)."""
+
+    item: ScanItem
+    rows: list[dict[str, Any]]
+    crops: list[tuple[int, Image.Image]]   # (row index in ``rows``, image to score)
+
+
+def _read_bytes(item: ScanItem, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
+    """(data, error_code, error) for an item; a file is checked for size before it is read."""
+    if item.data is not None:
+        if len(item.data) > max_bytes:
+            return None, TOO_LARGE, f"image is {len(item.data)} bytes, over the limit of {max_bytes}"
+        return item.data, None, None
+    if item.path is None:
+        return None, NO_IMAGE, "the row has no image"
+    try:
+        size = os.stat(item.path).st_size
+        if size > max_bytes:
+            return None, TOO_LARGE, f"file is {size} bytes, over the limit of {max_bytes}"
+        with open(item.path, "rb") as handle:
+            return handle.read(), None, None
+    except OSError as error:
+        return None, READ_ERROR, f"cannot read the file ({type(error).__name__}: {error.strerror or error})"
+
+
+def _prepare(item: ScanItem, base: dict[str, Any], model: ScanModel, max_bytes: int) -> _Pending:
+    data, code, reason = _read_bytes(item, max_bytes)
+    if data is None:
+        return _Pending(item, [{**base, "error_code": code, "error": reason}], [])
+    try:
+        decoded = load_image(data, max_bytes=max_bytes)
+    except ImageDecodeError as error:
+        return _Pending(item, [{**base, "error_code": DECODE_ERROR, "error": str(error)}], [])
+    base = {**base, "width": decoded.width, "height": decoded.height, "format": decoded.format}
+    image = decoded.image
+    if model.face_crop is None:
+        return _Pending(item, [dict(base)], [(0, image)])
+    try:
+        scan = faces_stage.crop_faces(image, model.face_crop)
+    except Exception as error:  # noqa: BLE001 - a face-stage failure must not stop the scan: whole image instead
+        return _Pending(item, [{**base, "note": f"face stage failed ({type(error).__name__}); whole image scored"}],
+                        [(0, image)])
+    if scan.no_face:
+        return _Pending(item, [{**base, "note": "no face found; whole image scored"}], [(0, image)])
+    rows, crops = [], []
+    for index, face in enumerate(scan.faces):
+        x0, y0, x1, y1 = face.box
+        row = {**base, "face_index": index, "box_x0": x0, "box_y0": y0, "box_x1": x1, "box_y1": y1,
+               "face_score": float(face.face.score)}
+        if face.face.too_small:
+            row.update(error_code=FACE_TOO_SMALL, error=f"face too small to judge ({face.face.size_px:.0f} px)")
+        else:
+            crops.append((len(rows), face.image))
+        rows.append(row)
+    return _Pending(item, rows, crops)
+
+
+def _score(pending: Sequence[_Pending], model: ScanModel) -> None:
+    """Fill p_fake and verdict of every crop in ``pending``: one model call, or one per crop if that fails."""
+    jobs = [(p, i, image) for p in pending for i, image in p.crops]
+    if not jobs:
+        return
+    try:
+        scores = model.scorer.score([image for _, _, image in jobs])
+        results = list(zip(scores.p_fake, scores.verdicts))
+    except Exception:  # noqa: BLE001 - find the image that fails; the others still get a verdict
+        results = []
+        for _, _, image in jobs:
+            try:
+                one = model.scorer.score([image])
+                results.append((one.p_fake[0], one.verdicts[0]))
+            except Exception as error:  # noqa: BLE001
+                results.append((None, f"{type(error).__name__}: {str(error)[:200]}"))
+    for (p, index, _), (p_fake, verdict) in zip(jobs, results):
+        if p_fake is None:
+            p.rows[index].update(error_code=SCORE_ERROR, error=f"the model failed on this image ({verdict})")
+        else:
+            p.rows[index].update(p_fake=float(p_fake), verdict=verdict)
+
+
+# --------------------------------------------------------------------------- the scan
+
+def _progress(iterable: Iterator, *, enabled: bool, position: int) -> Iterator:
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=f"scan [{position}]", unit="img", disable=not enabled, position=position,
+                dynamic_ncols=True, mininterval=1.0)
+
+
+def run_scan(config: ScanConfig) -> ScanSummary:
+    """Score this process's share of ``config.source`` into ``config.output_dir``; the main process merges."""
+    started = time.perf_counter()
+    rank, world, state = resolve_processes()
+    model = load_scan_model(config.model, threads=config.threads, use_fast_path=config.use_fast_path,
+                            use_faces=config.use_faces, token=config.token)
+    if model.fast_path_note and rank == 0:
+        logger.warning("%s; scanning with fp32", model.fast_path_note)
+    out = prepare_output(config.output_dir, {
+        "source": config.source.location, "kind": config.source.kind, "split": config.source.split,
+        "image_column": config.source.image_column, "model_id": model.model_id, "model_revision": model.revision,
+        "faces": model.face_crop is not None, "max_file_bytes": config.max_file_bytes,
+    })
+    done = read_done_keys(out)
+    if state is not None:
+        state.wait_for_everyone()   # every model is loaded: the processes scan side by side from here
+    scan_started = time.perf_counter()
+    summary = ScanSummary(os.fspath(out), rank, world, _batch_started=scan_started, model={
+        "model_id": model.model_id, "model_revision": model.revision, "runtime": model.runtime,
+        "faces": model.face_crop is not None, "fast_path_note": model.fast_path_note})
+    writer = PartWriter(out, rank, config.part_rows)
+    base = {"model_id": model.model_id, "model_revision": model.revision, "runtime": model.runtime,
+            "process_index": rank}
+    batch: list[_Pending] = []
+    # An output folder inside a scanned folder is not scanned itself.
+    items = _progress(iter_items(config.source, rank=rank, world=world, exclude=out), enabled=config.progress,
+                      position=rank)
+    for item in items:
+        if item.key in done:
+            summary.skipped_done += 1
+            continue
+        if config.limit is not None and summary.scored_now >= config.limit:
+            break
+        batch.append(_prepare(item, {**base, "order": item.order, "key": item.key, "path": item.path,
+                                     "label": item.label}, model, config.max_file_bytes))
+        summary.scored_now += 1
+        if sum(len(p.crops) for p in batch) >= config.batch_size:
+            _flush(batch, model, writer, summary)
+            batch = []
+    _flush(batch, model, writer, summary)
+    writer.close()
+    summary.scan_seconds = round(time.perf_counter() - scan_started, 3)
+    _write_process_record(out, summary)
+    if state is not None:
+        state.wait_for_everyone()   # every process's parts are committed before the merge reads them
+    if rank == 0:
+        _merge_and_summarize(out, summary)
+    if state is not None:
+        state.wait_for_everyone()   # nobody exits (and tears down the group) before the merge is written
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _flush(batch: list[_Pending], model: ScanModel, writer: PartWriter, summary: ScanSummary) -> None:
+    """Score and commit; the batch's time since its first item was read counts for each of its images."""
+    if not batch:
+        return
+    _score(batch, model)
+    for pending in batch:   # whole images only: a part never holds half an image's faces
+        writer.add_image(pending.rows)
+    now = time.perf_counter()
+    summary.ms_per_image.append(1000.0 * (now - summary._batch_started) / len(batch))
+    summary._batch_started = now
+
+
+def _write_process_record(out: Path, summary: ScanSummary) -> None:
+    """Each process's own counts and timings (the benchmark reads them; the merge does not need them)."""
+    folder = out / PROCESSES_DIR
+    folder.mkdir(exist_ok=True)
+    record = {k: v for k, v in summary.as_dict().items() if k not in ("table", "files")}
+    write_atomic(folder / f"process-{summary.process_index:05d}.json", (json.dumps(record) + "\n").encode())
+
+
+def _merge_and_summarize(out: Path, summary: ScanSummary) -> None:
+    import pyarrow.parquet as pq
+
+    merged = merge_parts(out)
+    table = pq.read_table(merged.table, columns=["key", "face_index", "verdict", "error_code", "error"])
+    summary.table = {**summarize_rows(table.to_pylist()), "duplicate_rows_dropped": merged.duplicate_rows_dropped}
+    summary.files = {"parquet": os.fspath(merged.table), "csv": os.fspath(merged.csv),
+                     "summary": os.fspath(out / SUMMARY_NAME)}
+    record = {"model": summary.model, "num_processes": summary.num_processes, **summary.table}
+    write_atomic(out / SUMMARY_NAME, (json.dumps(record, indent=2) + "\n").encode())
+
+
+def format_summary(summary: ScanSummary) -> str:
+    """The lines the command prints at the end."""
+    lines = [f"scanned with {summary.model.get('model_id')} @ {summary.model.get('model_revision')} "
+             f"({summary.model.get('runtime')}), {summary.num_processes} process(es)"]
+    if summary.model.get("fast_path_note"):
+        lines.append(f"note: {summary.model['fast_path_note']}")
+    lines.append(f"this process: {summary.scored_now} image(s) scored now, {summary.skipped_done} already done, "
+                 f"{summary.seconds:.1f} s")
+    table = summary.table
+    if table is not None:
+        verdicts = ", ".join(f"{k} {v}" for k, v in table["verdicts"].items()) or "none"
+        lines.append(f"table: {table['images']} image(s), {table['rows']} row(s); verdicts: {verdicts}")
+        if table["skipped_total"]:
+            reasons = ", ".join(f"{k} {v}" for k, v in table["errors"].items())
+            lines.append(f"skipped {table['skipped_total']}: {reasons}")
+            lines += [f"  {s['key']}: {s['error']}" for s in table["skipped"]]
+            if table["skipped_total"] > len(table["skipped"]):
+                lines.append(f"  ... {table['skipped_total'] - len(table['skipped'])} more in {TABLE_NAME}")
+        lines.append(f"wrote {summary.files.get('parquet')} and {summary.files.get('csv')}")
+    return "\n".join(lines)
