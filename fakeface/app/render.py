@@ -98,6 +98,10 @@ def render_verdict(result: Mapping[str, Any]) -> str:
         _probability_bar(result.get("p_fake", 0.0), t_real, t_fake, colour),
         f'<div style="{_MUTED};margin-top:6px">{_e(explanation)} {_e(calibration.capitalize())}.</div>',
     ]
+    # How the verdict was reached (from the most suspicious face, no face found, ...) comes first, by the verdict.
+    for i, note in enumerate(result.get("notes") or []):
+        weight = "font-weight:600;color:#344054" if i == 0 else _MUTED
+        parts.append(f'<div style="margin-top:8px;{weight}" data-testid="note">{_e(note)}</div>')
     robustness = result.get("robustness")
     if robustness:
         ok = robustness.get("stable")
@@ -125,8 +129,6 @@ def render_verdict(result: Mapping[str, Any]) -> str:
         )
         parts.append(f'<table style="{_TABLE}"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>')
     parts.append(render_faces(result))
-    for note in result.get("notes") or []:
-        parts.append(f'<div style="margin-top:8px;{_MUTED}" data-testid="note">{_e(note)}</div>')
     if result.get("synthetic_model"):
         parts.append(f'<div style="margin-top:10px;{_MUTED}"><b>Demo model:</b> trained on synthetic data, '
                      'not a face-forgery detector. Do not use this verdict to judge real images.</div>')
