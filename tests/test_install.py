@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # What the build needs: pyproject reads requirements*.txt (dependencies) and README.md (description).
 SOURCE_FILES = ("pyproject.toml", "README.md", "requirements.txt", "requirements-dev.txt")
 CONSOLE_SCRIPTS = ("fakeface-train", "fakeface-build-dataset", "fakeface-generate", "fakeface-evaluate",
-                   "fakeface-visualize", "fakeface-app")
+                   "fakeface-visualize", "fakeface-app", "fakeface-scan")
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
