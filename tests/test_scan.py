@@ -240,3 +240,38 @@ def test_two_processes_split_the_work_and_merge_one_table(release, tmp_path):
     single = tmp_path / "single"
     assert main([str(src), "--model", str(release), "--output-dir", str(single), "--no-progress"]) == 0
     assert [(r["key"], r["verdict"]) for r in _rows(single)] == [(r["key"], r["verdict"]) for r in rows]
+
+
+def test_faces_give_one_row_per_face_with_its_box(release, tmp_path):
+    """With a face crop in the model's config: a row per face (real FFHQ photo), the whole image when none."""
+    seed = REPO.parent / "shared" / "data" / "seed-ffhq"
+    if not seed.is_dir():
+        pytest.skip("../shared/data/seed-ffhq is absent (real faces are read from there, never copied)")
+    import shutil
+
+    from fakeface.faces import FaceCrop, crop_faces
+    from fakeface.modeling.detector import save_detector, set_face_crop
+
+    model_dir = tmp_path / "with-faces"
+    shutil.copytree(release, model_dir)
+    model = load_detector(model_dir)
+    set_face_crop(model, FaceCrop())
+    save_detector(model, model_dir)
+    src = tmp_path / "photos"
+    src.mkdir()
+    photo = sorted(seed.glob("*.png"))[0]
+    (src / "face.png").symlink_to(photo)   # read in place, not copied
+    noise = np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    (src / "noise.png").write_bytes(_png(Image.fromarray(noise)))
+    out = tmp_path / "out"
+    assert main([str(src), "--model", str(model_dir), "--output-dir", str(out), "--no-progress"]) == 0
+    rows = _rows(out)
+    faces = [r for r in rows if r["key"] == "face.png"]
+    scan = crop_faces(load_image(photo.read_bytes()).image, FaceCrop())
+    assert len(faces) == len(scan.faces) >= 1
+    assert [r["face_index"] for r in faces] == list(range(len(scan.faces)))
+    assert [(r["box_x0"], r["box_y0"], r["box_x1"], r["box_y1"]) for r in faces] == [f.box for f in scan.faces]
+    expected = load_fast_detector(model_dir).score([f.image for f in scan.judgeable])
+    np.testing.assert_allclose([r["p_fake"] for r in faces if r["verdict"]], expected.p_fake, atol=1e-4)
+    (whole,) = [r for r in rows if r["key"] == "noise.png"]
+    assert whole["face_index"] is None and "no face found" in whole["note"] and whole["verdict"] is not None
