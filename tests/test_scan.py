@@ -61,6 +61,7 @@ def _rows(out: Path) -> list[dict]:
     return pq.read_table(out / TABLE_NAME).to_pylist()
 
 
+@pytest.mark.slow
 def test_folder_scan_scores_images_and_reports_bad_inputs_as_rows(release, tmp_path, capsys):
     src = tmp_path / "photos"
     keys = _image_folder(src, 10)
@@ -116,6 +117,7 @@ def test_folder_scan_scores_images_and_reports_bad_inputs_as_rows(release, tmp_p
     assert "skipped 7" in printed and "bad/notes.png" in printed
 
 
+@pytest.mark.slow
 def test_dataset_folder_scan_keeps_split_row_and_label(release, tmp_path):
     from fakeface.data.dataset import ensure_synthetic_dataset, load_face_dataset
 
@@ -136,6 +138,7 @@ def test_dataset_folder_scan_keeps_split_row_and_label(release, tmp_path):
     assert rows[0]["p_fake"] == pytest.approx(float(Detector(load_detector(release)).score([first]).p_fake[0]), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_hub_dataset_is_streamed(release, hub, tmp_path):
     import datasets
 
@@ -153,6 +156,7 @@ def test_hub_dataset_is_streamed(release, hub, tmp_path):
     assert all(r["verdict"] in ("fake", "real", "uncertain") for r in rows)
 
 
+@pytest.mark.slow
 def test_sources_and_output_folders_are_checked(release, tmp_path):
     with pytest.raises(ScanSourceError, match="neither an existing folder"):
         resolve_scan_source(tmp_path / "nowhere")
@@ -174,6 +178,7 @@ def test_sources_and_output_folders_are_checked(release, tmp_path):
         ScanConfig(source=resolve_scan_source(src), model=str(release), output_dir=str(out), batch_size=0)
 
 
+@pytest.mark.slow
 def test_output_folder_inside_the_scanned_folder_is_not_scanned(release, tmp_path):
     src = tmp_path / "photos"
     keys = _image_folder(src, 4)
@@ -242,6 +247,7 @@ def test_two_processes_split_the_work_and_merge_one_table(release, tmp_path):
     assert [(r["key"], r["verdict"]) for r in _rows(single)] == [(r["key"], r["verdict"]) for r in rows]
 
 
+@pytest.mark.slow
 def test_faces_give_one_row_per_face_with_its_box(release, tmp_path):
     """With a face crop in the model's config: a row per face (real FFHQ photo), the whole image when none."""
     seed = REPO.parent / "shared" / "data" / "seed-ffhq"
