@@ -70,7 +70,8 @@ benchmark: setup
 train-benchmark: setup
 	$(BIN)/python scripts/train_benchmark.py
 
-# Real faces (../shared/data/faces-dev): probes and short fine-tunes, about an hour on 2 CPU cores; not in CI.
+# Real faces (../shared/data/faces-dev): probes and short fine-tunes; ~25 min on 2 busy cores (17 of them
+# building the feature cache in .cache/real_faces, reused by later runs); not in CI.
 real-benchmark: setup
 	$(BIN)/python scripts/real_benchmark.py
 

@@ -4,7 +4,8 @@
     python scripts/real_benchmark.py --render-only      # re-render the Markdown from the JSON
 
 Writes ``results/real_faces.json`` and ``results/real_faces.md`` (see :mod:`benchmarks.real_faces`).
-Not run in CI: about an hour on a 2-core CPU; features are cached in ``.cache/real_faces``.
+Not run in CI: about 25 minutes on a busy 2-core CPU, 17 of them building the feature cache in
+``.cache/real_faces`` (reused by later runs).
 """
 from __future__ import annotations
 
