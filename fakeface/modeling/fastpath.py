@@ -25,10 +25,11 @@ pairs of products in a saturating int16 (``vpmaddubsw``); 8-bit weights
 overflowed it on an AVX2-only EPYC (mean |Δp| 0.053, max 0.31 against fp32),
 7-bit weights cannot (:func:`check_no_saturation` proves it from the graph).
 Measured here on a trained MobileNetV2 (``results/int8_settings.md``, same
-export flow, 60 test images): 8-bit u8s8 AUC drop 0.0011, mean/max |Δp|
-0.0081/0.100; 7-bit u8s8 0.0017, 0.0088/0.074 at the same speed (1.01x);
-s8s8 activations 0.0011, 0.0080/0.100 but 0.63x the speed, and still 8-bit
-weights. Hence 7-bit u8s8. Each release also carries reference inputs
+export flow, 600 held-out images, 2-core Xeon at load 2.5-3.1): 8-bit u8s8 AUC drop
+0.0006, mean/max |Δp| 0.0101/0.095; 7-bit u8s8 0.0019, 0.0102/0.105 at the
+same speed (0.99x); s8s8 activations 0.0006, 0.0101/0.092 but 0.58x the speed,
+with 8-bit weights still. Hence 7-bit u8s8 (AUC drop within the 0.005 budget).
+Each release also carries reference inputs
 (``fastpath_reference.npz``) that :func:`load_fast_path` re-scores on the
 serving CPU before the graph is used.
 """
