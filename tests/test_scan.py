@@ -249,7 +249,8 @@ def test_two_processes_split_the_work_and_merge_one_table(release, tmp_path):
 
 @pytest.mark.slow
 def test_faces_give_one_row_per_face_with_its_box(release, tmp_path):
-    """With a face crop in the model's config: a row per face (real FFHQ photo), the whole image when none."""
+    """With a face crop in the model's config: a row per face (real FFHQ photo), the whole image when none;
+    the rows are the app's /detect analysis of the same file with the same model."""
     seed = REPO.parent / "shared" / "data" / "seed-ffhq"
     if not seed.is_dir():
         pytest.skip("../shared/data/seed-ffhq is absent (real faces are read from there, never copied)")
@@ -257,6 +258,9 @@ def test_faces_give_one_row_per_face_with_its_box(release, tmp_path):
 
     from fakeface.faces import FaceCrop, crop_faces
     from fakeface.modeling.detector import save_detector, set_face_crop
+    from fakeface.modeling.photo import NOTE_NO_FACE
+    from fakeface.serving.analysis import analyze_bytes
+    from fakeface.serving.models import load_model
 
     model_dir = tmp_path / "with-faces"
     shutil.copytree(release, model_dir)
@@ -275,9 +279,28 @@ def test_faces_give_one_row_per_face_with_its_box(release, tmp_path):
     faces = [r for r in rows if r["key"] == "face.png"]
     scan = crop_faces(load_image(photo.read_bytes()).image, FaceCrop())
     assert len(faces) == len(scan.faces) >= 1
-    assert [r["face_index"] for r in faces] == list(range(len(scan.faces)))
+    assert [r["face_index"] for r in faces] == list(range(1, len(scan.faces) + 1))
     assert [(r["box_x0"], r["box_y0"], r["box_x1"], r["box_y1"]) for r in faces] == [f.box for f in scan.faces]
     expected = load_fast_detector(model_dir).score([f.image for f in scan.judgeable])
     np.testing.assert_allclose([r["p_fake"] for r in faces if r["verdict"]], expected.p_fake, atol=1e-4)
     (whole,) = [r for r in rows if r["key"] == "noise.png"]
-    assert whole["face_index"] is None and "no face found" in whole["note"] and whole["verdict"] is not None
+    assert whole["face_index"] is None and NOTE_NO_FACE in whole["note"] and whole["verdict"] is not None
+
+    # The app's /detect analysis of the same files with the same model gives the same faces and verdicts.
+    served = load_model(str(model_dir))
+    assert served.runtime == faces[0]["runtime"]
+    for key, file_rows in (("face.png", faces), ("noise.png", [whole])):
+        app = analyze_bytes((src / key).read_bytes(), key, [served], explain=False, robustness=False,
+                            provenance=False)
+        assert [(f["box"], f["verdict"]) for f in app["faces"]] == [
+            ([r["box_x0"], r["box_y0"], r["box_x1"], r["box_y1"]], r["verdict"]) for r in file_rows
+            if r["face_index"] is not None]
+        scan_p = [r["p_fake"] for r in file_rows if r["face_index"] is not None and r["verdict"]]
+        np.testing.assert_allclose(scan_p, [f["p_fake"] for f in app["faces"] if f["verdict"]], atol=1e-5)
+        decisive = [r for r in file_rows if r["most_suspicious"] or r["face_index"] is None]
+        assert len(decisive) == 1   # the one row whose verdict is the photo's
+        assert decisive[0]["verdict"] == app["verdict"]
+        assert decisive[0]["p_fake"] == pytest.approx(app["p_fake"], abs=1e-5)
+        assert decisive[0]["note"].startswith(app["notes"][0])   # how the verdict was reached, in the app's words
+        assert [bool(r["most_suspicious"]) for r in file_rows if r["face_index"] is not None] == [
+            f["most_suspicious"] for f in app["faces"]]

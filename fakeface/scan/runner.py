@@ -28,13 +28,13 @@ from typing import Any, Iterator, Sequence
 import torch
 from PIL import Image
 
-import fakeface.faces as faces_stage
 from fakeface.data.dataset import DEFAULT_MAX_FILE_BYTES
 from fakeface.data.images import ImageDecodeError, load_image
 from fakeface.modeling.config import resolve_detector_config
 from fakeface.modeling.detector import load_detector
 from fakeface.modeling.fastpath import compute_weights_fingerprint, load_fast_path
 from fakeface.modeling.inference import Detector
+from fakeface.modeling.photo import PhotoScore, score_photos
 from fakeface.scan.sources import ScanItem, ScanSource, iter_items
 from fakeface.scan.store import (
     SUMMARY_NAME, TABLE_NAME, PartWriter, merge_parts, prepare_output, read_done_keys, summarize_rows,
@@ -85,8 +85,9 @@ class ScanModel:
     model_id: str
     revision: str
     runtime: str
-    face_crop: Any              # FaceCrop or None
+    face_crop: Any              # FaceCrop or None: score_photos scores whole images
     fast_path_note: str | None  # why the int8 path is not used, when it is not
+    threads: int = 1            # the face stage's threads, as the model's: N processes x 1 thread
 
 
 @dataclass
@@ -145,21 +146,21 @@ def load_scan_model(source: str, *, threads: int = 1, use_fast_path: bool = True
         elif loaded.refusal is not None:
             note = loaded.refusal.message
     face_crop = resolve_detector_config(model).face_crop if use_faces else None
-    if face_crop is not None and not hasattr(faces_stage, "crop_faces"):
-        face_crop = None
     return ScanModel(scorer=scorer, model_id=os.fspath(source), revision=revision,
-                     runtime=getattr(scorer, "runtime", "torch-fp32"), face_crop=face_crop, fast_path_note=note)
+                     runtime=getattr(scorer, "runtime", "torch-fp32"), face_crop=face_crop, fast_path_note=note,
+                     threads=threads)
 
 
 # --------------------------------------------------------------------------- one image
 
 @dataclass
 class _Pending:
-    """One item on its way to rows: its crops to score (one per face, or the whole image)."""
+    """One item on its way to rows: its decoded image until scored, then its rows."""
 
     item: ScanItem
-    rows: list[dict[str, Any]]
-    crops: list[tuple[int, Image.Image]]   # (row index in ``rows``, image to score)
+    base: dict[str, Any]
+    image: Image.Image | None = None       # None: the item is unusable and ``rows`` already says why
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _read_bytes(item: ScanItem, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
@@ -180,59 +181,79 @@ def _read_bytes(item: ScanItem, max_bytes: int) -> tuple[bytes | None, str | Non
         return None, READ_ERROR, f"cannot read the file ({type(error).__name__}: {error.strerror or error})"
 
 
-def _prepare(item: ScanItem, base: dict[str, Any], model: ScanModel, max_bytes: int) -> _Pending:
+def _prepare(item: ScanItem, base: dict[str, Any], max_bytes: int) -> _Pending:
+    """Read and decode; an unusable item gets its one error row here."""
     data, code, reason = _read_bytes(item, max_bytes)
     if data is None:
-        return _Pending(item, [{**base, "error_code": code, "error": reason}], [])
+        return _Pending(item, base, rows=[{**base, "error_code": code, "error": reason}])
     try:
         decoded = load_image(data, max_bytes=max_bytes)
     except ImageDecodeError as error:
-        return _Pending(item, [{**base, "error_code": DECODE_ERROR, "error": str(error)}], [])
+        return _Pending(item, base, rows=[{**base, "error_code": DECODE_ERROR, "error": str(error)}])
     base = {**base, "width": decoded.width, "height": decoded.height, "format": decoded.format}
-    image = decoded.image
-    if model.face_crop is None:
-        return _Pending(item, [dict(base)], [(0, image)])
-    try:
-        scan = faces_stage.crop_faces(image, model.face_crop)
-    except Exception as error:  # noqa: BLE001 - a face-stage failure must not stop the scan: whole image instead
-        return _Pending(item, [{**base, "note": f"face stage failed ({type(error).__name__}); whole image scored"}],
-                        [(0, image)])
-    if scan.no_face:
-        return _Pending(item, [{**base, "note": "no face found; whole image scored"}], [(0, image)])
-    rows, crops = [], []
-    for index, face in enumerate(scan.faces):
+    return _Pending(item, base, image=decoded.image)
+
+
+def photo_rows(base: dict[str, Any], photo: PhotoScore) -> list[dict[str, Any]]:
+    """A :class:`PhotoScore` (the app's result for the photo) as scan rows.
+
+    One row per face found (``face_index`` = the app's face number, from 1;
+    its box and the face detector's score); a face too small to judge is a
+    row with ``error_code`` face_too_small. When the whole image was scored
+    (no face, only faces too small, no face stage) it has its own row with
+    ``face_index`` empty. ``most_suspicious`` marks the face whose verdict is
+    the photo's, as in the app; every row carries the photo's notes.
+    """
+    note = " ".join(photo.notes) or None
+    rows = []
+    for position, face in enumerate(photo.faces):
         x0, y0, x1, y1 = face.box
-        row = {**base, "face_index": index, "box_x0": x0, "box_y0": y0, "box_x1": x1, "box_y1": y1,
-               "face_score": float(face.face.score)}
-        if face.face.too_small:
-            row.update(error_code=FACE_TOO_SMALL, error=f"face too small to judge ({face.face.size_px:.0f} px)")
+        row = {**base, "face_index": face.index, "box_x0": x0, "box_y0": y0, "box_x1": x1, "box_y1": y1,
+               "face_score": face.score, "note": note}
+        if face.too_small:
+            row.update(error_code=FACE_TOO_SMALL, error=f"face too small to judge ({face.size_px:.0f} px)")
         else:
-            crops.append((len(rows), face.image))
+            row.update(p_fake=face.p_fake, verdict=face.verdict, most_suspicious=position == photo.most_suspicious)
         rows.append(row)
-    return _Pending(item, rows, crops)
+    if photo.mode == "whole-image":
+        rows.append({**base, "p_fake": photo.photo_p_fake, "verdict": photo.verdict, "note": note})
+    return rows
+
+
+def _score_one(image: Image.Image, model: ScanModel) -> tuple[PhotoScore | None, str | None]:
+    """(photo, None), or (None, why) when even this image alone fails; a failed face stage -> whole image."""
+    try:
+        return score_photos(model.scorer, [image], face_crop=model.face_crop, threads=model.threads)[0], None
+    except Exception as error:  # noqa: BLE001 - find what fails; the others still get a verdict
+        failure = f"{type(error).__name__}: {str(error)[:200]}"
+    if model.face_crop is None:
+        return None, failure
+    try:
+        photo = score_photos(model.scorer, [image], face_crop=None)[0]
+    except Exception:  # noqa: BLE001 - the model itself fails on this image
+        return None, failure
+    note = f"The face stage or the model failed on the faces ({failure}): the whole image was scored."
+    return PhotoScore((), photo.photo_p_fake, photo.verdict, "whole-image", (note,), photo.image_size), None
 
 
 def _score(pending: Sequence[_Pending], model: ScanModel) -> None:
-    """Fill p_fake and verdict of every crop in ``pending``: one model call, or one per crop if that fails."""
-    jobs = [(p, i, image) for p in pending for i, image in p.crops]
-    if not jobs:
+    """Rows for every decoded image in ``pending`` via :func:`score_photos` (the app's path): all in one
+    call, or one image at a time when that fails, so one bad image costs only its own rows."""
+    todo = [p for p in pending if p.image is not None]
+    if not todo:
         return
     try:
-        scores = model.scorer.score([image for _, _, image in jobs])
-        results = list(zip(scores.p_fake, scores.verdicts))
-    except Exception:  # noqa: BLE001 - find the image that fails; the others still get a verdict
-        results = []
-        for _, _, image in jobs:
-            try:
-                one = model.scorer.score([image])
-                results.append((one.p_fake[0], one.verdicts[0]))
-            except Exception as error:  # noqa: BLE001
-                results.append((None, f"{type(error).__name__}: {str(error)[:200]}"))
-    for (p, index, _), (p_fake, verdict) in zip(jobs, results):
-        if p_fake is None:
-            p.rows[index].update(error_code=SCORE_ERROR, error=f"the model failed on this image ({verdict})")
+        results = [(photo, None) for photo in
+                   score_photos(model.scorer, [p.image for p in todo], face_crop=model.face_crop,
+                                threads=model.threads)]
+    except Exception:  # noqa: BLE001 - retried image by image below
+        results = [_score_one(p.image, model) for p in todo]
+    for p, (photo, failure) in zip(todo, results):
+        if photo is None:
+            p.rows = [{**p.base, "error_code": SCORE_ERROR, "error": f"the model failed on this image ({failure})"}]
         else:
-            p.rows[index].update(p_fake=float(p_fake), verdict=verdict)
+            p.rows = photo_rows(p.base, photo)
+        p.image = None   # the pixels are not needed past here
 
 
 # --------------------------------------------------------------------------- the scan
@@ -278,9 +299,9 @@ def run_scan(config: ScanConfig) -> ScanSummary:
         if config.limit is not None and summary.scored_now >= config.limit:
             break
         batch.append(_prepare(item, {**base, "order": item.order, "key": item.key, "path": item.path,
-                                     "label": item.label}, model, config.max_file_bytes))
+                                     "label": item.label}, config.max_file_bytes))
         summary.scored_now += 1
-        if sum(len(p.crops) for p in batch) >= config.batch_size:
+        if len(batch) >= config.batch_size:   # images; score_photos bounds each model call itself
             _flush(batch, model, writer, summary)
             batch = []
     _flush(batch, model, writer, summary)

@@ -37,10 +37,11 @@ MANIFEST_NAME = "scan.json"
 TABLE_NAME = "scan.parquet"
 CSV_NAME = "scan.csv"
 SUMMARY_NAME = "summary.json"
-MANIFEST_FORMAT = "fakeface-scan/1"
+MANIFEST_FORMAT = "fakeface-scan/2"   # 2: rows from score_photos (face_index from 1, most_suspicious)
 
-# One row per image, or per face once faces are found (face_index 0, 1, ...;
-# None for the whole image). Errors are rows too: verdict None, error_code and error set.
+# One row per image, or per face once faces are found (face_index 1, 2, ... as the app
+# numbers them; None for a whole-image row), see fakeface.scan.runner.photo_rows.
+# Errors are rows too: verdict None, error_code and error set.
 SCHEMA = pa.schema([
     ("order", pa.int64()),            # position in the source's deterministic order
     ("key", pa.string()),             # relative path, or split/row
@@ -51,6 +52,7 @@ SCHEMA = pa.schema([
     ("face_score", pa.float32()),
     ("p_fake", pa.float32()),
     ("verdict", pa.string()),
+    ("most_suspicious", pa.bool_()),  # the face whose verdict is the photo's (as in the app)
     ("error_code", pa.string()),
     ("error", pa.string()),
     ("note", pa.string()),
