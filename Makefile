@@ -48,7 +48,7 @@ $(DEMO_DATA)/README.md: | $(STAMP)
 	$(BIN)/python scripts/build_dataset.py --synthetic $(DEMO_N) --output-dir $(DEMO_DATA) --seed 0
 
 $(DEMO_MODEL)/model.safetensors: $(DEMO_DATA)/README.md
-	$(BIN)/python train.py --dataset $(DEMO_DATA) --model mobilenetv2_100 --epochs $(DEMO_EPOCHS) \
+	$(BIN)/python train.py --dataset $(DEMO_DATA) --model mobilenetv2_100 --recipe robust --epochs $(DEMO_EPOCHS) \
 		--input-size 128 --output-dir $(DEMO_MODEL) --seed 0
 
 demo-data: $(DEMO_DATA)/README.md

@@ -671,6 +671,7 @@ def prepare_trained_releases(
         if not ((release / "model.safetensors").is_file() and (release / "fastpath.json").is_file()):
             logger.info("training %s on %s (input %d, %d epochs)", arch, data, input_size, TRAINED_EPOCHS.get(arch, 3))
             train(TrainingConfig(dataset=os.fspath(data), output_dir=os.fspath(release), model=arch,
+                                 recipe="robust", face_crop=False,  # the synthetic set's recipe; no faces in it
                                  epochs=TRAINED_EPOCHS.get(arch, 3), input_size=input_size, seed=seed,
                                  log_with=None, plots=False, fast_path=True))
         models[arch] = os.fspath(release)

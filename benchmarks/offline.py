@@ -94,7 +94,7 @@ def run_offline_benchmark(settings: OfflineBenchmarkSettings, *, command: str) -
             epochs = settings.epochs.get(arch, settings.default_epochs)
             cfg = TrainingConfig(
                 dataset=os.fspath(data_dir), output_dir=os.fspath(output / f"{arch}-{recipe}"), model=arch,
-                recipe=recipe, epochs=epochs, batch_size=settings.batch_size, input_size=settings.input_size,
+                recipe=recipe, face_crop=False, epochs=epochs, batch_size=settings.batch_size, input_size=settings.input_size,
                 seed=settings.seed, num_workers=settings.num_workers, log_with=None, fast_path=False,
             )
             logger.info("=== %s, %s recipe, %d epochs", arch, recipe, epochs)

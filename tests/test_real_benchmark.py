@@ -78,7 +78,7 @@ def test_summarize_counts_false_positives_per_real_source(items):
 
 
 def test_training_on_face_crops_replaces_images_by_the_largest_face(tmp_path):
-    """train.py --face-crop: each split's images become the face stage's crop (PNG, native pixels)."""
+    """train.py (face crop on by default): each split's images become the face stage's crop (PNG, native pixels)."""
     import io
 
     from datasets import ClassLabel, Dataset, Features, Image as ImageFeature

@@ -207,7 +207,7 @@ def _training_section(report: Mapping[str, Any], config: Any, recipe: Any, pp: P
             [[h.get("epoch", 0) + 1, h.get("step"), h.get("roc_auc"), h.get("selection_auc", h.get("roc_auc")),
               h.get("average_precision"), h.get("accuracy"), h.get("nll"), h.get("ece")] for h in history],
         ) if history else "",
-        input_size=config.input_size, crop_protocol=pp.crop_protocol, num_test_crops=pp.num_test_crops,
+        input_size=config.resolved_input_size(), crop_protocol=pp.crop_protocol, num_test_crops=pp.num_test_crops,
         standard_crop="squash resize" if pp.crop_protocol == "resize" else "centre crop",
         init=init, epochs=config.epochs, steps=history[-1]["step"] if history else 0,
         batch_size=config.batch_size, lr=format_number(config.lr or recipe.lr, 6),

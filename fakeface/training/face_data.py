@@ -1,6 +1,6 @@
 """Training on face crops: each dataset image replaced by the face the app would judge.
 
-With ``--face-crop`` (``TrainingConfig.face_crop``) every split goes through
+By default (``TrainingConfig.face_crop``; ``--no-face-crop`` turns it off) every split goes through
 the face stage (:func:`fakeface.faces.crop_faces` with the model's
 :class:`FaceCrop`) before training, validation, calibration and the test
 report, and the :class:`FaceCrop` is written into the release's config, so the

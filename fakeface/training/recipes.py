@@ -26,6 +26,8 @@ class Recipe:
     # saturates at 1.0 within a few epochs, after which it cannot tell a
     # detector that survives recompression and resizing from one that does not.
     select_on: tuple[str, ...] = ("clean",)
+    # Crop (native-crops) or resize (resize) side in pixels when --input-size is not given.
+    input_size: int = 224
 
 
 RECIPES: dict[str, Recipe] = {
@@ -87,7 +89,7 @@ def shortcut_control(p: float) -> Augmentation:
 # The real-faces benchmark's linear probe (probe/face/native/final/controls in results/real_faces.md):
 # frozen ImageNet features (UnivFD-style), frozen backbone and optimiser as the seed recipe; the
 # augmentation is the benchmark's shortcut control, for both classes: every image rescaled (0.5-1x) and
-# re-encoded as JPEG at quality 60-95, so format, size and JPEG tables cannot decide. Use with --face-crop.
+# re-encoded as JPEG at quality 60-95, so format, size and JPEG tables cannot decide. Meant for face crops (the default).
 RECIPES["probe"] = replace(
     RECIPES["seed"],
     name="probe",
@@ -103,7 +105,7 @@ RECIPES["probe"] = replace(
 # The real-faces benchmark's default (finetune/mobilenetv2_100-imagenet in results/real_faces.md: best
 # leave-one-family-out AUC there, narrowly): the whole network from ImageNet on face crops squashed to
 # --input-size (112 in the benchmark), about half of the images under the shortcut control (rescaled
-# 0.5-1x, re-encoded as JPEG q60-95, real and fake alike). Use with --face-crop --input-size 112.
+# 0.5-1x, re-encoded as JPEG q60-95, real and fake alike). train.py's default, on face crops at 112 px.
 RECIPES["finetune"] = replace(
     RECIPES["robust"],
     name="finetune",
@@ -112,6 +114,8 @@ RECIPES["finetune"] = replace(
     augmentation=shortcut_control(0.5),
     lr=1e-3,
     select_on=("clean",),
+    # The size the real-faces benchmark measured (a face crop squashed to 112 px on 2 CPU cores).
+    input_size=112,
     description=(
         "full fine-tune from ImageNet on the face crop squashed to the input size, flips, and the shortcut "
         "control on about half the images (rescaled 0.5-1x, re-encoded as JPEG q60-95, real and fake alike); "
