@@ -412,6 +412,33 @@ def test_disagreeing_reference_serves_fp32_with_the_reason(release, tmp_path, ta
 
 
 @pytest.mark.slow
+def test_app_serves_fp32_and_says_why_when_the_reference_disagrees(release, tmp_path):
+    """A release whose fastpath_reference.npz was tampered with: the app serves fp32, the status and About tab say why."""
+    from fakeface.app.render import render_about
+    from fakeface.serving.models import ModelRegistry
+
+    folder = _copy(release[0], tmp_path)
+    with np.load(folder / FAST_REFERENCE_NAME) as data:
+        arrays = dict(data)
+    arrays["logits_fp32"] = arrays["logits_fp32"][:, ::-1].copy()
+    np.savez_compressed(folder / FAST_REFERENCE_NAME, **arrays)
+    registry = ModelRegistry([str(folder)])
+    [served] = registry.models
+    assert served.scorer is served.detector and served.runtime == "torch-fp32"
+    [status] = registry.status()["models"]
+    fast = status["fast_path"]
+    assert status["runtime"] == "torch-fp32" and fast["served"] is False and fast["code"] == "reference_mismatch"
+    assert fast["check"]["passed"] is False and fast["check"]["max_abs_dp"] > fast["check"]["tolerance"]
+    assert f"{fast['check']['max_abs_dp']:.3f}" in fast["problem"] and fast["fix"]
+    about = render_about(registry.status(), [{"model": status}])
+    assert "Why fp32" in about and "reference_mismatch" in about
+    # The untampered release is served int8 and its status says so.
+    [good] = ModelRegistry([str(release[0])]).status()["models"]
+    assert good["runtime"] == "onnxruntime-int8" and good["fast_path"]["served"] is True
+    assert good["fast_path"]["check"]["passed"] is True
+
+
+@pytest.mark.slow
 def test_graph_that_could_saturate_is_refused_on_a_cpu_without_vnni(release, tmp_path, monkeypatch):
     folder = _copy(release[0], tmp_path)
     info = json.loads((folder / FAST_INFO_NAME).read_text())

@@ -250,17 +250,25 @@ def test_the_scorer_is_pluggable_and_robustness_flags_unstable_verdicts(loaded):
 
 
 def test_load_models_uses_a_valid_fast_path(monkeypatch, model_dir):
-    import fakeface.modeling.fastpath as fastpath
+    import fakeface.serving.models as models
+    from fakeface.modeling.fastpath import FastPathLoad, FastPathRefusal, RefusalCode
 
     fast = SizeScorer(min_side=1)
-    monkeypatch.setattr(fastpath, "load_fast_detector", lambda model: fast)
+    monkeypatch.setattr(models, "load_fast_path", lambda model: FastPathLoad(fast))
     [model] = load_models([str(model_dir)])
     assert model.scorer is fast and model.runtime == "test-scorer"
+    assert model.describe()["fast_path"]["served"] is True and model.describe()["fast_path"]["code"] is None
     [fp32] = load_models([str(model_dir)], use_fast_path=False)
-    assert fp32.scorer is fp32.detector
-    monkeypatch.setattr(fastpath, "load_fast_detector", lambda model: (_ for _ in ()).throw(RuntimeError("boom")))
-    [fallback] = load_models([str(model_dir)])
-    assert fallback.scorer is fallback.detector
+    assert fp32.scorer is fp32.detector and fp32.describe()["fast_path"]["code"] == "disabled"
+    refusal = FastPathRefusal(RefusalCode.OVER_BUDGET, "it loses 0.2 AUC", "Serve fp32.")
+    monkeypatch.setattr(models, "load_fast_path", lambda model: FastPathLoad(None, refusal))
+    [refused] = load_models([str(model_dir)])
+    assert refused.scorer is refused.detector and refused.runtime == "torch-fp32"
+    assert refused.describe()["fast_path"] == {"served": False, "code": "over_budget", "problem": "it loses 0.2 AUC",
+                                               "fix": "Serve fp32.", "check": None}
+    monkeypatch.undo()   # the real loader, on a release without an int8 graph: fp32, and the status says why
+    [plain] = load_models([str(model_dir)])
+    assert plain.scorer is plain.detector and plain.describe()["fast_path"]["code"] == "absent"
 
 
 # --------------------------------------------------------------------------- batch

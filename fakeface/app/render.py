@@ -403,6 +403,17 @@ def render_model_cards(releases: Sequence[Mapping[str, Any]]) -> str:
     return "\n\n".join(parts) or "No model card ships with the loaded model(s)."
 
 
+def _fast_path_lines(fast: Mapping[str, Any] | None) -> list[str]:
+    """Why fp32 is served when the release ships an int8 graph that was refused (the refusal's own fields)."""
+    if not fast or fast.get("served") or fast.get("code") in (None, "absent", "disabled"):
+        return []
+    check = fast.get("check") or {}
+    measured = (f" (reference inputs: max |Δp| {_num(check.get('max_abs_dp'), 3)} here, tolerance "
+                f"{_num(check.get('tolerance'), 3)})" if check else "")
+    return [f"- **Why fp32:** the int8 fast path was refused (`{fast.get('code')}`): {fast.get('problem')}{measured}. "
+            f"{fast.get('fix') or ''}".rstrip()]
+
+
 def render_about(status: Mapping[str, Any], releases: Sequence[Mapping[str, Any]]) -> str:
     """The About tab: per model what it was trained on, measured metrics, scope, limits, revisions."""
     lines = ["## About the detector", ""]
@@ -418,6 +429,7 @@ def render_about(status: Mapping[str, Any], releases: Sequence[Mapping[str, Any]
             f"- **Architecture:** `{model.get('architecture')}`, input {model.get('input_size')}, "
             f"{model.get('crop_protocol')} with {model.get('test_crops')} test crop(s), runtime {model.get('runtime')}",
             f"- **Model:** `{model.get('source')}`" + (f" at revision `{model.get('revision')}`" if model.get("revision") else ""),
+            *_fast_path_lines(model.get("fast_path")),
             f"- **Trained on:** fakes from {fakes}; real images from {reals}",
             f"- **Dataset:** `{release.get('dataset') or 'unrecorded'}`"
             + (f" at revision `{release['dataset_revision']}`" if release.get("dataset_revision") else ""),

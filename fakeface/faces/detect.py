@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from fakeface.faces.crop import FaceCrop
+from fakeface.utils.settings import default_threads
 
 __all__ = [
     "DETECTOR_DISTRIBUTION", "DetectionView", "Face", "FaceDetectorUnavailable", "MAX_FACES", "QUARTER_TURNS",
@@ -94,16 +95,12 @@ class Face:
 
 
 def resolve_detect_threads(threads: int | None = None) -> int:
-    """``threads`` if given, else min(2, CPUs this process may use): more threads than cores only contend."""
+    """``threads`` if given, else :func:`fakeface.utils.settings.default_threads` (min(2, CPUs))."""
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         return int(threads)
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        available = os.cpu_count() or 1
-    return max(1, min(2, available))
+    return default_threads()
 
 
 # --------------------------------------------------------------------------- the graph and its session

@@ -54,6 +54,7 @@ from torch import nn
 
 from fakeface.modeling.inference import Detector, logits_from_crops
 from fakeface.utils.fileio import write_atomic
+from fakeface.utils.settings import ENV, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ FAST_INFO_NAME = "fastpath.json"
 FAST_REFERENCE_NAME = "fastpath_reference.npz"
 # 2: 7-bit weights (cannot saturate on AVX2), reference inputs checked at load.
 FAST_PATH_FORMAT = 2
-ENV_THREADS = "FAKEFACE_THREADS"
+ENV_THREADS = ENV["threads"]
 DEFAULT_OPSET = 18
 DEFAULT_BUDGET_AUC = 0.005
 QUANTIZATION_METHOD = ("onnxruntime static int8, QDQ, per-channel 7-bit weights (s8, reduce_range), uint8 activations, "
@@ -116,24 +117,9 @@ class FastPathUnavailable(RuntimeError):
 # --------------------------------------------------------------------------- runtime settings
 
 def resolve_num_threads() -> int:
-    """Threads for inference: ``$FAKEFACE_THREADS``, else min(2, CPUs available to this process).
-
-    A free Space has 2 vCPUs; more threads than cores only adds contention.
-    """
-    text = os.environ.get(ENV_THREADS, "").strip()
-    if text:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"{ENV_THREADS} must be a positive integer, got {text!r}") from None
-        if value < 1:
-            raise ValueError(f"{ENV_THREADS} must be a positive integer, got {value}")
-        return value
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        available = os.cpu_count() or 1
-    return max(1, min(2, available))
+    """Threads for inference: ``$FAKEFACE_THREADS`` via :class:`Settings` (a bad value raises its
+    :class:`~fakeface.utils.settings.SettingsError`), else min(2, CPUs available to this process)."""
+    return Settings.from_env().resolve_threads()
 
 
 def cpu_instruction_sets(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from fakeface.modeling.config import FAKEFACE_KEY, Decision, resolve_detector_config
 from fakeface.modeling.detector import DetectorLoadError, load_detector
+from fakeface.modeling.fastpath import FastPathLoad, FastPathRefusal, load_fast_path
 from fakeface.modeling.inference import Detector
 from fakeface.serving.errors import AppError
 from fakeface.utils.constants import SYNTHETIC_GENERATOR
@@ -24,7 +25,9 @@ from fakeface.utils.settings import ENV, Settings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LoadFailure", "LoadedModel", "ModelRegistry", "decision_of", "load_model", "load_models"]
+__all__ = [
+    "LoadFailure", "LoadedModel", "ModelRegistry", "decision_of", "describe_fast_path", "load_model", "load_models",
+]
 
 ENV_MODEL = ENV["models"]
 # The loader's errors say how to fix them in general; here they are worded for
@@ -75,6 +78,7 @@ class LoadedModel:
     revision: str | None = None
     notice: str | None = None        # e.g. "Hub unreachable; serving the cached revision ..."
     folder: Path | None = None
+    fast_path: FastPathLoad | None = None   # what load_fast_path found (None: the fast path was not asked for)
 
     @property
     def preprocessing(self):
@@ -134,7 +138,26 @@ class LoadedModel:
             "test_crops": pp.crops_per_image, "temperature": d.temperature, "threshold_fake": d.threshold_fake,
             "threshold_real": d.threshold_real, "target_fpr": d.target_fpr, "calibrated": d.calibrated,
             "trained_on": block.get("trained_on"), "synthetic_training_data": self.synthetic, "notice": self.notice,
+            "fast_path": describe_fast_path(self.fast_path),
         }
+
+
+def describe_fast_path(loaded: FastPathLoad | None) -> dict[str, Any]:
+    """Whether the int8 graph is served and, when not, why (the refusal's code, problem, fix and numbers)."""
+    if loaded is None:
+        return {"served": False, "code": "disabled", "problem": f"the fast path is turned off ({ENV['fast_path']})",
+                "fix": None, "check": None}
+    refusal: FastPathRefusal | None = loaded.refusal
+    check = loaded.check
+    return {
+        "served": loaded.detector is not None,
+        "code": None if refusal is None else refusal.code.value,
+        "problem": None if refusal is None else refusal.problem,
+        "fix": None if refusal is None else refusal.fix,
+        "check": None if check is None else {
+            "images": check.images, "max_abs_dp": check.max_abs_dp, "export_max_abs_dp": check.export_max_abs_dp,
+            "tolerance": check.tolerance, "passed": check.passed, "cpu_flags": list(check.cpu_flags)},
+    }
 
 
 @dataclass(frozen=True)
@@ -166,15 +189,6 @@ NO_MODEL_CONFIGURED = LoadFailure(
 )
 
 
-def _fast_scorer(model: Any, detector: Detector, source: str) -> Any:
-    try:
-        # onnxruntime is an optional, heavy dependency: imported only when a fast path is wanted.
-        from fakeface.modeling.fastpath import load_fast_detector
-
-        return load_fast_detector(model) or detector
-    except Exception as error:  # noqa: BLE001 - the fast path is an optimisation, never a failure
-        logger.warning("fast path of %s not used (%s); serving fp32", source, type(error).__name__)
-        return detector
 
 
 def load_model(source: str, *, token: str | None = None, use_fast_path: bool = True) -> LoadedModel | LoadFailure:
@@ -187,11 +201,13 @@ def load_model(source: str, *, token: str | None = None, use_fast_path: bool = T
         logger.exception("unexpected error loading model %s", source)
         return LoadFailure(source, f"unexpected {type(error).__name__} while loading", _GENERIC_FIX, "unexpected")
     detector = Detector(model)
-    scorer = _fast_scorer(model, detector, source) if use_fast_path else detector
+    # load_fast_path never raises: a refused graph comes back with its typed reason, kept for the status.
+    fast = load_fast_path(model) if use_fast_path else None
+    scorer = fast.detector if fast is not None and fast.detector is not None else detector
     files = getattr(model, "fakeface_files", None)
     folder = Path(files.folder) if files is not None else None
     return LoadedModel(source, detector, scorer, revision=getattr(files, "revision", None),
-                       notice=getattr(files, "notice", None), folder=folder)
+                       notice=getattr(files, "notice", None), folder=folder, fast_path=fast)
 
 
 def load_models(sources: Sequence[str], *, token: str | None = None,

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Callable, Mapping, Sequence, TypeVar
 
-__all__ = ["BOOLEAN_FALSE", "BOOLEAN_TRUE", "ENV", "Settings", "SettingsError", "parse_model_sources"]
+__all__ = ["BOOLEAN_FALSE", "BOOLEAN_TRUE", "ENV", "Settings", "SettingsError", "default_threads", "parse_model_sources"]
 
 T = TypeVar("T")
 
@@ -53,6 +53,18 @@ def parse_model_sources(text: str | Sequence[str] | None) -> list[str]:
         return []
     items = re.split(r"[,;\s]+", text) if isinstance(text, str) else [str(t).strip() for t in text]
     return list(dict.fromkeys(item for item in items if item))
+
+
+def default_threads() -> int:
+    """min(2, CPUs available to this process): the thread default of inference and the face stage.
+
+    A free Space has 2 vCPUs; more threads than cores only adds contention.
+    """
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        available = os.cpu_count() or 1
+    return max(1, min(2, available))
 
 
 def _boolean(variable: str, text: str) -> bool:
@@ -127,17 +139,8 @@ class Settings:
         return cls(**values)
 
     def resolve_threads(self) -> int:
-        """Inference threads: ``threads`` when set, else min(2, CPUs available to this process).
-
-        A free Space has 2 vCPUs; more threads than cores only adds contention.
-        """
-        if self.threads is not None:
-            return self.threads
-        try:
-            available = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            available = os.cpu_count() or 1
-        return max(1, min(2, available))
+        """Inference threads: ``threads`` when set, else :func:`default_threads`."""
+        return self.threads if self.threads is not None else default_threads()
 
     def describe(self) -> dict[str, object]:
         """JSON-ready values by variable name, the key only as present/absent."""
