@@ -357,7 +357,7 @@ def _calibrated(val_logit: np.ndarray, val_y: np.ndarray, test_logit: np.ndarray
     t = fit_temperature(two(val_logit), val_y)
     p_val = 1 / (1 + np.exp(-val_logit / t))
     th = choose_thresholds(val_y, p_val, target_fpr=target_fpr)
-    return {"temperature": t, "threshold": th["threshold_fake"],
+    return {"temperature": t, "threshold": th.threshold_fake,
             "p_raw": 1 / (1 + np.exp(-test_logit)), "p": 1 / (1 + np.exp(-test_logit / t))}
 
 

@@ -131,20 +131,20 @@ def test_thresholds_meet_the_target_false_positive_rate():
     for target in (0.01, 0.05, 0.2):
         t = choose_thresholds(labels, p, target_fpr=target)
         reals, fakes = p[labels == REAL], p[labels == FAKE]
-        fpr = np.mean(reals >= t["threshold_fake"])
+        fpr = np.mean(reals >= t.threshold_fake)
         assert fpr <= target and fpr > target - 0.01  # as many fakes caught as the target allows
-        assert t["fpr_at_threshold"] == pytest.approx(fpr)
-        assert np.mean(fakes < t["threshold_real"]) <= target
-        assert t["threshold_real"] <= t["threshold_fake"]
-        assert 0 < t["uncertain_fraction"] < 1   # overlapping classes leave an uncertain band
+        assert t.fpr_at_threshold == pytest.approx(fpr)
+        assert np.mean(fakes < t.threshold_real) <= target
+        assert t.threshold_real <= t.threshold_fake
+        assert 0 < t.uncertain_fraction < 1   # overlapping classes leave an uncertain band
 
 
 def test_thresholds_on_separable_and_single_class_data():
     t = choose_thresholds([0, 0, 0, 1, 1, 1], [0.1, 0.2, 0.3, 0.7, 0.8, 0.9], target_fpr=0.0)
-    assert 0.3 < t["threshold_fake"] <= 0.7
-    assert t["threshold_real"] == t["threshold_fake"] and t["uncertain_fraction"] == 0
+    assert 0.3 < t.threshold_fake <= 0.7
+    assert t.threshold_real == t.threshold_fake and t.uncertain_fraction == 0
     single = choose_thresholds([1, 1], [0.4, 0.9])
-    assert single["threshold_fake"] == 0.5 and "single class" in single["notes"][0]
+    assert single.threshold_fake == 0.5 and "single class" in single.notes[0]
     with pytest.raises(ValueError, match="target_fpr"):
         choose_thresholds([0, 1], [0.1, 0.9], target_fpr=1.5)
 
@@ -255,7 +255,7 @@ def test_calibrate_returns_a_new_decision_and_its_report():
     assert decision.temperature == fit_temperature(logits, labels)
     p = Decision(temperature=decision.temperature).p_fake(logits)
     expected = choose_thresholds(labels, p, 0.1)
-    assert (decision.threshold_fake, decision.threshold_real) == (expected["threshold_fake"], expected["threshold_real"])
+    assert (decision.threshold_fake, decision.threshold_real) == (expected.threshold_fake, expected.threshold_real)
     assert np.mean(p[labels == REAL] >= decision.threshold_fake) <= 0.1
     report = calibration_report(logits, labels, decision)
     assert report["temperature"] == decision.temperature and report["thresholds"]["target_fpr"] == 0.1

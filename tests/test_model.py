@@ -103,7 +103,7 @@ def test_detector_decides_with_the_decision_it_was_built_with(saved, batch):
     detector = Detector(loaded)
     logits = detector.logits([Image.new("RGB", (64, 64), (90, 120, 150))])
     assert detector.decision == DECISION
-    assert detector.settings["threshold_fake"] == DECISION.threshold_fake  # deprecated compatibility view
+    assert not hasattr(detector, "settings")   # no untyped settings dict: decision/preprocessing only
     strict = Decision(temperature=1.0, threshold_fake=0.99, threshold_real=0.01, calibrated=True)
     stricter = detector.with_decision(strict)
     assert stricter.decision == strict and detector.decision == DECISION   # a new Detector, the old one unchanged

@@ -18,17 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fakeface.utils.constants import MAX_IMAGE_PIXELS
 
-try:  # HEIC/HEIF (iPhone photos); AVIF is read by Pillow itself.
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-    HEIF_AVAILABLE = True
-except ImportError:  # pragma: no cover - pillow-heif is pinned in requirements.txt
-    HEIF_AVAILABLE = False
+pillow_heif.register_heif_opener()   # HEIC/HEIF (iPhone photos); AVIF is read by Pillow itself
 
 __all__ = [
     "DEFAULT_MIN_SIDE", "DecodedImage", "ImageDecodeError", "SAFE_FORMATS",

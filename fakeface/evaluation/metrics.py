@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -197,12 +197,37 @@ def _threshold_above(values: np.ndarray, allowed: int, all_scores: np.ndarray) -
     return float(np.nextafter(must_reject, np.inf))
 
 
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """What :func:`choose_thresholds` chose, and its error rates on the validation data it chose them on.
+
+    The rates are None when the validation data has a single class (then both
+    thresholds are the default 0.5 and ``notes`` says why).
+    """
+
+    threshold_fake: float
+    threshold_real: float
+    target_fpr: float
+    target_fnr: float
+    fpr_at_threshold: float | None = None
+    tpr_at_threshold: float | None = None
+    fnr_at_threshold_real: float | None = None
+    uncertain_fraction: float | None = None
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """For reports (JSON): the rates only when measured."""
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        out["notes"] = list(self.notes)
+        return out
+
+
 def choose_thresholds(
     labels: Sequence[int],
     p_fake: Sequence[float],
     target_fpr: float = DEFAULT_TARGET_FPR,
     uncertain_band: float | None = None,
-) -> dict[str, Any]:
+) -> ThresholdChoice:
     """Decision thresholds chosen on validation data.
 
     ``threshold_fake``: the lowest threshold at which at most ``target_fpr`` of
@@ -219,25 +244,24 @@ def choose_thresholds(
     if not 0.0 <= target_fnr < 1.0:
         raise ValueError(f"uncertain_band must be in [0, 1), got {uncertain_band}")
     reals, fakes = p[y == REAL], p[y == FAKE]
-    result: dict[str, Any] = {"target_fpr": float(target_fpr), "target_fnr": float(target_fnr), "notes": []}
     if reals.size == 0 or fakes.size == 0:
-        result.update(threshold_fake=0.5, threshold_real=0.5)
-        result["notes"].append("validation data has a single class: kept the default 0.5 threshold")
-        return result
+        return ThresholdChoice(0.5, 0.5, float(target_fpr), float(target_fnr),
+                               notes=("validation data has a single class: kept the default 0.5 threshold",))
     t_fake = _threshold_above(reals, int(math.floor(target_fpr * reals.size + 1e-9)), p)
     # Mirror image for the fakes: at most k fakes strictly below threshold_real.
     k = int(math.floor(target_fnr * fakes.size + 1e-9))
     t_real = -_threshold_above(-fakes, k, -p)
     t_real = min(t_real, t_fake)
-    result.update(
+    return ThresholdChoice(
         threshold_fake=float(t_fake),
         threshold_real=float(t_real),
+        target_fpr=float(target_fpr),
+        target_fnr=float(target_fnr),
         fpr_at_threshold=float(np.mean(reals >= t_fake)),
         tpr_at_threshold=float(np.mean(fakes >= t_fake)),
         fnr_at_threshold_real=float(np.mean(fakes < t_real)),
         uncertain_fraction=float(np.mean((p < t_fake) & (p >= t_real))),
     )
-    return result
 
 
 # --------------------------------------------------------------------------- metrics
@@ -459,8 +483,8 @@ def calibrate(
     temperature = fit_temperature(logits, labels)
     p_fake = Decision(temperature=temperature).p_fake(logits)
     thresholds = choose_thresholds(labels, p_fake, target_fpr, uncertain_band)
-    return Decision(temperature=temperature, threshold_fake=thresholds["threshold_fake"],
-                    threshold_real=thresholds["threshold_real"], target_fpr=float(target_fpr), calibrated=True)
+    return Decision(temperature=temperature, threshold_fake=thresholds.threshold_fake,
+                    threshold_real=thresholds.threshold_real, target_fpr=float(target_fpr), calibrated=True)
 
 
 def calibration_report(
@@ -471,7 +495,7 @@ def calibration_report(
     target_fpr = DEFAULT_TARGET_FPR if decision.target_fpr is None else decision.target_fpr
     return {
         **decision.to_cfg(),
-        "thresholds": choose_thresholds(labels, p_fake, target_fpr, uncertain_band),
+        "thresholds": choose_thresholds(labels, p_fake, target_fpr, uncertain_band).to_dict(),
         "validation_ece_before": expected_calibration_error(labels, Decision().p_fake(logits)),
         "validation_ece_after": expected_calibration_error(labels, p_fake),
     }

@@ -48,22 +48,11 @@ from fakeface.data.images import ImageDecodeError, load_image
 from fakeface.data.sources import MANIFEST_NAME  # one name for the file generation writes and the dataset build reads
 from fakeface.generation.prompts import build_face_prompt, build_lookalike_prompt, plan_balanced_attributes, validate_attributes
 
-try:
-    import openai
-    from openai.types import ImageModel
-    from openai.types.image_generate_params import ImageGenerateParamsBase
-except ImportError:  # pragma: no cover - openai is pinned in requirements.txt
-    openai = None
-
-try:
-    from dotenv import dotenv_values
-except ImportError:  # pragma: no cover - python-dotenv is pinned in requirements.txt
-    dotenv_values = None
-
-try:
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover - tqdm is pinned in requirements.txt
-    tqdm = None
+import openai
+from dotenv import dotenv_values
+from openai.types import ImageModel
+from openai.types.image_generate_params import ImageGenerateParamsBase
+from tqdm.auto import tqdm
 
 __all__ = [
     "AccessDeniedError", "DEFAULT_QUALITY", "DEFAULT_SIZE", "GeneratedImage", "GenerationError",
@@ -108,8 +97,6 @@ class GenerationError(Exception):
     kind = "error"
     #: the whole run should stop (no point trying the next image)
     fatal = False
-    #: trying the same request again later may succeed
-    retryable = False
 
     def __init__(self, message: str, *, detail: str = "", status_code: int | None = None,
                  code: str | None = None):
@@ -147,7 +134,7 @@ class ContentRefusedError(GenerationError):
 class RateLimitedError(GenerationError):
     """Too many requests (429). ``retry_after`` is the server's wait hint in seconds, if any."""
 
-    kind, retryable = "rate_limited", True
+    kind = "rate_limited"
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any):
         super().__init__(message, **kwargs)
@@ -157,7 +144,7 @@ class RateLimitedError(GenerationError):
 class ServiceUnavailableError(GenerationError):
     """A timeout, a dropped connection or a server error (5xx): worth a bounded retry."""
 
-    kind, retryable = "unavailable", True
+    kind = "unavailable"
 
 
 class RequestRejectedError(GenerationError):
@@ -175,21 +162,14 @@ class InvalidResponseError(GenerationError):
 # --------------------------------------------------------------------------- choices
 
 
-def _require_openai() -> None:
-    if openai is None:
-        raise RuntimeError("image generation needs the `openai` package: pip install -r requirements.txt")
-
-
 def available_image_models() -> tuple[str, ...]:
     """Image models the installed SDK lists, minus retired and soon-shut-down ones (SDK order)."""
-    _require_openai()
     dropped = set(RETIRED_IMAGE_MODELS) | set(SCHEDULED_SHUTDOWN_MODELS)
     return tuple(m for m in typing.get_args(ImageModel) if m not in dropped)
 
 
 def available_image_qualities() -> tuple[str, ...]:
     """Quality values the installed SDK accepts for GPT image models (``auto`` included)."""
-    _require_openai()
     annotation = typing.get_type_hints(ImageGenerateParamsBase)["quality"]
     literal = next(a for a in typing.get_args(annotation) if typing.get_args(a))
     return tuple(q for q in typing.get_args(literal) if q not in _RETIRED_QUALITIES)
@@ -241,8 +221,6 @@ def resolve_api_key(api_key: str | None = None, *, env_file: str | os.PathLike |
         key = os.environ.get(ENV_OPENAI_KEY)
         source = f"{ENV_OPENAI_KEY}"
     if not key and env_file is not None and Path(env_file).is_file():
-        if dotenv_values is None:  # pragma: no cover - python-dotenv is pinned
-            raise InvalidKeyError(f"reading {env_file} needs python-dotenv: pip install -r requirements.txt")
         key = dotenv_values(env_file).get(ENV_OPENAI_KEY)
         source = f"{ENV_OPENAI_KEY} in {env_file}"
     if not key or not key.strip():
@@ -266,7 +244,6 @@ def resolve_base_url(base_url: str | None = None) -> str | None:
 def create_openai_client(api_key: str | None = None, *, base_url: str | None = None,
                          timeout: float = DEFAULT_TIMEOUT_S, env_file: str | os.PathLike | None = ".env"):
     """An ``openai.OpenAI`` client with the SDK's own retries off (we retry, so counts stay honest)."""
-    _require_openai()
     return openai.OpenAI(
         api_key=resolve_api_key(api_key, env_file=env_file),
         base_url=resolve_base_url(base_url),
@@ -309,7 +286,7 @@ def classify_openai_error(error: BaseException, *, api_key: str | None = None) -
     server_text = getattr(error, "message", None) or str(error)
     detail = redact_secrets(server_text, api_key)
     info = {"detail": detail, "status_code": status, "code": code}
-    if openai is None or not isinstance(error, openai.OpenAIError):
+    if not isinstance(error, openai.OpenAIError):
         return GenerationError(f"Image generation failed unexpectedly ({type(error).__name__}).",
                                detail=redact_secrets(str(error), api_key))
     if isinstance(error, openai.AuthenticationError):
@@ -880,7 +857,7 @@ class _Runner:
         self.bar = None
 
     def run(self, todo: Sequence[PlannedImage], *, concurrency: int, progress: bool) -> None:
-        if tqdm is not None and progress:
+        if progress:
             self.bar = tqdm(total=len(todo), desc="generating", unit="img", dynamic_ncols=True)
             self._show()
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fakeface-gen")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -84,12 +84,6 @@ class Detector:
         new = copy.copy(self)
         new.config = self.config.with_decision(decision)
         return new
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        # DEPRECATED, read-only: serving/app still read this dict while they move to
-        # .decision / .preprocessing / .face_crop; the lead deletes it at the end of issue 13.
-        return {**self.preprocessing.to_fakeface_cfg(), **self.decision.to_cfg()}
 
     def _check_fresh(self) -> None:
         current = _model_decision(self.model)
