@@ -166,7 +166,7 @@ def test_importing_app_builds_the_blocks_without_loading_anything(monkeypatch):
     try:
         assert isinstance(app.demo, gr.Blocks)
         registry = app.demo.fakeface_registry
-        assert registry._results is None and registry._thread is None        # nothing loaded at import
+        assert not registry.loading_started and not registry.loaded          # nothing loaded at import
         assert {d.api_name for d in app.demo.fns.values() if d.api_name} >= {
             "detect", "verdict", "detect_batch", "generate", "dataset_load", "dataset_samples", "dataset_evaluate",
             "status"}

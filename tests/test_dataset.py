@@ -343,7 +343,7 @@ def test_failed_build_leaves_the_previous_folder_and_rebuild_replaces_it(tmp_pat
     first = build_face_dataset(output, synthetic=10, synthetic_size=64, seed=1, progress=False)
     before = {p.name: p.read_bytes() for p in output.rglob("*") if p.is_file()}
     calls = {"n": 0}
-    real_row = dataset_module._row
+    real_row = dataset_module.record_row
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -351,7 +351,7 @@ def test_failed_build_leaves_the_previous_folder_and_rebuild_replaces_it(tmp_pat
             raise KeyboardInterrupt
         return real_row(*args, **kwargs)
 
-    monkeypatch.setattr(dataset_module, "_row", interrupted)
+    monkeypatch.setattr(dataset_module, "record_row", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_face_dataset(output, synthetic=20, synthetic_size=64, seed=2, progress=False)
     assert {p.name: p.read_bytes() for p in output.rglob("*") if p.is_file()} == before

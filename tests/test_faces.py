@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,24 +10,14 @@ from PIL import Image, ImageDraw
 from fakeface.data.images import load_image
 from fakeface.faces import FaceCrop, FaceScan, crop_face, crop_faces, detect_faces, draw_face_boxes
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-SEED_FFHQ = SHARED / "seed-ffhq"
-GROUP_PHOTOS = SHARED / "faces-dev" / "real" / "group-photos-ulfd"
+from tests.helpers import GROUP_PHOTOS, SEED_FFHQ, SHARED, load_seed_photos, require_shared
+
 FACE_CROP = FaceCrop()
-
-
-def _needs(folder: Path) -> None:
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent (the shared real-face data must sit next to the repo, in ../shared/data)")
 
 
 @pytest.fixture(scope="module")
 def seed_photos() -> list[Image.Image]:
-    _needs(SEED_FFHQ)
-    paths = sorted(SEED_FFHQ.glob("*.png"))
-    assert paths, f"{SEED_FFHQ} holds no PNG"
-    return [load_image(path).image for path in paths]
+    return load_seed_photos()
 
 
 def _eye_tilt_deg(landmarks) -> float:
@@ -90,7 +79,7 @@ def test_without_alignment_the_tilt_stays(seed_photos):
 
 
 def test_group_photos_give_several_faces():
-    _needs(GROUP_PHOTOS)
+    require_shared(GROUP_PHOTOS)
     counts = {}
     for path in sorted(GROUP_PHOTOS.glob("*.jpg")):
         counts[path.name] = len(crop_faces(load_image(path).image, FACE_CROP).faces)
@@ -252,7 +241,7 @@ def test_concurrent_calls_share_one_session_and_give_the_serial_crops(seed_photo
 
 
 def test_the_benchmark_smoke_run_writes_results_that_re_render_the_same(tmp_path):
-    _needs(SHARED / "faces-dev")
+    require_shared(SHARED / "faces-dev")
     from benchmarks.face_stage import quick_config, render_from_json, run_face_stage_benchmark, write_results
 
     config = quick_config(data_dir=str(SHARED), max_images=6)

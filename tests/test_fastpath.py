@@ -15,7 +15,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFilter
 
 from fakeface.modeling import fastpath
 from fakeface.modeling.fastpath import (
@@ -27,6 +26,7 @@ from fakeface.modeling.inference import Detector
 from fakeface.modeling.config import Decision
 from fakeface.modeling.detector import create_detector, load_detector, save_detector, set_decision
 from fakeface.data.preprocess import Augmentation, Preprocessing, build_train_transform
+from tests.helpers import toy_images
 
 ARCH = "mobilenetv2_050"
 PREPROCESSING = Preprocessing(input_size=(3, 32, 32), num_test_crops=5)
@@ -42,23 +42,9 @@ MARGIN_REL_RMS = 0.15
 MARGIN_SLOPE = (0.9, 1.1)
 
 
-def _image(rng: np.random.Generator, fake: bool, size: int = 48) -> Image.Image:
-    if fake:
-        low = rng.integers(0, 256, (size // 2, size // 2, 3), dtype=np.uint8)
-        return Image.fromarray(low).resize((size, size), Image.Resampling.NEAREST)
-    noise = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    return Image.fromarray(noise).filter(ImageFilter.GaussianBlur(1.0))
-
-
-def _images(seed: int, n: int) -> tuple[list[Image.Image], np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 2
-    return [_image(rng, bool(label)) for label in labels], labels
-
-
 def _train_tiny_detector(steps: int = 40) -> torch.nn.Module:
     torch.manual_seed(0)
-    images, labels = _images(0, 96)
+    images, labels = toy_images(0, 96)
     model = create_detector(ARCH, preprocessing=PREPROCESSING)
     head = model.get_classifier()
     torch.nn.init.zeros_(head.weight)
@@ -85,8 +71,8 @@ def build_trained_release(folder) -> tuple:
     model = load_detector(folder)
     # 32 calibration images: with 7-bit weights the activation ranges of 16 left one image of the
     # fixed set 0.205 off in p(fake); with 32 every image stayed within MAX_ABS_DP (both seeds measured).
-    calibration, _ = _images(1, 32)
-    holdout, labels = _images(2, 64)
+    calibration, _ = toy_images(1, 32)
+    holdout, labels = toy_images(2, 64)
     info = export_fast_path(model, folder, calibration, holdout, labels, budget_auc=BUDGET_AUC)
     return folder, info
 
@@ -98,7 +84,7 @@ def release(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fixed_set():
-    return _images(3, 64)
+    return toy_images(3, 64)
 
 
 def _copy(folder, tmp_path):
@@ -122,7 +108,7 @@ def test_export_writes_the_graph_and_an_honest_report(release, fixed_set):
     assert info["attempts"][-1]["auc_drop"] == info["auc_drop"]
     # The report's numbers are recomputable from the two detectors.
     model = load_detector(folder)
-    holdout, labels = _images(2, 64)
+    holdout, labels = toy_images(2, 64)
     p32 = Detector(model).score(holdout).p_fake
     p8 = load_fast_detector(folder).score(holdout).p_fake
     assert info["max_abs_dp"] == pytest.approx(float(np.abs(p32 - p8).max()), abs=1e-5)
@@ -161,7 +147,7 @@ def test_fast_path_gives_fp32_verdicts_within_tolerance(release, fixed_set):
 def test_graph_takes_the_detector_crops_for_any_batch(release):
     folder, _ = release
     fast = load_fast_detector(folder)
-    images, _ = _images(4, 5)
+    images, _ = toy_images(4, 5)
     crops = fast.prepare(images)
     assert tuple(crops.shape) == (5, PREPROCESSING.crops_per_image, *PREPROCESSING.input_size)
     one_by_one = np.concatenate([fast.logits([image]) for image in images])
@@ -174,7 +160,7 @@ def test_graph_takes_the_detector_crops_for_any_batch(release):
 def test_calibration_and_thresholds_stay_in_one_place(release):
     folder, _ = release
     fast = load_fast_detector(folder)
-    images, _ = _images(5, 8)
+    images, _ = toy_images(5, 8)
     logits = fast.logits(images)
     decision = Decision(temperature=3.0, threshold_fake=0.9, threshold_real=0.1)
     set_decision(fast.model, decision)
@@ -201,7 +187,7 @@ def test_absent_fast_path_means_fp32(tmp_path, caplog):
     save_detector(create_detector(ARCH, preprocessing=PREPROCESSING), folder)
     assert load_fast_detector(folder) is None
     # ...and the fp32 path serves on its own.
-    images, _ = _images(6, 3)
+    images, _ = toy_images(6, 3)
     scores = Detector(load_detector(folder)).score(images)
     assert len(scores.verdicts) == 3 and np.isfinite(scores.p_fake).all()
 
@@ -263,7 +249,7 @@ def test_fast_path_is_refused_with_a_reason(release, tmp_path, caplog, damage, r
     assert loaded.detector is None and loaded.runtime == "torch-fp32"
     assert loaded.refusal.code is code and reason in loaded.refusal.problem and loaded.refusal.fix
     # The release still serves, in fp32.
-    images, _ = _images(7, 2)
+    images, _ = toy_images(7, 2)
     assert len(Detector(load_detector(folder)).score(images).verdicts) == 2
 
 
@@ -280,8 +266,8 @@ def test_missing_onnxruntime_means_fp32(release, monkeypatch, caplog):
 def test_over_budget_export_tries_both_graphs_and_is_refused(tmp_path, caplog):
     folder = tmp_path / "strict"
     save_detector(_train_tiny_detector(steps=10), folder)
-    calibration, _ = _images(1, 8)
-    holdout, labels = _images(2, 16)
+    calibration, _ = toy_images(1, 8)
+    holdout, labels = toy_images(2, 16)
     info = export_fast_path(load_detector(folder), folder, calibration, holdout, labels, budget_auc=-1.0)
     assert [a["input_conv"] for a in info["attempts"]] == ["int8", "fp32"]
     assert info["input_conv"] == "fp32" and info["within_budget"] is False
@@ -307,7 +293,7 @@ def test_input_convolution_is_found_through_the_crop_reshape(release, tmp_path):
 def test_export_without_labels_is_not_trusted(tmp_path):
     folder = tmp_path / "unlabelled"
     save_detector(create_detector(ARCH, preprocessing=PREPROCESSING), folder)
-    images, _ = _images(8, 6)
+    images, _ = toy_images(8, 6)
     info = export_fast_path(load_detector(folder), folder, images)
     assert info["measured_on"] == "calibration" and info["within_budget"] is None and "auc_drop" not in info
     assert info["input_conv"] == "fp32"  # nothing proven: the safer graph
@@ -317,7 +303,7 @@ def test_export_without_labels_is_not_trusted(tmp_path):
 def test_bad_export_arguments_write_nothing(tmp_path):
     folder = tmp_path / "bad"
     model = create_detector(ARCH, preprocessing=PREPROCESSING)
-    images, labels = _images(9, 4)
+    images, labels = toy_images(9, 4)
     with pytest.raises(ValueError, match="calibration image"):
         export_fast_path(model, folder, [])
     with pytest.raises(ValueError, match="one label per holdout image"):
@@ -357,7 +343,7 @@ def test_saturation_check_catches_full_range_weights(release, tmp_path):
     """The settings releases shipped before (8-bit weights with u8 activations) fail the same check."""
     model = load_detector(release[0])
     export_onnx(model, tmp_path / "fp32.onnx")
-    calibration, _ = _images(1, 8)
+    calibration, _ = toy_images(1, 8)
     old = quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "old.onnx", Detector(model), calibration,
                         settings=QuantizationSettings(reduce_range=False))
     check = check_no_saturation(old)

@@ -22,11 +22,15 @@ from fakeface.modeling.photo import (
     score_photos,
 )
 
-# The real photos (../shared/data) and their skip rule are the face stage tests' own.
-from tests.test_faces import GROUP_PHOTOS, _needs, seed_photos  # noqa: E402,F401 - seed_photos is a fixture
+from tests.helpers import GROUP_PHOTOS, load_seed_photos, require_shared
 
 FACE_CROP = FaceCrop()
 PP = Preprocessing(input_size=(3, 64, 64), num_test_crops=1)
+
+
+@pytest.fixture(scope="module")
+def seed_photos() -> list[Image.Image]:
+    return load_seed_photos()
 
 
 class Recording:
@@ -114,7 +118,7 @@ def test_the_crops_scored_are_byte_identical_to_the_face_stage_crops(detector, s
 
 
 def test_a_group_photo_gets_a_score_per_face_and_the_most_suspicious_decides(detector):
-    _needs(GROUP_PHOTOS)
+    require_shared(GROUP_PHOTOS)
     paths = sorted(GROUP_PHOTOS.glob("*.jpg"))
     assert paths, f"no group photo in {GROUP_PHOTOS}"
     photos = [load_image(path).image for path in paths]

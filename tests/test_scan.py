@@ -27,7 +27,8 @@ from fakeface.scan.cli import main
 from fakeface.scan.sources import KIND_DATASET, KIND_FOLDER, ScanSourceError
 from fakeface.scan.store import CSV_NAME, PARTS_DIR, SUMMARY_NAME, TABLE_NAME, ScanOutputError
 from tests.bad_inputs import build_corpus
-from tests.test_fastpath import _images, build_trained_release
+from tests.helpers import toy_images
+from tests.test_fastpath import build_trained_release
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -46,7 +47,7 @@ def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
 
 def _image_folder(root: Path, n: int, seed: int = 11) -> list[str]:
     """n small images spread over nested folders, PNG and JPEG; returns their relative paths."""
-    images, _ = _images(seed, n)
+    images, _ = toy_images(seed, n)
     keys = []
     for i, image in enumerate(images):
         fmt, ext = ("JPEG", "jpg") if i % 3 == 0 else ("PNG", "png")
@@ -142,7 +143,7 @@ def test_dataset_folder_scan_keeps_split_row_and_label(release, tmp_path):
 def test_hub_dataset_is_streamed(release, hub, tmp_path):
     import datasets
 
-    images, labels = _images(12, 5)
+    images, labels = toy_images(12, 5)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["real", "fake"])})
     datasets.DatasetDict(train=datasets.Dataset.from_dict(
         {"image": [{"bytes": _png(im), "path": None} for im in images], "label": [int(v) for v in labels]},

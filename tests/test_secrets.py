@@ -153,8 +153,8 @@ def test_space_key_is_rate_limited_per_session_and_globally_visitor_keys_are_not
     url, fake = world["url"], world["fake"]
     limiter = world["limiter"]
     # Start from a clean slate (the previous test used the Space's key too).
-    limiter._sessions.clear()
-    limiter._all.clear()
+    limiter.reset()
+    assert limiter.usage() == {"space": 0, "sessions": {}}
     first, second = (Client(url, verbose=False, download_files=False) for _ in range(2))
     sent = len(fake.requests)
     _generate(first)
@@ -165,6 +165,8 @@ def test_space_key_is_rate_limited_per_session_and_globally_visitor_keys_are_not
     with pytest.raises(ClientAppError, match=r"3 generation.*this Space"):
         _generate(second)
     assert len(fake.requests) - sent == 3, "refused requests must never reach OpenAI"
+    usage = limiter.usage()   # refused attempts are not counted: 2 + 1 in the window
+    assert usage["space"] == 3 and sorted(usage["sessions"].values()) == [1, 2]
     # A visitor paying with their own key is not held to the Space's limit.
     _, result, _ = _generate(second, SPACE_KEY)
     assert result["generated"]["key"] == "yours"

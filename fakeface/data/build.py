@@ -430,7 +430,7 @@ def _write_shards(folder: Path, splits: dict[str, list[_Record]], skipped: list[
                 batch: list[dict[str, Any]] = []
                 for record in members[start:stop]:
                     bar.update(1)
-                    row = _row(record, skipped)
+                    row = record_row(record, skipped)
                     if row is None:
                         continue
                     batch.append(row)
@@ -459,7 +459,12 @@ def _shard_bounds(sizes: Sequence[int], shards: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _row(record: _Record, skipped: list[Skipped]) -> dict[str, Any] | None:
+def record_row(record: _Record, skipped: list[Skipped]) -> dict[str, Any] | None:
+    """The dataset row of one inspected file, its bytes read again as they are written (one call per row).
+
+    None, with the reason appended to ``skipped``, when the file can no longer
+    be read or changed since it was inspected.
+    """
     c = record.candidate
     try:
         data = c.path.read_bytes()

@@ -68,6 +68,21 @@ class RateLimiter:
                 for key in [k for k, q in self._sessions.items() if not q]:
                     del self._sessions[key]
 
+    def usage(self) -> dict[str, Any]:
+        """Attempts counted in the current window: ``space`` (all sessions) and per ``sessions`` id."""
+        now = self._clock()
+        with self._lock:
+            self._expire(self._all, now)
+            for stamps in self._sessions.values():
+                self._expire(stamps, now)
+            return {"space": len(self._all), "sessions": {k: len(q) for k, q in self._sessions.items() if q}}
+
+    def reset(self) -> None:
+        """Forget every attempt (an operator's reset; tests start from a clean slate)."""
+        with self._lock:
+            self._sessions.clear()
+            self._all.clear()
+
 
 @dataclass
 class GenerationRequest:

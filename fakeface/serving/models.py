@@ -253,6 +253,16 @@ class ModelRegistry:
         registry._results = list(models)
         return registry
 
+    @property
+    def loaded(self) -> bool:
+        """True once every configured model has been loaded (or has failed to)."""
+        return self._results is not None
+
+    @property
+    def loading_started(self) -> bool:
+        """True once :meth:`start_loading` or :meth:`load` has been called."""
+        return self._results is not None or self._thread is not None
+
     def start_loading(self) -> None:
         """Load in a background thread so the server comes up at once; :meth:`load` waits for it."""
         with self._lock:
