@@ -212,11 +212,11 @@ def measure_speed(photos: Mapping[str, Path], config: FaceStageBenchmarkConfig) 
             rows.append({"photo": kind, "file": file_name, "variant": name, "detect_size": size,
                          "median_ms": stats["median_ms"], "p90_ms": stats["p90_ms"], "min_ms": stats["min_ms"],
                          "calls": stats["calls"], "ratio_to_decode": stats["median_ms"] / base["median_ms"],
-                         "cpu_ms": _cpu_ms(variants[name], config.rounds * 3)})
+                         "cpu_ms": cpu_ms_per_call(variants[name], config.rounds * 3)})
     return rows
 
 
-def _cpu_ms(fn: Any, calls: int) -> float:
+def cpu_ms_per_call(fn: Any, calls: int) -> float:
     """Median process CPU time per call (all threads), in ms: what the call costs on a machine other jobs
     keep busy, where wall time also counts the waiting. With 2 threads it can exceed the idle wall time."""
     samples = []

@@ -325,11 +325,13 @@ def _check_detect_result(kind: str, result: Any) -> None:
     """A call only counts as ok when it returned a real verdict (not just no exception)."""
     if kind == "batch":
         table = result[0]
-        rows = table["data"]
-        verdict = table["headers"].index("verdict")
-        bad = [row for row in rows if row[verdict] not in ("real", "fake", "uncertain")]
-        if len(rows) != 2 or bad:
-            raise AssertionError(f"batch rows not scored: {bad or rows}")
+        headers = table["headers"]
+        verdict, kind_column = headers.index("verdict"), headers.index("row")
+        # One "photo" row per file, then one "face N" row per face found (a face too small to judge has no verdict).
+        photos = [row for row in table["data"] if row[kind_column] == "photo"]
+        bad = [row for row in photos if row[verdict] not in ("real", "fake", "uncertain")]
+        if len(photos) != 2 or bad:
+            raise AssertionError(f"batch photo rows not scored: {bad or photos}")
         return
     payload = result if kind == VERDICT_API else result[0]
     if payload.get("verdict") not in ("real", "fake", "uncertain"):
