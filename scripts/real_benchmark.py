@@ -10,12 +10,10 @@ Not run in CI: about 25 minutes on a busy 2-core CPU, 17 of them building the fe
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import shlex
 import sys
 from pathlib import Path
 
+from benchmarks.cli import command_line, run_or_render, setup_logging
 from benchmarks.real_faces import RealBenchmarkSettings, render_real_benchmark, run_real_benchmark, write_real_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,22 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.render_only:
-        data = json.loads((Path(args.results_dir) / "real_faces.json").read_text())
-    else:
-        settings = RealBenchmarkSettings(
-            data_dir=args.data_dir, cache_dir=args.cache_dir, seed=args.seed, max_faces=args.max_faces,
-            probe_c=args.probe_c, finetune=not args.no_finetune, finetune_size=args.finetune_size,
-            finetune_max_train=args.finetune_max_train, limit=args.limit, threads=args.threads,
-        )
-        command = ("python scripts/real_benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
-        data = run_real_benchmark(  # the probes' results are written before the fine-tunes start
-            settings, command=command, on_partial=lambda partial: write_real_benchmark(partial, args.results_dir))
-    _, md_path = write_real_benchmark(data, args.results_dir)
-    print(render_real_benchmark(data))
-    print(f"wrote {md_path} and its JSON", file=sys.stderr)
-    return 0
+    setup_logging()
+    settings = RealBenchmarkSettings(
+        data_dir=args.data_dir, cache_dir=args.cache_dir, seed=args.seed, max_faces=args.max_faces,
+        probe_c=args.probe_c, finetune=not args.no_finetune, finetune_size=args.finetune_size,
+        finetune_max_train=args.finetune_max_train, limit=args.limit, threads=args.threads,
+    )
+    command = command_line("scripts/real_benchmark.py", argv)
+    return run_or_render(
+        args.results_dir, "real_faces", render_only=args.render_only,
+        run=lambda: run_real_benchmark(  # the probes' results are written before the fine-tunes start
+            settings, command=command, on_partial=lambda partial: write_real_benchmark(partial, args.results_dir)),
+        write=write_real_benchmark, render=render_real_benchmark)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,9 @@ Writes ``results/offline_benchmark.json`` and ``results/offline_benchmark.md``
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import shlex
 import sys
-from pathlib import Path
 
+from benchmarks.cli import command_line, comma_separated, run_or_render, setup_logging
 from benchmarks.offline import (
     OFFLINE_BENCHMARK_ARCHITECTURES, OFFLINE_BENCHMARK_RECIPES, OfflineBenchmarkSettings, render_offline_benchmark,
     run_offline_benchmark, write_offline_benchmark,
@@ -28,10 +25,6 @@ def _epochs(text: str) -> dict[str, int]:
         raise argparse.ArgumentTypeError(f"expected ARCH=EPOCHS,..., got {text!r}") from None
 
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(name.strip() for name in text.split(",") if name.strip())
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = OfflineBenchmarkSettings()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -39,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=defaults.input_size, help="crop side (robust) / resize side (seed)")
     p.add_argument("--epochs", type=_epochs, default=defaults.epochs, help="ARCH=E,... epochs per architecture")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--architectures", type=_names, default=OFFLINE_BENCHMARK_ARCHITECTURES)
-    p.add_argument("--recipes", type=_names, default=OFFLINE_BENCHMARK_RECIPES)
+    p.add_argument("--architectures", type=comma_separated(str, "a,b"), default=OFFLINE_BENCHMARK_ARCHITECTURES)
+    p.add_argument("--recipes", type=comma_separated(str, "a,b"), default=OFFLINE_BENCHMARK_RECIPES)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--num-workers", type=int, default=defaults.num_workers)
     p.add_argument("--output-dir", default=defaults.output_dir, help="dataset and trained models (not committed)")
@@ -52,22 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
-    if args.render_only:
-        data = json.loads((Path(args.results_dir) / "offline_benchmark.json").read_text())
-    else:
-        settings = OfflineBenchmarkSettings(
-            images=args.images, input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size,
-            architectures=args.architectures, recipes=args.recipes, seed=args.seed, num_workers=args.num_workers,
-            output_dir=args.output_dir,
-        )
-        command = ("python scripts/train_benchmark.py " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
-        data = run_offline_benchmark(settings, command=command)
-    _, md_path = write_offline_benchmark(data, args.results_dir)
-    print(render_offline_benchmark(data))
-    print(f"wrote {md_path} and its JSON", file=sys.stderr)
-    return 0
+    setup_logging()
+    settings = OfflineBenchmarkSettings(
+        images=args.images, input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size,
+        architectures=args.architectures, recipes=args.recipes, seed=args.seed, num_workers=args.num_workers,
+        output_dir=args.output_dir,
+    )
+    command = command_line("scripts/train_benchmark.py", argv)
+    return run_or_render(args.results_dir, "offline_benchmark", render_only=args.render_only,
+                         run=lambda: run_offline_benchmark(settings, command=command),
+                         write=write_offline_benchmark, render=render_offline_benchmark)
 
 
 if __name__ == "__main__":
