@@ -16,6 +16,7 @@ from PIL import Image
 from fakeface.data.synthetic import SYNTHETIC_NOTICE
 from fakeface.faces import draw_face_boxes
 from fakeface.modeling.config import Decision
+from fakeface.utils.formatting import format_number
 
 _DEFAULT_DECISION = Decision()
 
@@ -43,10 +44,7 @@ def _pct(p: Any) -> str:
 
 
 def _num(value: Any, digits: int = 2) -> str:
-    try:
-        return f"{float(value):.{digits}f}"
-    except (TypeError, ValueError):
-        return "–"
+    return format_number(value, digits, missing="–")
 
 
 def render_placeholder(text: str) -> str:

@@ -50,10 +50,13 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from fakeface.modeling.detector import load_detector
 from fakeface.modeling.inference import Detector, logits_from_crops
 from fakeface.utils.fileio import write_atomic
+from fakeface.utils.formatting import json_safe
 from fakeface.utils.settings import ENV, Settings
 
 logger = logging.getLogger(__name__)
@@ -390,6 +393,11 @@ def check_no_saturation(path: str | os.PathLike) -> SaturationCheck:
     return SaturationCheck(ok=worst <= _INT16_MAX, worst_pair_sum=worst, layers=layers, worst_layer=worst_layer)
 
 
+def _roc_auc(labels: np.ndarray, p_fake: np.ndarray) -> float:
+    """ROC-AUC (fake positive); NaN with one class only, which the export reads as "not measured"."""
+    return float(roc_auc_score(labels, p_fake)) if len(np.unique(labels)) == 2 else float("nan")
+
+
 def compare_detectors(reference: Detector, candidate: Detector, images: Sequence[Image.Image],
                       labels: Sequence[int] | None = None, *, batch_size: int = 16,
                       reference_scores: tuple[Any, float] | None = None) -> dict[str, Any]:
@@ -398,8 +406,6 @@ def compare_detectors(reference: Detector, candidate: Detector, images: Sequence
     ``reference_scores`` = (Scores, seconds) from an earlier call reuses the
     reference's scoring (see :func:`score_timed`).
     """
-    from fakeface.evaluation.metrics import roc_auc
-
     ref, ref_seconds = reference_scores or score_timed(reference, images, batch_size)
     start = time.perf_counter()
     new = candidate.score_batches(images, batch_size)
@@ -415,8 +421,8 @@ def compare_detectors(reference: Detector, candidate: Detector, images: Sequence
     }
     if labels is not None:
         labels = np.asarray(labels)
-        result["auc_fp32"] = roc_auc(labels, ref.p_fake)
-        result["auc_int8"] = roc_auc(labels, new.p_fake)
+        result["auc_fp32"] = _roc_auc(labels, ref.p_fake)
+        result["auc_int8"] = _roc_auc(labels, new.p_fake)
         result["auc_drop"] = result["auc_fp32"] - result["auc_int8"]
     return result
 
@@ -594,22 +600,10 @@ def export_fast_path(
         (release_dir / FAST_INFO_NAME).unlink(missing_ok=True)
         os.replace(int8_tmp, release_dir / FAST_MODEL_NAME)
         os.replace(reference_tmp, release_dir / FAST_REFERENCE_NAME)
-    write_atomic(release_dir / FAST_INFO_NAME, (json.dumps(_json_ready(info), indent=2) + "\n").encode())
+    write_atomic(release_dir / FAST_INFO_NAME, (json.dumps(json_safe(info), indent=2) + "\n").encode())
     if within_budget is False:
         logger.warning("int8 fast path loses %.4f AUC (budget %.4f): the app will serve fp32", auc_drop, budget_auc)
     return info
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, np.generic):
-        return _json_ready(value.item())
-    return value
 
 
 # --------------------------------------------------------------------------- serving
@@ -717,8 +711,6 @@ def load_fast_path(folder_or_model: str | os.PathLike | nn.Module | Detector, *,
     saturate on this CPU, and when its reference inputs, scored here, differ
     from their fp32 outputs by more than the stated tolerance.
     """
-    from fakeface.modeling.detector import load_detector
-
     model = folder_or_model.model if isinstance(folder_or_model, Detector) else folder_or_model
     if isinstance(model, nn.Module):
         files = getattr(model, "fakeface_files", None)
@@ -740,8 +732,6 @@ def load_fast_path(folder_or_model: str | os.PathLike | nn.Module | Detector, *,
 
 
 def _load_checked(folder: Path, model: nn.Module | None, threads: int | None) -> FastPathLoad:
-    from fakeface.modeling.detector import load_detector
-
     def refuse(code: RefusalCode, problem: str, fix: str = _REEXPORT, check: ReferenceCheck | None = None):
         return FastPathLoad(None, FastPathRefusal(code, problem, fix, check), check)
 
@@ -768,7 +758,7 @@ def _load_checked(folder: Path, model: nn.Module | None, threads: int | None) ->
         except Exception as error:  # noqa: BLE001 - the caller reports the model's own load errors
             return refuse(RefusalCode.OTHER_WEIGHTS, f"the release's weights cannot be loaded ({type(error).__name__})")
     source = info.get("source") or {}
-    if _json_ready(Detector(model).preprocessing.as_dict()) != source.get("preprocessing"):
+    if json_safe(Detector(model).preprocessing.as_dict()) != source.get("preprocessing"):
         return refuse(RefusalCode.OTHER_PREPROCESSING,
                       "it was exported for a different preprocessing than config.json describes")
     if source.get("weights_sha256") != compute_weights_fingerprint(model):
