@@ -25,6 +25,7 @@ from sklearn import metrics as sklearn_metrics
 from sklearn.exceptions import UndefinedMetricWarning
 
 from fakeface.utils.constants import ATTRIBUTE_COLUMNS, FAKE, LABEL_NAMES, REAL
+from fakeface.data.images import ImageDecodeError, load_image
 from fakeface.data.preprocess import jpeg_roundtrip
 from fakeface.modeling.config import VERDICT_UNCERTAIN, Decision
 from fakeface.utils.formatting import json_safe  # noqa: F401 - also imported from here by the app
@@ -400,9 +401,7 @@ def decode_split(split: Any, *, max_images: int | None = None) -> tuple[list[Ima
     the attribute columns present in the split. Rows that fail to decode are
     skipped with a warning (they were validated when the dataset was built).
     """
-    from datasets import Image as ImageFeature
-
-    from fakeface.data.images import ImageDecodeError, load_image
+    from datasets import Image as ImageFeature  # datasets is slow to import; only evaluation runs need it
 
     if max_images is not None and len(split) > max_images:
         split = split.select(range(max_images))

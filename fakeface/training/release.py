@@ -19,6 +19,7 @@ from fakeface.evaluation.metrics import calibrate, calibration_report, decode_sp
 from fakeface.evaluation.plots import save_report_figures
 from fakeface.modeling.config import Decision
 from fakeface.modeling.detector import load_detector, push_detector, save_detector, set_decision, set_release_facts
+from fakeface.modeling.fastpath import export_fast_path  # onnxruntime itself is imported only when exporting
 from fakeface.modeling.inference import Detector
 from fakeface.training.card import write_model_card
 from fakeface.training.checkpoints import BEST_DIR, TrainingProgress, checkpoint_root
@@ -112,8 +113,6 @@ def training_scope(*splits: Any) -> dict[str, list[str]]:
 def export_release_fast_path(model: nn.Module, output_dir: Path, calibration_images: list, holdout_images: list,
                              holdout_labels: np.ndarray) -> dict[str, Any] | None:
     """int8 ONNX beside the safetensors; never fails the run."""
-    from fakeface.modeling.fastpath import export_fast_path  # onnxruntime: only imported when exporting
-
     try:
         return export_fast_path(model, output_dir, calibration_images[:64], holdout_images, holdout_labels)
     except Exception as error:  # an optional artefact: log and publish without it
