@@ -266,6 +266,12 @@ def test_load_models_uses_a_valid_fast_path(monkeypatch, model_dir):
     assert refused.scorer is refused.detector and refused.runtime == "torch-fp32"
     assert refused.describe()["fast_path"] == {"served": False, "code": "over_budget", "problem": "it loses 0.2 AUC",
                                                "fix": "Serve fp32.", "check": None}
+    # A runtime's error text naming the local folder is shown with the folder's name only.
+    leaky = FastPathRefusal(RefusalCode.GRAPH_UNLOADABLE, f"cannot load {model_dir}/model.int8.onnx")
+    monkeypatch.setattr(models, "load_fast_path", lambda model: FastPathLoad(None, leaky))
+    [hidden] = load_models([str(model_dir)])
+    assert str(model_dir) not in json.dumps(hidden.describe())
+    assert hidden.describe()["fast_path"]["problem"] == f"cannot load {model_dir.name}/model.int8.onnx"
     monkeypatch.undo()   # the real loader, on a release without an int8 graph: fp32, and the status says why
     [plain] = load_models([str(model_dir)])
     assert plain.scorer is plain.detector and plain.describe()["fast_path"]["code"] == "absent"

@@ -138,21 +138,28 @@ class LoadedModel:
             "test_crops": pp.crops_per_image, "temperature": d.temperature, "threshold_fake": d.threshold_fake,
             "threshold_real": d.threshold_real, "target_fpr": d.target_fpr, "calibrated": d.calibrated,
             "trained_on": block.get("trained_on"), "synthetic_training_data": self.synthetic, "notice": self.notice,
-            "fast_path": describe_fast_path(self.fast_path),
+            "fast_path": describe_fast_path(self.fast_path, folder=self.folder),
         }
 
 
-def describe_fast_path(loaded: FastPathLoad | None) -> dict[str, Any]:
-    """Whether the int8 graph is served and, when not, why (the refusal's code, problem, fix and numbers)."""
+def describe_fast_path(loaded: FastPathLoad | None, *, folder: Path | None = None) -> dict[str, Any]:
+    """Whether the int8 graph is served and, when not, why (the refusal's code, problem, fix and numbers).
+
+    A runtime's error text quoted in ``problem`` can name the release's local
+    folder: it is shown by name only, as everywhere in the status.
+    """
     if loaded is None:
         return {"served": False, "code": "disabled", "problem": f"the fast path is turned off ({ENV['fast_path']})",
                 "fix": None, "check": None}
     refusal: FastPathRefusal | None = loaded.refusal
     check = loaded.check
+    problem = None if refusal is None else refusal.problem
+    if problem is not None and folder is not None:
+        problem = problem.replace(str(folder), folder.name)
     return {
         "served": loaded.detector is not None,
         "code": None if refusal is None else refusal.code.value,
-        "problem": None if refusal is None else refusal.problem,
+        "problem": problem,
         "fix": None if refusal is None else refusal.fix,
         "check": None if check is None else {
             "images": check.images, "max_abs_dp": check.max_abs_dp, "export_max_abs_dp": check.export_max_abs_dp,
