@@ -21,14 +21,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fakeface.generation import runner as generation
+from fakeface.generation.manifest import ManifestRecord, ManifestWriter, load_manifest
 from fakeface.utils.constants import ATTRIBUTE_COLUMNS, DEFAULT_IMAGE_MODEL, RETIRED_IMAGE_MODELS
-from fakeface.generation.runner import (
+from fakeface.generation.client import (
     AccessDeniedError, ContentRefusedError, InvalidKeyError, InvalidResponseError,
     QuotaExceededError, RateLimitedError, RequestRejectedError, ServiceUnavailableError,
-    available_image_models, available_image_qualities, generate_face, load_manifest, plan_generation,
-    resolve_api_key, resolve_image_model, run_generation,
+    available_image_models, available_image_qualities, resolve_api_key, resolve_image_model,
 )
+from fakeface.generation.images import generate_face
+from fakeface.generation.plan import plan_generation
+from fakeface.generation.runner import run_generation
 from fakeface.generation.prompts import ATTRIBUTE_GRID, build_face_prompt, plan_balanced_attributes, validate_attributes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,8 +46,15 @@ def run_quiet(plan, out, fake, **kwargs):
                           sleep=sleeps.append, env_file=None, **kwargs)
 
 
+def manifest_lines(out: Path) -> list[dict]:
+    """The JSON objects on disk, read without the package's reader (so the tests check the file itself)."""
+    path = out / "manifest.jsonl"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""      # a run may not have written yet
+    return [json.loads(line) for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
 def ok_records(out: Path) -> list[dict]:
-    return [r for r in load_manifest(out) if r["status"] == "ok"]
+    return [r for r in manifest_lines(out) if r["status"] == "ok"]
 
 
 def assert_folder_complete(out: Path, plan) -> None:
@@ -299,7 +308,7 @@ def test_run_lookalikes_from_real_folder(openai_fake, tmp_path):
     assert all(r.fields["input_fidelity"] == "high" for r in edits)
     assert sorted(r.files[0][3] for r in edits) == sorted(
         [(real / "00012.png").read_bytes(), (real / "00013.jpg").read_bytes()])
-    records = {r["source_id"]: r for r in load_manifest(out)}
+    records = {r["source_id"]: r for r in manifest_lines(out)}
     assert records["00012"]["status"] == records["00013"]["status"] == "ok"
     assert records["00014"]["status"] == "failed" and "00014.png" in records["00014"]["error"]["message"]
     assert all(r["attributes"] == {} for r in records.values())
@@ -326,7 +335,7 @@ def test_every_error_class_in_a_run(openai_fake, tmp_path):
     out = tmp_path / "run"
     summary = run_quiet(plan, out, openai_fake, concurrency=1, timeout=0.5, max_attempts=3,
                         max_retry_after_s=30, backoff_s=1.5, sleeps=sleeps)
-    status = {r["prompt"][-1]: r["status"] for r in load_manifest(out)}
+    status = {r["prompt"][-1]: r["status"] for r in manifest_lines(out)}
     assert status == {"0": "ok", "1": "refused", "2": "refused", "3": "ok", "4": "ok", "5": "ok", "6": "ok",
                       "7": "failed", "8": "failed", "9": "failed"}
     assert (summary.ok, summary.refused, summary.failed, summary.stopped) == (5, 2, 3, None)
@@ -337,9 +346,14 @@ def test_every_error_class_in_a_run(openai_fake, tmp_path):
     assert summary.requests == sum(requests.values())
     assert 7 in sleeps and 30 in sleeps                      # retry-after honoured, then capped
     assert sleeps.count(1.5) == 4 and sleeps.count(3.0) == 2  # exponential back-off: 3,4,5,8,8 / 3,8
-    refused = next(r for r in load_manifest(out) if r["status"] == "refused")
+    refused = next(r for r in manifest_lines(out) if r["status"] == "refused")
     assert refused["error"]["kind"] == "refused" and refused["file"] is None
     assert refused["error"]["code"] in ("moderation_blocked", "content_policy_violation")
+    # The typed reader gives back exactly what was written, errors included.
+    records = load_manifest(out)
+    assert [r.to_dict() for r in records] == manifest_lines(out)
+    assert sum(r.final for r in records) == 7 and {r.error.kind for r in records if r.status == "failed"} == {
+        "unavailable", "invalid_response", "rejected"}
     text = summary.format()
     assert "5 generated, 2 refused, 3 failed" in text and "rate_limited x2" in text
     # Failed images are retried by the next run; refused ones are not.
@@ -409,7 +423,7 @@ class SimulatedKill(BaseException):
 def test_crash_between_image_write_and_manifest_line_adopts_the_image(openai_fake, tmp_path, monkeypatch):
     plan = plan_generation(6, seed=4)
     out = tmp_path / "out"
-    real_append = generation._Manifest.append
+    real_append = ManifestWriter.append
     calls = {"n": 0}
 
     def dying_append(self, record):
@@ -418,10 +432,10 @@ def test_crash_between_image_write_and_manifest_line_adopts_the_image(openai_fak
             raise SimulatedKill()          # image 3 is on disk, its line is not
         real_append(self, record)
 
-    monkeypatch.setattr(generation._Manifest, "append", dying_append)
+    monkeypatch.setattr(ManifestWriter, "append", dying_append)
     with pytest.raises(SimulatedKill):
         run_quiet(plan, out, openai_fake, concurrency=1)
-    monkeypatch.setattr(generation._Manifest, "append", real_append)
+    monkeypatch.setattr(ManifestWriter, "append", real_append)
     assert len(ok_records(out)) == 2 and len(list(out.glob("*.png"))) == 3
     paid = len(openai_fake.requests)
     assert paid == 3
@@ -431,6 +445,16 @@ def test_crash_between_image_write_and_manifest_line_adopts_the_image(openai_fak
     assert_folder_complete(out, plan)
     adopted = [r for r in ok_records(out) if r.get("adopted")]
     assert len(adopted) == 1 and adopted[0]["attributes"] == next(p for p in plan if p.id == adopted[0]["id"]).attributes
+
+
+def test_manifest_reader_skips_lines_that_are_not_records(tmp_path, caplog):
+    good = {"id": "face-00000-abc", "status": "ok", "file": "face-00000-abc.png", "bytes": 12, "extra": 1}
+    lines = [json.dumps(good), "[1, 2]", json.dumps({"status": "ok"}), "not json", json.dumps({"id": "x", "status": ""})]
+    (tmp_path / "manifest.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        records = load_manifest(tmp_path)
+    assert records == [ManifestRecord(id=good["id"], status="ok", file=good["file"], nbytes=12)]
+    assert sum("not a manifest record" in m for m in caplog.messages) == 4
 
 
 def test_torn_manifest_line_and_temp_files_are_cleaned_up(openai_fake, tmp_path):

@@ -21,7 +21,7 @@ import gradio as gr
 from fakeface.app.components import user_error
 from fakeface.data.images import ImageDecodeError
 from fakeface.evaluation.metrics import json_safe
-from fakeface.generation.runner import GenerationError
+from fakeface.generation.client import GenerationError
 from fakeface.serving.browse import DatasetCache
 from fakeface.serving.errors import AppError
 from fakeface.serving.generate import RateLimiter

@@ -21,10 +21,12 @@ import logging
 import sys
 from pathlib import Path
 
-from fakeface.generation.runner import (
-    DEFAULT_QUALITY, DEFAULT_SIZE, DEFAULT_TIMEOUT_S, GenerationError, available_image_models,
-    available_image_qualities, describe_plan, load_manifest, plan_generation, run_generation,
+from fakeface.generation.client import (
+    DEFAULT_QUALITY, DEFAULT_SIZE, DEFAULT_TIMEOUT_S, GenerationError, available_image_models, available_image_qualities,
 )
+from fakeface.generation.manifest import load_manifest
+from fakeface.generation.plan import describe_plan, plan_generation
+from fakeface.generation.runner import run_generation
 from fakeface.utils.constants import DEFAULT_IMAGE_MODEL
 
 # Cost guard: more new images than this in one run need an explicit --max-images.
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     out = Path(args.out)
-    done = {r["id"] for r in load_manifest(out) if r.get("status") in ("ok", "refused")} if out.is_dir() else set()
+    done = {r.id for r in load_manifest(out) if r.final} if out.is_dir() else set()
     new = sum(p.id not in done for p in plan)
     if args.dry_run:
         print(describe_plan(plan, done_ids=done, max_images=args.max_images))

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from fakeface.generation.runner import generate_face
+from fakeface.generation.images import generate_face
 from fakeface.serving.analysis import analyze_bytes
 from fakeface.serving.errors import AppError, RateLimitExceeded
 from fakeface.serving.models import LoadedModel
@@ -123,7 +123,7 @@ def generate_and_analyze(request: GenerationRequest, models: Sequence[LoadedMode
 
     The user's own key is used when given (no Space rate limit); otherwise the
     Space's ``OPENAI_API_KEY`` under ``limiter``. Every failure raises
-    :class:`AppError` or a ``fakeface.generation.runner.GenerationError``
+    :class:`AppError` or a ``fakeface.generation.client.GenerationError``
     whose message is user-facing and key-free. The result is
     :func:`analyze_bytes`' dict plus ``generated`` (model, prompt, revised
     prompt) and ``image_bytes``/``image_format``.

@@ -14,7 +14,7 @@ SYNTHETIC_GENERATOR = "synthetic-upsampler"
 SYNTHETIC_REAL_SOURCE = "synthetic-camera"
 
 # OpenAI image models: anything not retired. Retired models are removed from
-# the SDK's `ImageModel` list (see fakeface.generation.runner.available_image_models).
+# the SDK's `ImageModel` list (see fakeface.generation.client.available_image_models).
 RETIRED_IMAGE_MODELS = ("dall-e-2", "dall-e-3", "gpt-image-1")
 DEFAULT_IMAGE_MODEL = "gpt-image-2"
 

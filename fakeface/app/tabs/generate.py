@@ -6,7 +6,7 @@ import gradio as gr
 from fakeface.app.common import ANY, AppContext, bind, new_output_path, public_result, user_errors
 from fakeface.app.render import render_generated, render_placeholder, render_provenance, render_verdict
 from fakeface.generation.prompts import ATTRIBUTE_GRID
-from fakeface.generation.runner import available_image_models, available_image_qualities
+from fakeface.generation.client import available_image_models, available_image_qualities
 from fakeface.serving.generate import GenerationRequest, generate_and_analyze
 from fakeface.utils.constants import DEFAULT_IMAGE_MODEL
 
