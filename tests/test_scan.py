@@ -290,9 +290,11 @@ def test_faces_give_one_row_per_face_with_its_box(release, tmp_path):
     # The app's /detect analysis of the same files with the same model gives the same faces and verdicts.
     served = load_model(str(model_dir))
     assert served.runtime == faces[0]["runtime"]
+    app_verdicts: dict[str, int] = {}
     for key, file_rows in (("face.png", faces), ("noise.png", [whole])):
         app = analyze_bytes((src / key).read_bytes(), key, [served], explain=False, robustness=False,
                             provenance=False)
+        app_verdicts[app["verdict"]] = app_verdicts.get(app["verdict"], 0) + 1
         assert [(f["box"], f["verdict"]) for f in app["faces"]] == [
             ([r["box_x0"], r["box_y0"], r["box_x1"], r["box_y1"]], r["verdict"]) for r in file_rows
             if r["face_index"] is not None]
@@ -305,3 +307,5 @@ def test_faces_give_one_row_per_face_with_its_box(release, tmp_path):
         assert decisive[0]["note"].startswith(app["notes"][0])   # how the verdict was reached, in the app's words
         assert [bool(r["most_suspicious"]) for r in file_rows if r["face_index"] is not None] == [
             f["most_suspicious"] for f in app["faces"]]
+    # The summary counts one verdict per photo, the app's.
+    assert json.loads((out / SUMMARY_NAME).read_text())["photo_verdicts"] == dict(sorted(app_verdicts.items()))

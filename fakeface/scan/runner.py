@@ -342,7 +342,8 @@ def _merge_and_summarize(out: Path, summary: ScanSummary) -> None:
     import pyarrow.parquet as pq
 
     merged = merge_parts(out)
-    table = pq.read_table(merged.table, columns=["key", "face_index", "verdict", "error_code", "error"])
+    table = pq.read_table(merged.table, columns=["key", "face_index", "verdict", "most_suspicious", "error_code",
+                                                       "error"])
     summary.table = {**summarize_rows(table.to_pylist()), "duplicate_rows_dropped": merged.duplicate_rows_dropped}
     summary.files = {"parquet": os.fspath(merged.table), "csv": os.fspath(merged.csv),
                      "summary": os.fspath(out / SUMMARY_NAME)}
@@ -362,6 +363,8 @@ def format_summary(summary: ScanSummary) -> str:
     if table is not None:
         verdicts = ", ".join(f"{k} {v}" for k, v in table["verdicts"].items()) or "none"
         lines.append(f"table: {table['images']} image(s), {table['rows']} row(s); verdicts: {verdicts}")
+        photos = ", ".join(f"{k} {v}" for k, v in table["photo_verdicts"].items()) or "none"
+        lines.append(f"photo verdicts (from each photo's most suspicious face, as in the app): {photos}")
         if table["skipped_total"]:
             reasons = ", ".join(f"{k} {v}" for k, v in table["errors"].items())
             lines.append(f"skipped {table['skipped_total']}: {reasons}")

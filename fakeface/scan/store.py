@@ -197,8 +197,10 @@ def _write_table_atomic(path: Path, write: Any) -> None:
 
 
 def summarize_rows(rows: Iterable[dict[str, Any]], *, max_listed: int = 20) -> dict[str, Any]:
-    """Counts per verdict (images and faces), errors by code, and the first skipped files with their reason."""
+    """Counts per verdict (rows: faces and whole images), per photo verdict (the row that decides each photo,
+    as in the app), errors by code, and the first skipped files with their reason."""
     verdicts: Counter = Counter()
+    photo_verdicts: Counter = Counter()
     errors: Counter = Counter()
     images: set[str] = set()
     skipped: list[dict[str, str]] = []
@@ -209,10 +211,13 @@ def summarize_rows(rows: Iterable[dict[str, Any]], *, max_listed: int = 20) -> d
             faces += 1
         if row.get("verdict") is not None:
             verdicts[row["verdict"]] += 1
+            if row.get("most_suspicious") or row.get("face_index") is None:
+                photo_verdicts[row["verdict"]] += 1
         elif row.get("error_code"):
             errors[row["error_code"]] += 1
             if len(skipped) < max_listed:
                 skipped.append({"key": row["key"], "error_code": row["error_code"], "error": row.get("error") or ""})
     return {"images": len(images), "rows": sum(verdicts.values()) + sum(errors.values()), "faces": faces,
-            "verdicts": dict(sorted(verdicts.items())), "errors": dict(sorted(errors.items())),
+            "verdicts": dict(sorted(verdicts.items())), "photo_verdicts": dict(sorted(photo_verdicts.items())),
+            "errors": dict(sorted(errors.items())),
             "skipped": skipped, "skipped_total": sum(errors.values())}
