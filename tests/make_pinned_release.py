@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.test_training import TINY, _image_bytes, make_tiny_dataset
+from tests.test_training import TINY, image_bytes, make_tiny_dataset
 
 PINNED = Path(__file__).resolve().parent / "data" / "pinned_release"
 RELEASE_FILES = ("config.json", "model.safetensors")
@@ -30,7 +30,7 @@ def write_inputs(folder: Path) -> list[str]:
     names = []
     for i in range(6):
         name = f"tiny_{'fake' if i % 2 else 'real'}_{i}.png"
-        (folder / name).write_bytes(_image_bytes(rng, bool(i % 2)))
+        (folder / name).write_bytes(image_bytes(rng, bool(i % 2)))
         names.append(name)
     odd = {
         "wide_80x48.png": Image.fromarray(rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)),

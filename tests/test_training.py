@@ -26,7 +26,7 @@ ARCH = "mobilenetv2_050"
 TINY = dict(model=ARCH, recipe="robust", face_crop=False, input_size=32, batch_size=16, epochs=3, lr=2e-3, log_with=None, fast_path=False)
 
 
-def _image_bytes(rng, fake: bool, size: int = 48) -> bytes:
+def image_bytes(rng, fake: bool, size: int = 48) -> bytes:
     if fake:
         low = rng.integers(0, 256, (size // 2, size // 2, 3), dtype=np.uint8)
         image = Image.fromarray(low).resize((size, size), Image.Resampling.NEAREST)
@@ -51,7 +51,7 @@ def make_tiny_dataset(n_train=96, n_validation=37, n_test=32, seed=0):
         rows = {k: [None] * n for k in features}
         for i in range(n):
             fake = i % 2
-            rows["image"][i] = {"bytes": _image_bytes(rng, bool(fake)), "path": None}
+            rows["image"][i] = {"bytes": image_bytes(rng, bool(fake)), "path": None}
             rows["label"][i] = fake
             rows["generator"][i] = "tiny-upsampler" if fake else "tiny-camera"
             rows["source_id"][i] = f"{name}-{i // 2}"
@@ -298,7 +298,7 @@ def test_push_to_hub_then_timm_and_transformers_agree(tiny_dataset, tmp_path, hu
     classify = pipeline("image-classification", model=repo)
     rng = np.random.default_rng(42)
     for fake in (False, True):
-        image = Image.open(io.BytesIO(_image_bytes(rng, fake))).convert("RGB")
+        image = Image.open(io.BytesIO(image_bytes(rng, fake))).convert("RGB")
         with torch.no_grad():
             p_timm = torch.softmax(model(transform(image).unsqueeze(0)), dim=-1)[0].numpy()
         by_label = {row["label"]: row["score"] for row in classify(image, top_k=2)}

@@ -19,6 +19,7 @@ from fakeface.modeling.config import FAKEFACE_KEY, Decision, resolve_detector_co
 from fakeface.modeling.detector import read_detector_config
 from fakeface.utils.constants import ATTRIBUTE_COLUMNS, LABEL_NAMES, SYNTHETIC_GENERATOR
 from fakeface.utils.formatting import format_number, markdown_table  # noqa: F401 - also imported from here
+from fakeface.utils.hub import parse_source
 
 # Package data, so an installed fakeface renders cards too; the repository's
 # top-level model_card.md is a symlink to this file.
@@ -39,8 +40,6 @@ _INDEX_METRICS = (("roc_auc", "ROC-AUC"), ("average_precision", "Average precisi
 
 def describe_dataset(dataset: Any) -> tuple[str, str | None]:
     """(publishable name, Hub id or None) of a dataset source: a local folder appears by name, never by path."""
-    from fakeface.utils.hub import parse_source
-
     if not isinstance(dataset, (str, os.PathLike)):
         return "in-memory dataset", None
     try:
