@@ -42,7 +42,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -53,6 +53,7 @@ from fakeface.data.preprocess import Preprocessing, build_eval_transform, jpeg_r
 from fakeface.evaluation.metrics import choose_thresholds, expected_calibration_error, fit_temperature, json_safe
 from fakeface.faces import FaceCrop, crop_faces
 from fakeface.training.card import format_number, markdown_table
+from fakeface.training.card import REAL_FACES_SUMMARY
 from fakeface.utils.fileio import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -841,4 +842,18 @@ def write_real_benchmark(data: dict[str, Any], results_dir: str | os.PathLike = 
     json_path, md_path = folder / "real_faces.json", folder / "real_faces.md"
     write_atomic(json_path, (json.dumps(json_safe(data), indent=1) + "\n").encode())
     write_atomic(md_path, render_real_benchmark(data).encode())
+    write_card_summary(data)
     return json_path, md_path
+
+
+def write_card_summary(data: Mapping[str, Any], path: Path = Path(str(REAL_FACES_SUMMARY))) -> Path:
+    """The default recipe's real-face figures, shipped as package data for every release's model card."""
+    verdict = data["verdict"]
+    summary = {
+        "recipe": data["default_recipe"], "command": data.get("command"), "images": data["dataset"]["images"],
+        "cpu": data["environment"]["cpu"], "targets": data["targets"],
+        **{key: verdict[key] for key in ("lofo_auc_control", "pair_140k_auc", "in_the_wild_fp", "ece_before_ts",
+                                         "ece_after_ts")},
+    }
+    write_atomic(path, (json.dumps(json_safe(summary), indent=1) + "\n").encode())
+    return path

@@ -100,3 +100,26 @@ def test_training_on_face_crops_replaces_images_by_the_largest_face(tmp_path):
     expected = crop_faces(Image.open(photo).convert("RGB"), FaceCrop()).judgeable[0].image
     assert face.format == "PNG" and np.array_equal(np.asarray(face.convert("RGB")), np.asarray(expected))
     assert face_crop_notes({"train": cropped}) == ["1 of 2 train images had no judgeable face and were used whole"]
+
+
+def test_model_cards_state_the_real_face_figures_the_benchmark_wrote(tmp_path):
+    """The benchmark's summary (package data) reaches every card: its numbers, and whether the release is that recipe."""
+    from benchmarks.real_faces import write_card_summary
+    from fakeface.training.card import REAL_FACES_SUMMARY, real_faces_section
+
+    data = {
+        "default_recipe": "finetune/mobilenetv2_100-imagenet", "command": "python scripts/real_benchmark.py",
+        "dataset": {"images": 77}, "environment": {"cpu": "test cpu"},
+        "targets": {"lofo_auc_min": 0.9, "pair_140k_auc": 0.95, "in_the_wild_fp_max": 0.1, "ece_after_ts_max": 0.05},
+        "verdict": {"lofo_auc_control": {"gan": 0.123, "flux": 0.987}, "pair_140k_auc": 0.456,
+                    "in_the_wild_fp": 0.0321, "ece_before_ts": 0.2, "ece_after_ts": 0.0789},
+    }
+    path = write_card_summary(data, tmp_path / "summary.json")
+    same = real_faces_section("finetune", "mobilenetv2_100", path)
+    assert "0.12 / 0.99" in same and "0.46" in same and "0.032" in same and "0.079" in same and "77" in same
+    assert "trained with that recipe" in same
+    other = real_faces_section("robust", "resnet50", path)
+    assert "not that recipe" in other and "unmeasured" in other
+    assert real_faces_section("finetune", "mobilenetv2_100", tmp_path / "missing.json") == ""
+    # The committed summary ships with the package and renders.
+    assert "## On real faces" in real_faces_section("finetune", "mobilenetv2_100", REAL_FACES_SUMMARY)

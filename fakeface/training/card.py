@@ -9,6 +9,7 @@ folders appear by name only, and no token or path is ever a template value.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import math
 import os
 from pathlib import Path
@@ -24,6 +25,9 @@ from fakeface.utils.hub import parse_source
 # Package data, so an installed fakeface renders cards too; the repository's
 # top-level model_card.md is a symlink to this file.
 TEMPLATE = importlib.resources.files("fakeface.training") / "templates" / "model_card.md"
+# Written by the real-faces benchmark (benchmarks/real_faces.py) from results/real_faces.json: how the
+# default recipe generalised on faces-dev, stated in every card so no release overclaims.
+REAL_FACES_SUMMARY = importlib.resources.files("fakeface.training") / "templates" / "real_faces_summary.json"
 CARD_NAME = "README.md"
 LICENSE = "apache-2.0"
 PLACEHOLDER_REPO = "ORG/NAME"
@@ -148,6 +152,7 @@ def render_model_card(*, report: Mapping[str, Any], config: Any, recipe: Any, re
         **_decision_section(report, detector_config.decision, config),
         **_training_section(report, config, recipe, detector_config.preprocessing, facts),
         fast_path_section=_fast_path_section(report.get("fast_path")),
+        real_faces_section=real_faces_section(facts.get("recipe") or recipe.name, config.model),
         notes_section=_notes_section((report.get("training") or {}).get("notes")),
         **build_card_tables(report),
     )
@@ -224,6 +229,36 @@ def _fast_path_section(fast: Any) -> str:
     return ("\n## Fast path (int8 ONNX)\n\nAn int8 ONNX export ships beside the safetensors for fast CPU "
             "serving; its accuracy cost, measured on the test split against the fp32 model:\n\n"
             + markdown_table(["measure", "value"], rows) + "\n")
+
+
+def real_faces_section(recipe_name: str, architecture: str, summary_path: Any = REAL_FACES_SUMMARY) -> str:
+    """What the real-faces benchmark measured for the default recipe, and whether this release is that recipe."""
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    targets, lofo = summary["targets"], summary["lofo_auc_control"]
+    same = summary["recipe"].split("/")[0] == recipe_name and architecture in summary["recipe"]
+    rows = [
+        ["leave-one-family-out AUC (" + ", ".join(lofo) + ")", " / ".join(format_number(v, 2) for v in lofo.values()),
+         f">= {targets['lofo_auc_min']}"],
+        ["StyleGAN1 vs FFHQ, format-matched 140K pair, AUC", format_number(summary["pair_140k_auc"], 2),
+         f">= {targets['pair_140k_auc']}"],
+        ["false positives on in-the-wild real photos", format_number(summary["in_the_wild_fp"], 3),
+         f"<= {targets['in_the_wild_fp_max']}"],
+        ["ECE before -> after temperature scaling",
+         f"{format_number(summary['ece_before_ts'], 3)} -> {format_number(summary['ece_after_ts'], 3)}",
+         f"<= {targets['ece_after_ts_max']}"],
+    ]
+    which = ("This release was trained with that recipe." if same else
+             f"This release (`{recipe_name}`, `{architecture}`) is not that recipe; its real-face behaviour is unmeasured.")
+    return ("\n## On real faces (the faces-dev benchmark)\n\n"
+            f"The default recipe `{summary['recipe']}` was measured on {summary['images']} real and generated faces "
+            "(faces-dev), each generator family held out of training in turn and tested on photos through a "
+            "format-neutral control (`make real-benchmark`, results/real_faces.md). " + which + "\n\n"
+            + markdown_table(["measure", "measured", "target"], rows)
+            + "\n\nIt does not yet generalise to generator families it has not seen: treat a verdict as one piece "
+            "of evidence, not proof.\n")
 
 
 def _notes_section(notes: Sequence[str] | None) -> str:
