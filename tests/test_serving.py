@@ -635,8 +635,9 @@ def test_models_sharing_a_face_crop_share_one_face_scan(face_model, monkeypatch)
     import fakeface.serving.analysis as analysis
 
     calls = []
-    real = analysis.scan_photos
-    monkeypatch.setattr(analysis, "scan_photos", lambda images, face_crop: calls.append(face_crop) or real(images, face_crop))
+    real = analysis.run_face_stage
+    monkeypatch.setattr(analysis, "run_face_stage",
+                        lambda images, face_crop: calls.append(face_crop) or real(images, face_crop))
     twin = LoadedModel("twin", face_model.detector, SizeScorer(min_side=10))
     photo = load_image(_shared_photo("seed-ffhq", "ffhq_00152.png")).image
     [verdict] = analysis.score_images([face_model, twin], [photo])

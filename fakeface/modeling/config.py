@@ -15,10 +15,12 @@ import numpy as np
 
 from fakeface.data.preprocess import Preprocessing, resolve_preprocessing
 from fakeface.faces.crop import FaceCrop
+from fakeface.faces.graph import FaceGraph
 from fakeface.utils.constants import FAKE, LABEL_NAMES
 
 FAKEFACE_KEY = "fakeface"          # the block of config.json that timm has no field for
 FACE_CROP_KEY = "face_crop"        # inside that block
+FACE_DETECTOR_KEY = "face_detector"  # inside that block: the bundled face graph's FaceGraphRecord
 VERDICT_UNCERTAIN = "uncertain"
 
 
@@ -100,10 +102,15 @@ def _fakeface_block(model_or_cfg: Any) -> dict[str, Any]:
 def resolve_detector_config(model_or_cfg: Any) -> DetectorConfig:
     """The model's preprocessing, decision and face crop, from a timm model or a config dict."""
     block = _fakeface_block(model_or_cfg)
+    face_crop = FaceCrop.from_cfg(block.get(FACE_CROP_KEY))
+    # load_detector resolved which face graph this release runs (its own copy, or the package's)
+    graph = getattr(model_or_cfg, "fakeface_face_graph", None)
+    if face_crop is not None and isinstance(graph, FaceGraph):
+        face_crop = replace(face_crop, graph=graph)
     return DetectorConfig(
         preprocessing=resolve_preprocessing(model_or_cfg),
         decision=Decision.from_cfg(block),
-        face_crop=FaceCrop.from_cfg(block.get(FACE_CROP_KEY)),
+        face_crop=face_crop,
     )
 
 

@@ -9,7 +9,9 @@ On disk a detector is timm's Hub format: ``config.json`` + ``model.safetensors``
 * ``pretrained_cfg``: timm's preprocessing keys (input size, interpolation,
   mean/std, crop mode), read by timm, transformers and us alike;
 * ``fakeface``: what timm has no field for: the exact crop protocol, the
-  number of test crops, the calibration temperature and decision thresholds.
+  number of test crops, the calibration temperature and decision thresholds,
+  the face crop and, for a release with one, the face detector graph it
+  carries (``face_detector.onnx`` + licence notice, with their sha256).
   timm's ``PretrainedCfg`` rejects unknown keys, so this block sits beside
   ``pretrained_cfg`` on disk and is re-attached to ``model.pretrained_cfg``
   on load, keeping the model the one carrier of its own preprocessing.
@@ -35,7 +37,8 @@ from fakeface.utils.constants import DEFAULT_ARCHITECTURE, LABEL_NAMES
 from fakeface.utils.hub import BadSource, ErrorKind, HubUnreachable, Source, SourceError, parse_source, probe_repo
 from fakeface.data.preprocess import Preprocessing
 from fakeface.faces.crop import FaceCrop
-from fakeface.modeling.config import FACE_CROP_KEY, FAKEFACE_KEY, Decision, resolve_detector_config
+from fakeface.faces.graph import FaceDetectorUnavailable, FaceGraph, FaceGraphRecord, bundle_face_graph, resolve_face_graph
+from fakeface.modeling.config import FACE_CROP_KEY, FACE_DETECTOR_KEY, FAKEFACE_KEY, Decision, resolve_detector_config
 from fakeface.modeling.pretrained import OFFLINE_WEIGHTS, OfflineWeightsMissing, describe_init, offline_weights_file
 
 logger = logging.getLogger(__name__)
@@ -45,8 +48,9 @@ WEIGHTS_NAME = "model.safetensors"
 # Files that make up a release. Anything else in a folder (training state,
 # logs, tokens) is never uploaded.
 # fastpath_reference.npz: the int8 graph's reference inputs, re-scored at load (fakeface.modeling.fastpath).
+# face_detector.onnx (*.onnx) + face_detector.LICENSE.txt: the face stage's graph and its notice (fakeface.faces.graph).
 RELEASE_PATTERNS = ("config.json", "model.safetensors", "README.md", "*.png", "*.onnx", "*.json", "*.md",
-                    "fastpath_reference.npz")
+                    "fastpath_reference.npz", "face_detector.LICENSE.txt")
 
 
 _IMAGENET_IDENTITY_KEYS = (
@@ -241,10 +245,33 @@ def save_detector(model: nn.Module, output_dir: str | os.PathLike, *, extra_conf
         config.get("model_args", {}).pop("num_classes", None)
         config[FAKEFACE_KEY] = block
         config.update(extra_config or {})
+        bundled = _bundle_face_graph(model, Path(tmp), block)
         config_path.write_text(json.dumps(config, indent=2, sort_keys=False) + "\n")
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
+        # config.json last: it never names a file that is not in place yet
+        for name in (*bundled, WEIGHTS_NAME, CONFIG_NAME):
             os.replace(Path(tmp) / name, output_dir / name)
     return output_dir
+
+
+def _bundle_face_graph(model: nn.Module, folder: Path, block: dict[str, Any]) -> tuple[str, ...]:
+    """A detector with a face stage carries its face graph: write it into ``folder`` and record it in ``block``.
+
+    The graph copied is the one the model runs (a loaded release's own), else
+    the installed package's. Without either the release is saved without one
+    (it then needs the package wherever it runs) and a warning says so.
+    """
+    block.pop(FACE_DETECTOR_KEY, None)
+    if FACE_CROP_KEY not in block:
+        return ()
+    graph = getattr(model, "fakeface_face_graph", None)
+    try:
+        record = bundle_face_graph(folder, graph if isinstance(graph, FaceGraph) else None)
+    except FaceDetectorUnavailable as error:
+        logger.warning("saving without the face detector graph (%s): this release will need %s wherever it runs",
+                       error.reason, error.fix)
+        return ()
+    block[FACE_DETECTOR_KEY] = record.to_cfg()
+    return record.file, record.license_file
 
 
 # --------------------------------------------------------------------------- load
@@ -385,7 +412,33 @@ def load_detector(
         raise DetectorLoadError(ErrorKind.BAD_CONFIG, f"{files.folder / CONFIG_NAME} has unusable settings ({error})",
                                 "re-save the model with this version of fakeface", **{**where, "file": CONFIG_NAME}) from error
     model.fakeface_files = files
+    model.fakeface_face_graph = _resolve_release_face_graph(files, cfg[FAKEFACE_KEY], where)
     return model.eval()
+
+
+def _resolve_release_face_graph(files: DetectorFiles, block: dict[str, Any],
+                                where: dict[str, Any]) -> FaceGraph | FaceDetectorUnavailable | None:
+    """The face graph a release with a face stage runs, or why it has none (never fails the load).
+
+    None for a release without a face stage. A missing graph is kept as the
+    error: photos are then scored whole, and the status says why and what to do.
+    """
+    if FACE_CROP_KEY not in block:
+        return None
+    try:
+        record = FaceGraphRecord.from_cfg(block.get(FACE_DETECTOR_KEY))
+    except ValueError as error:
+        raise DetectorLoadError(ErrorKind.BAD_CONFIG, f"{files.folder / CONFIG_NAME}: {error}",
+                                "re-save the model with this version of fakeface", **{**where, "file": CONFIG_NAME}) from error
+    try:
+        graph = resolve_face_graph(files.folder, record)
+    except FaceDetectorUnavailable as error:
+        logger.warning("%s: no face detector (%s); photos will be scored whole. Fix: %s",
+                       files.source.display, error.reason, error.fix)
+        return error
+    if graph.problem:
+        logger.warning("%s: %s; using the installed package's graph", files.source.display, graph.problem)
+    return graph
 
 
 def _state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:

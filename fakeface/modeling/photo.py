@@ -25,11 +25,12 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from PIL import Image
 
-from fakeface.faces import FaceCrop, FaceScan, crop_faces
+from fakeface.faces import FaceCrop, FaceDetectorUnavailable, FaceScan, crop_faces
 from fakeface.modeling.config import DetectorConfig, resolve_detector_config
 
 __all__ = [
-    "FROM_CONFIG", "FaceScore", "PhotoScore", "SCORE_BATCH", "resolve_face_crop", "scan_photos", "score_photos",
+    "FROM_CONFIG", "FaceScore", "FaceStageDown", "PhotoScore", "SCORE_BATCH", "resolve_face_crop", "run_face_stage",
+    "scan_photos", "score_photos",
 ]
 
 # Crops per model call: bounds memory on a crowd photo or a long scan (30 faces x 5 crops x 224² stays small).
@@ -41,6 +42,7 @@ NOTE_NO_FACE = "No face found: the whole image was scored."
 NOTE_MISSABLE = ("Paintings, cartoons, faces in profile and very small faces can be missed by the face detector.")
 NOTE_NO_FACE_STAGE = "This model has no face stage (its config has no face crop): the whole image was scored."
 NOTE_ONLY_TOO_SMALL = "Every face found is smaller than {px} px, too small to judge: the whole image was scored."
+NOTE_FACE_STAGE_DOWN = "The face detector is unavailable ({reason}): the whole image was scored. To fix: {fix}."
 NOTE_FROM_FACE = "The photo's verdict is that of its most suspicious face: face {index} ({judged} of {found} judged)."
 
 
@@ -131,6 +133,27 @@ def scan_photos(images: Sequence[Image.Image], face_crop: FaceCrop, *, threads: 
     return [crop_faces(image, face_crop, threads=threads) for image in images]
 
 
+@dataclass(frozen=True)
+class FaceStageDown:
+    """The face stage could not run (no detector graph, or no runtime): photos are scored whole."""
+
+    reason: str
+    fix: str
+
+    @property
+    def note(self) -> str:
+        return NOTE_FACE_STAGE_DOWN.format(reason=self.reason, fix=self.fix.rstrip("."))
+
+
+def run_face_stage(images: Sequence[Image.Image], face_crop: FaceCrop, *,
+                   threads: int | None = None) -> list[FaceScan] | FaceStageDown:
+    """:func:`scan_photos`, or why it could not run: a missing face detector never fails a request."""
+    try:
+        return scan_photos(images, face_crop, threads=threads)
+    except FaceDetectorUnavailable as error:
+        return FaceStageDown(error.reason, error.fix)
+
+
 def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -146,7 +169,8 @@ def _score_all(detector: Any, inputs: Sequence[Image.Image]) -> tuple[np.ndarray
 
 
 def score_photos(detector: Any, images: Sequence[Image.Image], *, face_crop: FaceCrop | None = FROM_CONFIG,
-                 scans: Sequence[FaceScan] | None = None, threads: int | None = None) -> list[PhotoScore]:
+                 scans: Sequence[FaceScan] | FaceStageDown | None = None,
+                 threads: int | None = None) -> list[PhotoScore]:
     """Decoded photos -> one :class:`PhotoScore` each, in order (see the module docstring).
 
     ``detector`` is anything with ``score(images) -> Scores`` (``p_fake``,
@@ -155,14 +179,17 @@ def score_photos(detector: Any, images: Sequence[Image.Image], *, face_crop: Fac
     :class:`FaceCrop` to override it, or None to score whole images.
     ``scans`` are the face stage's results for ``images`` when already known
     (several models sharing one face crop); they must use that face crop.
+    When the face stage cannot run (:class:`FaceStageDown`), every photo is
+    scored whole and its notes say why and how to fix it.
     """
     images = list(images)
     if face_crop is FROM_CONFIG:
         face_crop = resolve_face_crop(detector)
-    if face_crop is None:
+    if face_crop is not None and scans is None:
+        scans = run_face_stage(images, face_crop, threads=threads)
+    down = scans if isinstance(scans, FaceStageDown) else None
+    if face_crop is None or down is not None:
         found: list[FaceScan | None] = [None] * len(images)
-    elif scans is None:
-        found = list(scan_photos(images, face_crop, threads=threads))
     else:
         found = list(scans)
         if len(found) != len(images):
@@ -183,16 +210,17 @@ def score_photos(detector: Any, images: Sequence[Image.Image], *, face_crop: Fac
         spans.append((start, len(inputs)))
     p_fake, verdicts = _score_all(detector, inputs) if inputs else (np.zeros(0), [])
 
-    return [_photo_score(image, scan, face_crop, inputs[a:b], p_fake[a:b], verdicts[a:b])
+    return [_photo_score(image, scan, face_crop, inputs[a:b], p_fake[a:b], verdicts[a:b], down)
             for image, scan, (a, b) in zip(images, found, spans)]
 
 
 def _photo_score(image: Image.Image, scan: FaceScan | None, face_crop: FaceCrop | None,
-                 scored: Sequence[Image.Image], p_fake: np.ndarray, verdicts: Sequence[str]) -> PhotoScore:
+                 scored: Sequence[Image.Image], p_fake: np.ndarray, verdicts: Sequence[str],
+                 down: FaceStageDown | None = None) -> PhotoScore:
     size = (int(image.size[0]), int(image.size[1]))
     if scan is None:
-        return PhotoScore((), float(p_fake[0]), verdicts[0], "whole-image", (NOTE_NO_FACE_STAGE,), size,
-                          scored_image=scored[0])
+        note = NOTE_NO_FACE_STAGE if down is None else down.note
+        return PhotoScore((), float(p_fake[0]), verdicts[0], "whole-image", (note,), size, scored_image=scored[0])
     if scan.no_face:
         notes = [NOTE_NO_FACE, NOTE_MISSABLE]
         if image.mode != "RGB":

@@ -24,10 +24,9 @@ from PIL import Image
 
 from fakeface.data.images import DecodedImage, load_image
 from fakeface.evaluation.metrics import apply_condition
-from fakeface.faces import FaceDetectorUnavailable
 from fakeface.modeling.config import Decision
 from fakeface.modeling.explain import crop_coverage, explain_image
-from fakeface.modeling.photo import FaceScore, PhotoScore, resolve_face_crop, scan_photos, score_photos
+from fakeface.modeling.photo import FaceScore, PhotoScore, resolve_face_crop, run_face_stage, score_photos
 from fakeface.serving.errors import AppError
 from fakeface.serving.models import LoadedModel
 from fakeface.serving.provenance import read_provenance
@@ -162,17 +161,14 @@ def score_images(models: Sequence[LoadedModel], images: Sequence[Image.Image]) -
     """
     require_models(models)
     images = list(images)
-    scans: dict[Any, list] = {}
+    scans: dict[Any, Any] = {}
     per_model = []
-    try:
-        for model in models:
-            face_crop = resolve_face_crop(model.detector)
-            if face_crop is not None and face_crop not in scans:
-                scans[face_crop] = scan_photos(images, face_crop)
-            per_model.append(score_photos(model.scorer, images, face_crop=face_crop, scans=scans.get(face_crop)))
-    except FaceDetectorUnavailable as error:
-        raise AppError(f"The face detector is unavailable ({error.reason});", error.fix,
-                       kind="no_face_detector") from None
+    for model in models:
+        face_crop = resolve_face_crop(model.detector)
+        if face_crop is not None and face_crop not in scans:
+            # A missing face detector never fails the request: the photos are scored whole, with a note why.
+            scans[face_crop] = run_face_stage(images, face_crop)
+        per_model.append(score_photos(model.scorer, images, face_crop=face_crop, scans=scans.get(face_crop)))
     return [
         ImageVerdict.from_photos([ModelVerdict(model, photos[i].photo_p_fake, photos[i].verdict, photos[i])
                                   for model, photos in zip(models, per_model)])

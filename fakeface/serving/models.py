@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from fakeface.faces import FaceDetectorUnavailable, resolve_face_graph
 from fakeface.modeling.config import FAKEFACE_KEY, Decision, resolve_detector_config
 from fakeface.modeling.detector import DetectorLoadError, load_detector
 from fakeface.modeling.fastpath import FastPathLoad, FastPathRefusal, load_fast_path
@@ -139,7 +140,27 @@ class LoadedModel:
             "threshold_real": d.threshold_real, "target_fpr": d.target_fpr, "calibrated": d.calibrated,
             "trained_on": block.get("trained_on"), "synthetic_training_data": self.synthetic, "notice": self.notice,
             "fast_path": describe_fast_path(self.fast_path, folder=self.folder),
+            "face_stage": describe_face_stage(self.detector.model),
         }
+
+
+def describe_face_stage(model: Any) -> dict[str, Any]:
+    """Whether photos are judged face by face, with which detector graph, and if not, why and how to fix it."""
+    face_crop = resolve_detector_config(model).face_crop
+    if face_crop is None:
+        return {"used": False, "available": False, "origin": None, "sha256": None,
+                "problem": "this model has no face stage (its config has no face crop): whole images are scored",
+                "fix": None}
+    graph = getattr(model, "fakeface_face_graph", None)
+    if graph is None:        # built in memory, not loaded from a folder: the installed package's graph, if any
+        try:
+            graph = resolve_face_graph(None, None)
+        except FaceDetectorUnavailable as error:
+            graph = error
+    if isinstance(graph, FaceDetectorUnavailable):
+        return {"used": True, "available": False, "origin": None, "sha256": None,
+                "problem": f"{graph.reason}: photos are scored whole", "fix": graph.fix}
+    return {"used": True, "fix": None, **graph.describe()}
 
 
 def describe_fast_path(loaded: FastPathLoad | None, *, folder: Path | None = None) -> dict[str, Any]:
