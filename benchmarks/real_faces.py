@@ -27,8 +27,11 @@ on a validation part of the training side (``fit_temperature``,
 ``choose_thresholds``), an image's score is its most suspicious region (the
 app's rule), metrics from scikit-learn. Protocols: pooled grouped 5-fold
 cross-validation (per source and per generator), leave one generator family
-out (GAN / Stable Diffusion / FLUX / the rest; train without it, test on it
-against held-out reals), and the format-matched 140K pair alone.
+out (GAN / Stable Diffusion / pixel-space diffusion / FLUX and the closed
+services, see ``FAMILIES``; train without it, test on it against held-out
+reals), and the format-matched 140K pair alone. Every source of the pack must
+be listed here (``FAMILIES``, ``IN_THE_WILD``, ``ALIGNED_OR_STUDIO``):
+``load_manifest`` checks that before anything else runs.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -59,21 +63,69 @@ from fakeface.utils.fileio import write_atomic
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FAMILIES", "IN_THE_WILD", "TARGETS", "RealBenchmarkSettings", "ImageItem", "load_manifest",
+    "ALIGNED_OR_STUDIO", "FAMILIES", "IN_THE_WILD", "MIN_FAMILY_FAKES", "TARGETS", "RealBenchmarkSettings", "ImageItem",
+    "UnknownRealSourceWarning", "UnknownSourcesError", "check_sources", "load_manifest",
     "control_view", "run_real_benchmark", "render_real_benchmark", "write_real_benchmark",
 ]
 
-# Generator families for leave-one-family-out (the issue's four).
+# --------------------------------------------------------------------------- the pack's sources
+#
+# Every source of faces-dev must be known here: a fake source needs a generator family (FAMILIES), a real source a
+# kind (IN_THE_WILD or ALIGNED_OR_STUDIO). load_manifest checks this before anything else runs (check_sources): an
+# unknown fake source stops the run with a message saying what to add where; an unknown real source is scored as
+# DEFAULT_REAL_KIND with a warning. The faces-dev README's notes say how each source was made.
+
+# Generator families for leave one family out. A held-out family is the fake side of its AUC, so it needs enough
+# fakes that a few images do not decide it (MIN_FAMILY_FAKES). Regrouped when faces-dev grew to 1316 images: the
+# former GAN / Stable Diffusion / FLUX / rest split left "rest" with 14 fakes (and FLUX with 42), and the third
+# part brought StyleGANs and pixel-space diffusion. The families follow how the images are made:
+# - gan: StyleGAN v1, v2 and v3 (FFHQ models, thispersondoesnotexist.com in 2020 and 2023, and StyleGAN 1/2 trained on
+#   custom face sets): one line of style-based generators (mapping network, convolutional synthesis network), so the
+#   custom-trained ones show that line on other faces, not another generator family.
+# - stable-diffusion: latent diffusion of the Stable Diffusion line, decoded by its VAE (SD 1.5 fine-tunes, 2.1,
+#   SDXL, 3.5).
+# - pixel-diffusion: ADM/DDPM trained on FFHQ that denoises pixels directly (no VAE decoder), sampled unconditionally
+#   or with ILVR guidance. 36 fakes: the smallest family, kept apart because it is the one diffusion family without
+#   a latent decoder.
+# - flux-and-closed: 2024-era large text-to-image systems: FLUX.1 (schnell and dev, open weights) and the closed
+#   services (GPT-4o, Imagen 3, Grok, DALL-E 3, Midjourney v6, architectures undisclosed). The closed services alone
+#   are 14 images, too few to hold out by themselves, and no other family fits them better.
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "gan": ("stylegan1-140k", "stylegan2-tpdne", "stylegan3"),
-    "stable-diffusion": ("sd15-facechain", "sd21-sdfd", "sd21-survey", "sd35-survey", "sdxl-realvisxl-lora"),
-    "flux": ("flux1-schnell-occbias", "flux1-dev-lora-realpix", "flux1-dev-survey"),
-    "rest": ("gpt4o-survey", "imagen3-survey", "grok-survey", "dalle3-blog", "midjourney6-blog"),
+    "gan": ("stylegan1-140k", "stylegan2-tpdne", "stylegan3", "stylegan2-tpdne2023-namegame",
+            "stylegan2-custom-seeprettyface", "stylegan1-custom-seeprettyface"),
+    "stable-diffusion": ("sd15-facechain", "sd15-realvis14-rico", "sd21-sdfd", "sd21-survey", "sd35-survey",
+                         "sdxl-realvisxl-lora"),
+    "pixel-diffusion": ("ddpm-ilvr-ffhq-ilvradm", "ddpm-ffhq-uncond-dcface"),
+    "flux-and-closed": ("flux1-schnell-occbias", "flux1-dev-lora-realpix", "flux1-dev-survey", "gpt4o-survey",
+                        "imagen3-survey", "grok-survey", "dalle3-blog", "midjourney6-blog"),
 }
+MIN_FAMILY_FAKES = 30
+# Real sources by kind. In the wild: unconstrained photos (web, press, event, group, video frames; any framing and
+# size); the in-the-wild false-positive target is measured on these. Aligned or studio: aligned face crops (FFHQ,
+# CelebA-HQ, face-recognition crops with black borders, dlib face chips) and controlled studio portraits.
 IN_THE_WILD = ("web-faces-maskdet", "people-photos-humanlib", "celebrity-facerec", "group-photos-ulfd",
-               "celebrity-faceapi", "celebrity-photomaker", "voc-people-dlib", "laion-survey")
-# Sources whose images share identities (one group each): a person must not be on both sides of a split.
-_ONE_GROUP_SOURCES = ("sd15-facechain", "celebrity-photomaker", "people-photos-humanlib")
+               "celebrity-faceapi", "celebrity-photomaker", "voc-people-dlib", "laion-survey",
+               "web-portraits-rico", "lfw-krasserm", "celeba-voxceleb-deep3d")
+ALIGNED_OR_STUDIO = ("ffhq-140k", "ffhq", "celeba-hq", "amfd-studio-fakeface", "casia-aligned-dcface",
+                     "fairface-crops-fairface")
+REAL_KINDS = {"in-the-wild": IN_THE_WILD, "aligned-or-studio": ALIGNED_OR_STUDIO}
+# An unknown real source is scored as this kind (it stays out of the in-the-wild target) until it is classified.
+DEFAULT_REAL_KIND = "aligned-or-studio"
+
+# Split groups: a person must not be on both sides of a split. Sources whose images share identities, one group each:
+# FaceChain previews (a few recurring faces), the PhotoMaker references (two actresses), the humanlib stock series,
+# the face_recognition examples (Obama 7 times, Biden, Kit Harington and Rose Leslie, Alex Lacamoire; photos with
+# two of them link the rest) and the DCFace style bank (a face-recognition training set, several images per person;
+# two of its men look alike).
+_ONE_GROUP_SOURCES = ("sd15-facechain", "celebrity-photomaker", "people-photos-humanlib", "celebrity-facerec",
+                      "casia-aligned-dcface")
+# One group per person, read from the file name (<Person_Name>_<NNNN>.jpg): LFW, 10 people with 7-10 photos each.
+_PER_PERSON_SOURCES = ("lfw-krasserm",)
+# ILVR samples follow a reference photo: one group per reference (face_N8__00002_1.png and face_N16__00002_0.png
+# share reference 00002; N8 and N16 use the same four references, checked by eye). Reference 00002 is Barack Obama,
+# who is also in celebrity-facerec, so its samples join that source's group (fake and real of one person together).
+_ILVR_SOURCE = "ddpm-ilvr-ffhq-ilvradm"
+_ILVR_SHARED_PERSON = {"00002": "source:celebrity-facerec"}
 _SURVEY_SOURCES = ("gpt4o-survey", "imagen3-survey", "grok-survey", "flux1-dev-survey", "sd21-survey",
                    "sd35-survey", "laion-survey")
 PAIR_140K = ("stylegan1-140k", "ffhq-140k")
@@ -121,33 +173,115 @@ def family_of(source: str) -> str | None:
     return next((name for name, sources in FAMILIES.items() if source in sources), None)
 
 
+def real_kind_of(source: str) -> str | None:
+    """in-the-wild or aligned-or-studio; None for a source the benchmark does not know (scored as DEFAULT_REAL_KIND)."""
+    return next((kind for kind, sources in REAL_KINDS.items() if source in sources), None)
+
+
+def is_in_the_wild(source: str) -> bool:
+    return (real_kind_of(source) or DEFAULT_REAL_KIND) == "in-the-wild"
+
+
 def _group_of(source: str, file: str) -> str:
+    stem = Path(file).stem
     if source in _ONE_GROUP_SOURCES:
         return f"source:{source}"
     if source in _SURVEY_SOURCES:  # survey fakes were made from the laion photo of the same prompt
-        return f"survey:{Path(file).stem}"
+        return f"survey:{stem}"
+    if source in _PER_PERSON_SOURCES:  # Ariel_Sharon_0001 -> Ariel_Sharon; a name it cannot read: the whole source
+        person, _, number = stem.rpartition("_")
+        return f"person:{source}:{person}" if person and number.isdigit() else f"source:{source}"
+    if source == _ILVR_SOURCE:  # face_N16__00002_0 -> reference 00002
+        reference = stem.rpartition("__")[2].partition("_")[0]
+        if not reference.isdigit():
+            return f"source:{source}"
+        return _ILVR_SHARED_PERSON.get(reference, f"ilvr-reference:{reference}")
     return f"file:{file}"
 
 
+class UnknownSourcesError(ValueError):
+    """The manifest has a fake source with no generator family, or a source whose label contradicts its listing."""
+
+
+class UnknownRealSourceWarning(UserWarning):
+    """The manifest has a real source the benchmark does not classify; it is scored as DEFAULT_REAL_KIND."""
+
+
+def _counted(sources: Mapping[tuple[str, str], int]) -> str:
+    return ", ".join(f"{s} ({label}, {n} image{'s' if n != 1 else ''})" for (s, label), n in sorted(sources.items()))
+
+
+def check_sources(counts: Mapping[tuple[str, str], int], manifest: str | os.PathLike = "manifest.csv") -> list[str]:
+    """Check the pack's sources against the benchmark's lists before any work (``counts``: (source, label) -> images).
+
+    Raises :class:`UnknownSourcesError` for a fake source without a family or a label that contradicts where the
+    source is listed (naming them, their labels and counts, and what to add where). Returns one warning text
+    when real sources are unknown: they are scored as ``DEFAULT_REAL_KIND``, each image its own group.
+    """
+    unknown_fake = {k: n for k, n in counts.items() if k[1] == "fake" and family_of(k[0]) is None
+                    and real_kind_of(k[0]) is None}
+    unknown_real = {k: n for k, n in counts.items() if k[1] == "real" and real_kind_of(k[0]) is None
+                    and family_of(k[0]) is None}
+    contradicting = {k: n for k, n in counts.items()
+                     if (k[1] == "fake" and real_kind_of(k[0]) is not None) or (k[1] == "real" and family_of(k[0]))}
+    families = ", ".join(FAMILIES)
+    problems = []
+    if unknown_fake:
+        problems.append(
+            f"fake sources without a generator family: {_counted(unknown_fake)}. Add each to one of the families in "
+            f"FAMILIES in benchmarks/real_faces.py ({families}; the comment above FAMILIES says what belongs where, "
+            f"and a new family needs at least {MIN_FAMILY_FAKES} fakes). If its images share people (recurring faces, "
+            "generated from reference photos), add a split-group rule next to _ONE_GROUP_SOURCES.")
+    if contradicting:
+        problems.append(
+            f"sources whose manifest label contradicts their listing: {_counted(contradicting)}. Fake sources belong "
+            "in FAMILIES, real ones in IN_THE_WILD or ALIGNED_OR_STUDIO (benchmarks/real_faces.py); a source with "
+            "both labels must be split into two sources in the pack.")
+    if problems and unknown_real:  # one message for everything to add
+        problems.append(
+            f"real sources without a kind (otherwise scored as {DEFAULT_REAL_KIND} with a warning): "
+            f"{_counted(unknown_real)}. Add each to IN_THE_WILD or ALIGNED_OR_STUDIO.")
+    if problems:
+        raise UnknownSourcesError(
+            f"{manifest}: the real-faces benchmark does not know every source of this pack, so nothing was run.\n- "
+            + "\n- ".join(problems)
+            + "\nThen list the source in docs/real_faces.md. The faces-dev README's notes say how each source was "
+            "made.")
+    if not unknown_real:
+        return []
+    return [f"{manifest}: real sources the real-faces benchmark does not classify: {_counted(unknown_real)}. They are "
+            f"scored as {DEFAULT_REAL_KIND} reals (left out of the in-the-wild false-positive target), each image "
+            "its own split group. Add each to IN_THE_WILD (unconstrained photos) or ALIGNED_OR_STUDIO (aligned crops, "
+            "studio portraits) in benchmarks/real_faces.py, add a split-group rule next to _ONE_GROUP_SOURCES if "
+            "people recur in it, and list it in docs/real_faces.md."]
+
+
 def load_manifest(data_dir: str | os.PathLike, *, limit: int | None = None) -> list[ImageItem]:
+    """The pack's images (the first ``limit`` per source), after :func:`check_sources` on the whole manifest.
+
+    Reads only manifest.csv, so an unknown source stops a run before any image is decoded.
+    """
     path = Path(data_dir) / "manifest.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: point --data-dir at the faces-dev folder")
-    items, per_source = [], {}
     with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["label"] not in ("real", "fake"):
-                raise ValueError(f"{path}: label must be real or fake, got {row['label']!r} for {row['file']}")
-            n = per_source.get(row["source"], 0)
-            if limit is not None and n >= limit:
-                continue
-            per_source[row["source"]] = n + 1
-            label = int(row["label"] == "fake")
-            items.append(ImageItem(row["file"], label, row["source"], _group_of(row["source"], row["file"]),
-                                   family_of(row["source"]) if label else None, row["format"]))
-    unknown = sorted({i.source for i in items if i.label and i.family is None})
-    if unknown:
-        raise ValueError(f"fake sources without a family in FAMILIES: {unknown}")
+        rows = list(csv.DictReader(handle))
+    counts: dict[tuple[str, str], int] = {}
+    for row in rows:
+        if row["label"] not in ("real", "fake"):
+            raise ValueError(f"{path}: label must be real or fake, got {row['label']!r} for {row['file']}")
+        counts[(row["source"], row["label"])] = counts.get((row["source"], row["label"]), 0) + 1
+    for message in check_sources(counts, path):
+        warnings.warn(message, UnknownRealSourceWarning, stacklevel=2)
+    items, per_source = [], {}
+    for row in rows:
+        n = per_source.get(row["source"], 0)
+        if limit is not None and n >= limit:
+            continue
+        per_source[row["source"]] = n + 1
+        label = int(row["label"] == "fake")
+        items.append(ImageItem(row["file"], label, row["source"], _group_of(row["source"], row["file"]),
+                               family_of(row["source"]) if label else None, row["format"]))
     return items
 
 
@@ -393,7 +527,7 @@ def summarize(items: Sequence[ImageItem], idx: np.ndarray, res: dict[str, np.nda
     src = np.array([items[i].source for i in idx])
     p, called = res["p"], res["fake"]
     reals = y == 0
-    wild = reals & np.isin(src, IN_THE_WILD)
+    wild = reals & np.array([is_in_the_wild(s) for s in src], bool)
     out = {"overall": _metrics(y, p, called),
            "ece_before_ts": expected_calibration_error(y, res["p_raw"]),
            "ece_after_ts": expected_calibration_error(y, p),
@@ -643,19 +777,24 @@ def choose_default(rows: dict[str, Any]) -> str:
 
 def run_real_benchmark(settings: RealBenchmarkSettings, *, command: str = "",
                        on_partial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """The whole benchmark; ``on_partial`` gets the results so far after the probes (the fine-tunes take longest)."""
+    """The whole benchmark; ``on_partial`` gets the results so far after the probes (the fine-tunes take longest).
+
+    The manifest is read and its sources checked first (:func:`load_manifest`), before torch is imported or any
+    image decoded: a source the benchmark does not know stops the run at once with a message.
+    """
+    start = time.perf_counter()
+    items = load_manifest(settings.data_dir, limit=settings.limit)
     import torch  # heavy; only to pin the thread count
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(settings.threads)
     with threadpool_limits(settings.threads):  # numpy/scipy BLAS under scikit-learn too
-        return _run(settings, command, on_partial)
+        return _run(settings, items, command, on_partial, start)
 
 
-def _run(settings: RealBenchmarkSettings, command: str, on_partial) -> dict[str, Any]:
-    start = time.perf_counter()
+def _run(settings: RealBenchmarkSettings, items: list[ImageItem], command: str, on_partial,
+         start: float) -> dict[str, Any]:
     environment = collect_environment()  # the inference benchmark's: CPU, flags, load, versions
-    items = load_manifest(settings.data_dir, limit=settings.limit)
     t0 = time.perf_counter()
     cache = build_cache(items, settings)
     cache_seconds = time.perf_counter() - t0
@@ -669,6 +808,7 @@ def _run(settings: RealBenchmarkSettings, command: str, on_partial) -> dict[str,
 
 def _results(settings, command, environment, start, cache: Cache, cache_seconds: float, rows) -> dict[str, Any]:
     items, info = cache.items, cache.face_info
+    real_sources = sorted({i.source for i in items if not i.label})
     data = {
         "command": command,
         "settings": asdict(settings),
@@ -681,6 +821,9 @@ def _results(settings, command, environment, start, cache: Cache, cache_seconds:
             "images": len(items), "real": sum(1 for i in items if not i.label), "fake": sum(i.label for i in items),
             "sources": {s: sum(1 for i in items if i.source == s) for s in sorted({i.source for i in items})},
             "families": {f: list(v) for f, v in FAMILIES.items()},
+            "real_kinds": {s: real_kind_of(s) or DEFAULT_REAL_KIND for s in real_sources},
+            "unclassified_real_sources": [s for s in real_sources if real_kind_of(s) is None],
+            "one_group_sources": [s for s in _ONE_GROUP_SOURCES if any(i.source == s for i in items)],
             "no_face_images": int(sum(1 for x in info if x["no_face"])),
             "no_face_by_source": _count_by_source(items, [x["no_face"] for x in info]),
             "face_regions": int(cache.region_image["face"].size),
@@ -731,6 +874,7 @@ def _f(value: Any, digits: int = 3) -> str:
 def render_real_benchmark(data: dict[str, Any]) -> str:
     env, ds, verdict = data["environment"], data["dataset"], data["verdict"]
     rows = data["rows"]
+    families = list(ds["families"])  # the run's families (results written under an older grouping keep theirs)
     lines = [
         "# Real faces benchmark (faces-dev)", "",
         f"Command: `{data['command']}`. Wall time {data['wall_seconds'] / 60:.1f} min"
@@ -763,9 +907,9 @@ def render_real_benchmark(data: dict[str, Any]) -> str:
         "held-out reals. `clean`: the test images as they are; `control`: the test images through the same "
         "shortcut control (crop, rescale, JPEG 60-95), so format cannot help. AUC per family.", "",
         markdown_table(
-            ["recipe", *[f"{f} clean" for f in FAMILIES], *[f"{f} control" for f in FAMILIES], "mean control",
+            ["recipe", *[f"{f} clean" for f in families], *[f"{f} control" for f in families], "mean control",
              "min control", "mean control, real fold 0 only"],
-            [[n, *[_lofo(r, f, "clean") for f in FAMILIES], *[_lofo(r, f, "control") for f in FAMILIES],
+            [[n, *[_lofo(r, f, "clean") for f in families], *[_lofo(r, f, "control") for f in families],
               _f(lofo_score(r)[0]), _f(lofo_score(r)[1]), _f(lofo_score(r, key="lofo_fold0")[0])]
              for n, r in rows.items() if "lofo" in r]), "",
         "Probes: every family tested against all reals, each scored by the model that held out its real fold "
@@ -783,7 +927,7 @@ def render_real_benchmark(data: dict[str, Any]) -> str:
               _f(((r.get("pair_140k") or {}).get(view) or {}).get("overall", {}).get("auc")), f"{r['seconds']:.0f}"]
              for n, r in rows.items() for view, m in (r.get("pooled") or r["holdout"]).items()]), "",
     ]
-    lines += _per_source_section(data["default_recipe"], rows[data["default_recipe"]])
+    lines += _per_source_section(data["default_recipe"], rows[data["default_recipe"]], ds)
     lines += _notes(data)
     return "\n".join(lines) + "\n"
 
@@ -796,8 +940,13 @@ def _lofo(row: dict[str, Any], family: str, view: str) -> str:
     return _f(row["lofo"].get(family, {}).get(view, {}).get("overall", {}).get("auc"))
 
 
-def _per_source_section(name: str, row: dict[str, Any]) -> list[str]:
+def _per_source_section(name: str, row: dict[str, Any], ds: dict[str, Any]) -> list[str]:
     main = row.get("pooled") or row["holdout"]
+    kinds = ds.get("real_kinds") or {}  # absent in results written before real sources had kinds
+
+    def wild(source: str) -> bool:
+        return kinds[source] == "in-the-wild" if source in kinds else is_in_the_wild(source)
+
     m = main["clean"]
     return [
         f"## Per generator and per real source: {name} (clean test view)", "",
@@ -809,7 +958,7 @@ def _per_source_section(name: str, row: dict[str, Any]) -> list[str]:
                         for g, v in m["per_generator"].items()]), "",
         markdown_table(["real source", "images", "false positives", "FP control view", "in the wild"],
                        [[s, v["n"], _f(v["fp"]), _f(main["control"]["per_real_source"].get(s, {}).get("fp")),
-                         "yes" if s in IN_THE_WILD else "no"] for s, v in m["per_real_source"].items()]), "",
+                         "yes" if wild(s) else "no"] for s, v in m["per_real_source"].items()]), "",
     ]
 
 
@@ -829,11 +978,29 @@ def _notes(data: dict[str, Any]) -> list[str]:
         "figure one grouped hold-out fifth of the pair.",
         f"- Thresholds: `choose_thresholds` at target FPR {s['target_fpr']} and `fit_temperature` on a grouped fifth "
         "of the training side; ECE (15 bins) on the test side before and after that temperature.",
-        "- Groups: sd15-facechain, celebrity-photomaker and people-photos-humanlib are one group each (recurring "
-        "identities); each survey prompt (its laion photo and its six fakes) is one group; every other image is its own.",
-        "- The rest family has 14 images; flux has 42; their AUCs are anecdotal (a few images move them).",
+        _groups_note(data["dataset"]),
+        _family_sizes_note(data["dataset"]),
         "",
     ]
+
+
+def _groups_note(ds: dict[str, Any]) -> str:
+    if "one_group_sources" not in ds:  # results written before faces-dev's third part: that run's rules
+        return ("- Groups: sd15-facechain, celebrity-photomaker and people-photos-humanlib are one group each "
+                "(recurring identities); each survey prompt (its laion photo and its six fakes) is one group; every "
+                "other image is its own.")
+    return (f"- Groups: {', '.join(ds['one_group_sources'])} are one group each (recurring identities); LFW photos "
+            "one group per person; ILVR samples one group per reference photo (the Obama reference joins "
+            "celebrity-facerec's group); each survey prompt (its laion photo and its six fakes) is one group; every "
+            "other image is its own.")
+
+
+def _family_sizes_note(ds: dict[str, Any]) -> str:
+    sizes = {f: sum(ds["sources"].get(s, 0) for s in sources) for f, sources in ds["families"].items()}
+    small = [f for f, n in sizes.items() if n < MIN_FAMILY_FAKES]
+    return (f"- Fakes per family: {', '.join(f'{f} {n}' for f, n in sizes.items())}. "
+            + (f"Under {MIN_FAMILY_FAKES} fakes ({', '.join(small)}) an AUC is anecdotal: a few images move it."
+               if small else f"Every family has at least {MIN_FAMILY_FAKES}."))
 
 
 def write_real_benchmark(data: dict[str, Any], results_dir: str | os.PathLike = "results") -> tuple[Path, Path]:

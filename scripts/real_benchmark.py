@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 from benchmarks.cli import command_line, run_or_render, setup_logging
-from benchmarks.real_faces import RealBenchmarkSettings, render_real_benchmark, run_real_benchmark, write_real_benchmark
+from benchmarks.real_faces import (
+    RealBenchmarkSettings, UnknownSourcesError, render_real_benchmark, run_real_benchmark, write_real_benchmark,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,11 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         finetune_max_train=args.finetune_max_train, limit=args.limit, threads=args.threads,
     )
     command = command_line("scripts/real_benchmark.py", argv)
-    return run_or_render(
-        args.results_dir, "real_faces", render_only=args.render_only,
-        run=lambda: run_real_benchmark(  # the probes' results are written before the fine-tunes start
-            settings, command=command, on_partial=lambda partial: write_real_benchmark(partial, args.results_dir)),
-        write=write_real_benchmark, render=render_real_benchmark)
+    try:
+        return run_or_render(
+            args.results_dir, "real_faces", render_only=args.render_only,
+            run=lambda: run_real_benchmark(  # the probes' results are written before the fine-tunes start
+                settings, command=command, on_partial=lambda partial: write_real_benchmark(partial, args.results_dir)),
+            write=write_real_benchmark, render=render_real_benchmark)
+    except UnknownSourcesError as error:  # raised from the manifest alone, before any image is read
+        print(f"scripts/real_benchmark.py: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

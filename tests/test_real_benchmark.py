@@ -1,26 +1,72 @@
 """The real-faces benchmark's building blocks (the benchmark itself runs outside CI: make real-benchmark)."""
 from __future__ import annotations
 
+import csv
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks import real_faces
 from benchmarks.real_faces import (
-    FAMILIES, control_view, grouped_folds, image_max, load_manifest, summarize,
+    ALIGNED_OR_STUDIO, FAMILIES, IN_THE_WILD, MIN_FAMILY_FAKES, RealBenchmarkSettings, UnknownRealSourceWarning,
+    UnknownSourcesError, control_view, grouped_folds, image_max, load_manifest, run_real_benchmark, summarize,
 )
+from tests.helpers import SHARED, require_shared
 
 REPO = Path(__file__).resolve().parents[1]
-FACES_DEV = REPO.parent / "shared" / "data" / "faces-dev"
+FACES_DEV = SHARED / "faces-dev"
 
 
 @pytest.fixture(scope="module")
 def items():
-    if not (FACES_DEV / "manifest.csv").is_file():
-        pytest.skip(f"{FACES_DEV} is absent (needs the shared data next to the repo)")
-    return load_manifest(FACES_DEV)
+    require_shared(FACES_DEV)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnknownRealSourceWarning)  # the current pack has no unknown real source
+        return load_manifest(FACES_DEV)
+
+
+def _manifest_rows() -> tuple[list[str], list[dict[str, str]]]:
+    require_shared(FACES_DEV)
+    with (FACES_DEV / "manifest.csv").open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _pack_with(tmp_path: Path, extra: list[tuple[str, str, int]]) -> Path:
+    """A copy of faces-dev's manifest.csv alone (no images) plus ``count`` rows per (source, label) in ``extra``."""
+    fields, rows = _manifest_rows()
+    for source, label, count in extra:
+        for k in range(count):
+            row = dict(rows[0], label=label, source=source, file=f"{label}/{source}/{k:03d}.png", format="PNG")
+            rows.append(row)
+    pack = tmp_path / "faces-dev"
+    pack.mkdir()
+    with (pack / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return pack
+
+
+def test_the_pack_has_no_unknown_source_and_every_listed_source_is_in_it(items):
+    """Every source of faces-dev is listed once, under its label; nothing listed is missing (a typo would be)."""
+    fake = {i.source for i in items if i.label}
+    real = {i.source for i in items if not i.label}
+    listed_fake = [s for sources in FAMILIES.values() for s in sources]
+    listed_real = list(IN_THE_WILD) + list(ALIGNED_OR_STUDIO)
+    assert len(listed_fake) == len(set(listed_fake)) and len(listed_real) == len(set(listed_real))
+    assert set(listed_fake) == fake
+    assert set(listed_real) == real
+    assert not fake & real
+
+
+def test_every_family_is_big_enough_to_hold_out(items):
+    sizes = {f: sum(1 for i in items if i.family == f) for f in FAMILIES}
+    assert all(n >= MIN_FAMILY_FAKES for n in sizes.values()), sizes
 
 
 def test_every_fake_has_a_family_and_survey_pairs_share_a_group(items):
@@ -33,6 +79,76 @@ def test_every_fake_has_a_family_and_survey_pairs_share_a_group(items):
         assert len(partners) == 6, f"{real.file}: the six survey fakes of its prompt share its group"
     facechain = {i.group for i in items if i.source == "sd15-facechain"}
     assert len(facechain) == 1  # recurring identities: one group
+
+
+def test_people_who_recur_share_a_group(items):
+    """LFW: one group per person; ILVR: one per reference photo, the Obama one with celebrity-facerec's Obamas."""
+    lfw = {}
+    for i in items:
+        if i.source == "lfw-krasserm":
+            lfw.setdefault(i.group, []).append(Path(i.file).stem.rsplit("_", 1)[0])
+    assert len(lfw) == 10 and all(len(set(people)) == 1 and 7 <= len(people) <= 10 for people in lfw.values())
+    ilvr = {}
+    for i in items:
+        if i.source == "ddpm-ilvr-ffhq-ilvradm":
+            ilvr.setdefault(i.group, set()).add(Path(i.file).stem.split("__")[1].split("_")[0])
+    assert sorted(map(sorted, ilvr.values())) == [["00000"], ["00001"], ["00002"], ["00003"]]
+    obama = {i.group for i in items if i.source == "celebrity-facerec" and "obama" in i.file}
+    assert obama == {i.group for i in items if i.source == "ddpm-ilvr-ffhq-ilvradm" and "__00002_" in i.file}
+    assert len({i.group for i in items if i.source == "casia-aligned-dcface"}) == 1
+
+
+def test_an_unknown_fake_source_stops_the_run_at_once_saying_what_to_add_where(tmp_path, monkeypatch):
+    """A new fake source in the pack: a message naming it, its label and count and the lists to add it to,
+    raised from the manifest alone (the tmp pack has no images), before the cache or any model is touched."""
+    pack = _pack_with(tmp_path, [("sd9-invented", "fake", 3), ("gan5-other", "fake", 1), ("web-invented", "real", 2)])
+    with pytest.raises(UnknownSourcesError) as caught:
+        load_manifest(pack)
+    message = str(caught.value)
+    assert "sd9-invented (fake, 3 images)" in message and "gan5-other (fake, 1 image)" in message
+    assert "web-invented (real, 2 images)" in message  # everything to add, in one message
+    assert "FAMILIES in benchmarks/real_faces.py" in message and ", ".join(FAMILIES) in message
+    assert "docs/real_faces.md" in message and str(pack / "manifest.csv") in message
+
+    def expensive(*args, **kwargs):
+        raise AssertionError("expensive work started before the source check")
+
+    monkeypatch.setattr(real_faces, "build_cache", expensive)
+    monkeypatch.setattr(real_faces, "collect_environment", expensive)
+    settings = RealBenchmarkSettings(data_dir=str(pack), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(UnknownSourcesError, match="sd9-invented"):
+        run_real_benchmark(settings)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_command_line_prints_the_message_and_exits_2_without_results(tmp_path, monkeypatch, capsys):
+    from scripts.real_benchmark import main
+
+    pack = _pack_with(tmp_path, [("sd9-invented", "fake", 2)])
+    monkeypatch.setattr(real_faces, "build_cache", lambda *a, **k: pytest.fail("cache built"))
+    assert main(["--data-dir", str(pack), "--results-dir", str(tmp_path / "results"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert "sd9-invented (fake, 2 images)" in err and "FAMILIES" in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_source_listed_under_the_other_label_is_named(tmp_path):
+    pack = _pack_with(tmp_path, [("stylegan3", "real", 2)])  # a fake source with real rows
+    with pytest.raises(UnknownSourcesError, match=r"contradicts their listing: stylegan3 \(real, 2 images\)"):
+        load_manifest(pack)
+
+
+def test_an_unknown_real_source_is_scored_in_a_stated_kind_with_a_warning(tmp_path):
+    pack = _pack_with(tmp_path, [("web-invented", "real", 4)])
+    with pytest.warns(UnknownRealSourceWarning) as record:
+        got = load_manifest(pack)
+    message = str(record[0].message)
+    assert "web-invented (real, 4 images)" in message and "aligned-or-studio" in message
+    assert "IN_THE_WILD" in message and "ALIGNED_OR_STUDIO" in message and "docs/real_faces.md" in message
+    new = [i for i in got if i.source == "web-invented"]
+    assert len(new) == 4 and len({i.group for i in new}) == 4 and all(i.family is None for i in new)
+    assert not real_faces.is_in_the_wild("web-invented")
 
 
 def test_grouped_folds_never_split_a_group(items):
@@ -86,9 +202,8 @@ def test_training_on_face_crops_replaces_images_by_the_largest_face(tmp_path):
     from fakeface.faces import FaceCrop, crop_faces
     from fakeface.training.face_data import FACE_FOUND_COLUMN, crop_split_to_faces, face_crop_notes
 
-    seed_ffhq = REPO.parent / "shared" / "data" / "seed-ffhq"
-    if not seed_ffhq.is_dir():
-        pytest.skip(f"{seed_ffhq} is absent (needs the shared data next to the repo)")
+    seed_ffhq = SHARED / "seed-ffhq"
+    require_shared(seed_ffhq)
     photo = sorted(seed_ffhq.glob("*.png"))[0]
     blank = tmp_path / "blank.png"
     Image.new("RGB", (256, 256), (128, 128, 128)).save(blank)
