@@ -23,7 +23,7 @@ from fakeface.app.render import render_placeholder
 from fakeface.app.tabs.about import build_about_tab, status
 from fakeface.app.tabs.batch import build_batch_tab
 from fakeface.app.tabs.dataset import build_dataset_tab
-from fakeface.app.tabs.detect import build_detect_tab
+from fakeface.app.tabs.detect import build_detect_tab, show_examples
 from fakeface.app.tabs.generate import build_generate_tab
 from fakeface.serving.generate import RateLimiter
 from fakeface.serving.models import ModelRegistry
@@ -58,7 +58,7 @@ def build_app(registry: ModelRegistry | None = None, *, limiter: RateLimiter | N
         banner = gr.HTML(render_placeholder("Loading the models…"), label="banner", elem_id="banner")
         models_line = gr.HTML("", label="models")
         with gr.Tabs():
-            build_detect_tab(ctx)
+            examples = build_detect_tab(ctx)
             build_batch_tab(ctx)
             build_generate_tab(ctx)
             dataset_tab = build_dataset_tab(ctx)
@@ -66,6 +66,7 @@ def build_app(registry: ModelRegistry | None = None, *, limiter: RateLimiter | N
         status_json = gr.JSON(visible=False, label="status")
         demo.load(bind(status, ctx), outputs=[status_json, banner, models_line, about_tab.about,
                                               dataset_tab.model_choice, about_tab.cards], api_name="status")
+        demo.load(bind(show_examples, ctx), outputs=list(examples), api_visibility="private")
     demo.queue(default_concurrency_limit=CPU_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
     demo.fakeface_registry = ctx.registry
     demo.fakeface_context = ctx

@@ -48,9 +48,10 @@ WEIGHTS_NAME = "model.safetensors"
 # Files that make up a release. Anything else in a folder (training state,
 # logs, tokens) is never uploaded.
 # fastpath_reference.npz: the int8 graph's reference inputs, re-scored at load (fakeface.modeling.fastpath).
-# face_detector.onnx (*.onnx) + face_detector.LICENSE.txt: the face stage's graph and its notice (fakeface.faces.graph).
+# face_detector.onnx (*.onnx) + face_detector.LICENSE.txt: the face stage's graph and its notice (fakeface.faces.graph);
+# examples/: a few test-split photos and their README (fakeface.training.examples).
 RELEASE_PATTERNS = ("config.json", "model.safetensors", "README.md", "*.png", "*.onnx", "*.json", "*.md",
-                    "fastpath_reference.npz", "face_detector.LICENSE.txt")
+                    "fastpath_reference.npz", "face_detector.LICENSE.txt", "examples/*")
 
 
 _IMAGENET_IDENTITY_KEYS = (

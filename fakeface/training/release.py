@@ -3,6 +3,7 @@
 Runs on the main process only, after training. Release folder::
 
     config.json  model.safetensors  README.md  eval_results.json  plots/*.png  [model.int8.onnx ...]
+    [face_detector.onnx  face_detector.LICENSE.txt]  [examples/ (test-split photos, not for synthetic data)]
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from fakeface.modeling.inference import Detector
 from fakeface.training.card import write_model_card
 from fakeface.training.checkpoints import BEST_DIR, TrainingProgress, checkpoint_root
 from fakeface.training.config import TrainingConfig
+from fakeface.training.examples import write_release_examples
 from fakeface.training.recipes import Recipe
 from fakeface.utils.constants import FAKE, SYNTHETIC_GENERATOR
 from fakeface.utils.formatting import json_safe
@@ -80,6 +82,9 @@ def write_release(cfg: TrainingConfig, recipe: Recipe, output_dir: Path, result:
     result.report = report
 
     save_detector(model, output_dir)
+    examples = write_release_examples(output_dir, test_split, dataset=cfg.dataset if isinstance(cfg.dataset, str) else None)
+    if examples:
+        logger.info("release carries %d example photos from its test split (examples/)", len(examples))
     plots: dict[str, Path] = {}
     if cfg.plots:
         plots = save_report_figures(report, output_dir / PLOTS_DIR, detector=detector, images=test_decoded[0], seed=cfg.seed)

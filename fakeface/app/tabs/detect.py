@@ -1,8 +1,6 @@
 """The Detect tab: one image -> a verdict, with the evidence on demand; and the verdict-only API."""
 from __future__ import annotations
 
-import importlib.resources
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -14,6 +12,7 @@ from fakeface.app.render import (
 )
 from fakeface.serving.analysis import analyze_bytes, decode_upload, read_upload
 from fakeface.serving.errors import AppError
+from fakeface.serving.examples import resolve_examples
 from fakeface.serving.verdicts import verdict_bytes
 from fakeface.utils.constants import MAX_UPLOAD_BYTES
 
@@ -22,7 +21,6 @@ __all__ = ["build_detect_tab", "detect", "show_detection", "verdict"]
 VERDICT_LANE = "verdict"
 # Package data (shipped in the wheel). gr.Examples takes file paths, and an installed
 # package is an unpacked folder, so the resource is a real directory.
-EXAMPLES_DIR = Path(str(importlib.resources.files("fakeface.app") / "examples"))
 _NO_IMAGE = ("Add an image first:", "drop a file, upload, paste or use the webcam.")
 
 
@@ -90,21 +88,36 @@ def _input_column():
         explain_box = gr.Checkbox(True, label="Grad-CAM heatmap")
         robust_box = gr.Checkbox(True, label="Robustness check")
     button = gr.Button("Analyze", variant="primary", elem_id="detect-button")
-    examples = sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
-    if examples:
-        gr.Examples([[str(p)] for p in examples], inputs=[image_in],
-                    label="Examples: synthetic stand-ins from fakeface.data.synthetic, not real people")
+    # Filled when the models are loaded: the release's own example photos, or the synthetic stand-ins for the
+    # synthetic demo model (fakeface.serving.examples); a click puts the photo in the image box.
+    examples_caption = gr.Markdown("", elem_classes="ff-small", elem_id="detect-examples-caption")
+    examples = gr.Gallery(label="Examples", columns=4, height=130, allow_preview=False, show_label=False,
+                          elem_id="detect-examples", interactive=False)
+    examples.select(pick_example, None, image_in, api_visibility="private", queue=False)
     gr.Markdown("The original file is analysed as uploaded (its metadata included). "
                 f"Limit {MAX_UPLOAD_BYTES // 2**20} MiB.", elem_classes="ff-small")
-    return image_in, explain_box, robust_box, button
+    return image_in, explain_box, robust_box, button, examples, examples_caption
 
 
-def build_detect_tab(ctx: AppContext) -> None:
-    """The tab's components and events (call inside ``gr.Blocks``)."""
+def show_examples(ctx: AppContext):
+    """The gallery's photos and their caption, once the models are loaded."""
+    chosen = resolve_examples(ctx.registry.models)
+    return [str(p) for p in chosen.paths], chosen.caption
+
+
+def pick_example(evt: gr.SelectData) -> str | None:
+    value = evt.value or {}
+    image = value.get("image") if isinstance(value, dict) else None
+    return (image or {}).get("path") if isinstance(image, dict) else None
+
+
+def build_detect_tab(ctx: AppContext) -> tuple[gr.Gallery, gr.Markdown]:
+    """The tab's components and events (call inside ``gr.Blocks``); returns the examples gallery and its
+    caption, which the page fills on load (:func:`show_examples`)."""
     with gr.Tab("Detect", id="detect"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=5):
-                image_in, explain_box, robust_box, button = _input_column()
+                image_in, explain_box, robust_box, button, examples, examples_caption = _input_column()
             with gr.Column(scale=6):
                 verdict_html = gr.HTML(render_placeholder("Drop a face image and press Analyze."), elem_id="verdict")
                 faces_image, gradcam, provenance, robustness, facts = _evidence_panels()
@@ -121,3 +134,4 @@ def build_detect_tab(ctx: AppContext) -> None:
     # As many verdict requests run at once as can share one model call.
     verdict_trigger.click(bind(verdict, ctx), [image_in], [verdict_json], api_name="verdict",
                           concurrency_id=VERDICT_LANE, concurrency_limit=ctx.settings.verdict_batch_size)
+    return examples, examples_caption
