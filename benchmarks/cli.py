@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["command_line", "comma_separated", "run_or_render", "setup_logging"]
+__all__ = ["command_line", "comma_separated", "run_or_render", "setup_logging", "write_results"]
 
 
 def setup_logging() -> None:
@@ -53,3 +53,16 @@ def run_or_render(results_dir: str | Path, name: str, *, render_only: bool, run:
     print(render(data))
     print(f"wrote {md_path} and its JSON", file=sys.stderr)
     return 0
+
+
+def write_results(data: dict[str, Any], results_dir: str | Path, name: str,
+                  render: Callable[[dict[str, Any]], str]) -> tuple[Path, Path]:
+    """Write ``results_dir/NAME.json`` and the Markdown rendered from it (crash-safe); returns both paths."""
+    from fakeface.utils.fileio import write_atomic
+
+    results = Path(results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = results / f"{name}.json", results / f"{name}.md"
+    write_atomic(json_path, (json.dumps(data, indent=2) + "\n").encode())
+    write_atomic(md_path, render(data).encode())
+    return json_path, md_path

@@ -289,11 +289,6 @@ def _gpu_section(data: dict[str, Any]) -> list[str]:
 
 def write_offline_benchmark(data: dict[str, Any], results_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``offline_benchmark.json`` and the Markdown rendered from it; returns both paths."""
-    from fakeface.utils.fileio import write_atomic
+    from benchmarks.cli import write_results
 
-    results = Path(results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = results / "offline_benchmark.json", results / "offline_benchmark.md"
-    write_atomic(json_path, (json.dumps(data, indent=2) + "\n").encode())
-    write_atomic(md_path, render_offline_benchmark(data).encode())
-    return json_path, md_path
+    return write_results(data, results_dir, "offline_benchmark", render_offline_benchmark)

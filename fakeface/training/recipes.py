@@ -122,3 +122,21 @@ RECIPES["finetune"] = replace(
         "AdamW 1e-3, warm-up + cosine"
     ),
 )
+# Pixel traces (benchmarks/traces.py, results/traces.md): the recipe that tells a real face from its own aligned
+# twin (TAEF2 decoder, Real-ESRGAN upsampler). A generator's fingerprint is high-frequency, so the face crop is
+# never resized (random native-resolution crops in training, logits averaged over 5 fixed crops at test time),
+# and nothing that erases high frequencies is applied: no blur, no JPEG, no rescale, only flips. Twins share
+# their real's size, container and JPEG tables, so the format shortcut the other recipes control for is absent
+# by construction. Not robust to recompression as it stands (untested); not the default.
+RECIPES["traces"] = replace(
+    RECIPES["robust"],
+    name="traces",
+    augmentation=Augmentation(hflip_prob=0.5),
+    lr=1e-3,
+    select_on=("clean",),
+    description=(
+        "full fine-tune from ImageNet on native-resolution random crops of the face crop (never resized), "
+        "flips only (no blur, JPEG or rescale, which erase generator traces); evaluation averages logits over "
+        "5 fixed crops; AdamW 1e-3, warm-up + cosine"
+    ),
+)

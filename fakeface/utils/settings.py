@@ -33,6 +33,7 @@ ENV = {
     "generate_timeout_s": "FAKEFACE_GENERATE_TIMEOUT_S",
     "verdict_batch_size": "FAKEFACE_VERDICT_BATCH",     # most verdict requests sharing one model call
     "verdict_wait_ms": "FAKEFACE_VERDICT_WAIT_MS",      # how long a verdict waits for company
+    "taef2_dir": "FAKEFACE_TAEF2_DIR",                  # TAEF2 weights for making training twins (not the app)
     "openai_api_key": "OPENAI_API_KEY",
 }
 
@@ -110,6 +111,7 @@ class Settings:
     generate_timeout_s: float | None = None     # None: the OpenAI client's default (300 s)
     verdict_batch_size: int = 8
     verdict_wait_ms: float = 5.0
+    taef2_dir: str | None = None                # None: ../shared/data/weights/taef2 beside the repo, if there
     openai_api_key: str | None = field(default=None, repr=False)   # a secret: never in repr or logs
 
     @property
@@ -131,7 +133,7 @@ class Settings:
             "generate_timeout_s": _SECONDS, "verdict_batch_size": _POSITIVE_INT, "verdict_wait_ms": _MILLISECONDS,
         }
         values: dict[str, object] = {"models": tuple(parse_model_sources(text("models"))), "dataset": text("dataset"),
-                                     "openai_api_key": text("openai_api_key")}
+                                     "taef2_dir": text("taef2_dir"), "openai_api_key": text("openai_api_key")}
         for name, parse in parsers.items():
             raw = text(name)
             if raw is not None:
