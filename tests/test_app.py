@@ -289,6 +289,9 @@ def test_detect_scores_every_model_with_evidence(space):
     assert result["verdict"] in ("real", "fake", "uncertain")
     assert [m["architecture"] for m in result["models"]] == ["mobilenetv2_100", "mobilenetv2_050"]
     assert (result["models"][0]["threshold_fake"], result["models"][0]["threshold_real"]) == (0.7, 0.3)
+    # Every verdict carries its reason; this band was never measured for confident mistakes, and says so.
+    assert result["reason"] == result["models"][0]["reason"] and result["reason"].startswith("p(fake) ")
+    assert result["models"][0]["band"]["source"] is None and result["models"][0]["band"]["threshold_fake"] == 0.7
     assert result["models"][1]["revision"] == space.hub_sha
     assert result["image"]["format"] == "JPEG" and result["image"]["width"] == 240
     assert result["image"]["jpeg_quality"] is not None
@@ -306,6 +309,7 @@ def test_verdict_endpoint_gives_the_detect_verdict_without_the_evidence(space):
     full, _ = space.client.predict(handle_file(example), False, False, api_name="/detect")
     quick = space.client.predict(handle_file(example), api_name="/verdict")
     assert quick["file"] == "synthetic-real-1.jpg" and quick["verdict"] == full["verdict"]
+    assert quick["reason"] == full["reason"] and quick["reason"]
     assert [m["model"] for m in quick["models"]] == [m["model"] for m in full["models"]]
     for fast, slow in zip(quick["models"], full["models"]):
         assert fast["p_fake"] == pytest.approx(slow["p_fake"], abs=1e-4) and fast["verdict"] == slow["verdict"]

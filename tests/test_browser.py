@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from fakeface.modeling.detector import create_detector, save_detector, set_face_crop, set_release_facts
+from fakeface.modeling.config import Decision
+from fakeface.modeling.detector import create_detector, save_detector, set_decision, set_face_crop, set_release_facts
 from fakeface.data.preprocess import Preprocessing
 from fakeface.faces import FaceCrop
 from fakeface.serving.models import ModelRegistry
@@ -52,10 +53,12 @@ DROP_FILE_JS = """
 """
 
 
-def _serve(tmp, *, face_crop: FaceCrop | None):
+def _serve(tmp, *, face_crop: FaceCrop | None, decision: Decision | None = None):
     model = create_detector("mobilenetv2_100", preprocessing=Preprocessing(input_size=(3, 64, 64), num_test_crops=5))
     set_release_facts(model, synthetic_training_data=True)
     set_face_crop(model, face_crop)
+    if decision is not None:
+        set_decision(model, decision)
     save_detector(model, tmp / "demo_model")
     demo = build_app(ModelRegistry([str(tmp / "demo_model")]), environ={})
     with socket.socket() as s:
@@ -80,6 +83,20 @@ def face_app_url(tmp_path_factory):
     demo.close()
 
 
+# A band measured on held-out generator families; the temperature squeezes the random weights' p(fake) into it.
+UNSEEN = "generators it never saw (faces-dev, each family held out)"
+WIDE_BAND = Decision(temperature=1e4, threshold_real=0.3, threshold_fake=0.7, calibrated=True, band_source=UNSEEN,
+                     band_target=0.05, confidently_wrong=0.05, coverage=0.2)
+
+
+@pytest.fixture(scope="module")
+def abstaining_app_url(tmp_path_factory):
+    """The app serving a release whose uncertain band covers the photo's p(fake)."""
+    demo, url = _serve(tmp_path_factory.mktemp("browser-abstains"), face_crop=None, decision=WIDE_BAND)
+    yield url
+    demo.close()
+
+
 def _browser(sync_api):
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is missing: run `make system-deps` (scripts/install_system_deps.sh)")
@@ -88,6 +105,15 @@ def _browser(sync_api):
 
 def _drop(page, path: Path, mime: str) -> None:
     page.evaluate(DROP_FILE_JS, [_drop_target(page), path.name, mime, base64.b64encode(path.read_bytes()).decode()])
+
+
+def _open_and_drop(browser, url: str, path: Path, mime: str):
+    """A new page of the app, once loaded, with ``path`` dropped onto the Detect tab's image box."""
+    page = browser.new_page(viewport={"width": 1360, "height": 1100})
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("[data-testid='demo-banner']", timeout=60_000)
+    _drop(page, path, mime)
+    return page
 
 
 def _drop_target(page) -> str:
@@ -104,10 +130,7 @@ def test_drop_an_image_and_see_the_verdict(app_url, tmp_path):
     with sync_api.sync_playwright() as p:
         browser = _browser(p)
         try:
-            page = browser.new_page(viewport={"width": 1360, "height": 1100})
-            page.goto(app_url, wait_until="domcontentloaded")
-            page.wait_for_selector("[data-testid='demo-banner']", timeout=60_000)
-            _drop(page, EXAMPLE, "image/jpeg")
+            page = _open_and_drop(browser, app_url, EXAMPLE, "image/jpeg")
             # The dropped image shows up in the box and is analysed at once, no click needed.
             page.wait_for_selector("#detect-input img", timeout=30_000)
             verdict = page.wait_for_selector("#verdict [data-testid='verdict']", timeout=120_000)
@@ -174,3 +197,29 @@ def test_real_photos_show_their_face_boxes_and_a_verdict_per_face(face_app_url, 
                 shutil.copy(shot, RESULTS / f"browser_faces_{path.stem}.png")
         finally:
             browser.close()
+
+
+def test_a_photo_in_the_uncertain_band_shows_uncertain_with_its_reason(abstaining_app_url, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from gradio_client import Client, handle_file
+
+    answer = Client(abstaining_app_url, verbose=False).predict(handle_file(str(EXAMPLE)), api_name="/verdict")
+    assert 0.3 <= answer["p_fake"] < 0.7, answer["p_fake"]        # the band covers it, as this test needs
+    assert answer["verdict"] == "uncertain"
+    assert answer["reason"] == WIDE_BAND.reason(answer["p_fake"]) and UNSEEN in answer["reason"]
+    with sync_api.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = _open_and_drop(browser, abstaining_app_url, EXAMPLE, "image/jpeg")
+            headline = page.wait_for_selector("#verdict [data-testid='verdict']", timeout=120_000)
+            assert headline.inner_text() == "Uncertain"
+            reason = page.inner_text("#verdict [data-testid='reason']")
+            assert reason.startswith(f"Uncertain: p(fake) {answer['p_fake']:.2f} lies in the band 0.30–0.70")
+            assert "wrong too often on generators it never saw" in reason and "abstains rather than guess" in reason
+            page.wait_for_timeout(500)
+            shot = tmp_path / "uncertain.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    RESULTS.mkdir(exist_ok=True)
+    shutil.copy(shot, RESULTS / "browser_uncertain.png")

@@ -4,7 +4,9 @@
 with the code of commit c77f884) holds a calibrated mobilenetv2_050 release at
 32 px, fixed PNG inputs and the logits, p(fake) and verdicts that code gave.
 Any change to loading, preprocessing, crop averaging, temperature or
-thresholds shows up here.
+thresholds shows up here. Its verdicts were regenerated once, on purpose,
+when crossing thresholds started to load clamped at 0.5 (see
+``verdicts_note`` in expected_outputs.json); logits and p(fake) are the originals.
 """
 import json
 from pathlib import Path
@@ -40,6 +42,9 @@ def test_pinned_release_gives_the_same_verdicts(scores, expected):
     assert list(scores.verdicts) == expected["verdicts"]
     # The pin means something only if the thresholds split the inputs.
     assert len(set(expected["verdicts"])) > 1
+    # Its stored thresholds (0.453 / 0.453) cross 0.5: read clamped, no verdict contradicts its p(fake).
+    for p, verdict in zip(scores.p_fake, scores.verdicts):
+        assert (verdict != "fake" or p >= 0.5) and (verdict != "real" or p < 0.5)
 
 
 def test_pinned_release_decision_comes_from_its_config():
@@ -49,5 +54,8 @@ def test_pinned_release_decision_comes_from_its_config():
     decision = resolve_detector_config(load_detector(PINNED)).decision
     assert decision.calibrated is True
     assert decision.temperature == pytest.approx(block["temperature"])
-    assert (decision.threshold_fake, decision.threshold_real) == pytest.approx(
-        (block["threshold_fake"], block["threshold_real"]))
+    # Stored 0.453 / 0.453 crosses p(fake) 0.5: the fake threshold is read as 0.5, and the decision says so.
+    assert block["threshold_fake"] < 0.5
+    assert (decision.threshold_fake, decision.threshold_real) == pytest.approx((0.5, block["threshold_real"]))
+    assert "cross p(fake) 0.5" in decision.threshold_note
+    assert decision.band_source is None and decision.confidently_wrong is None   # never measured: says so

@@ -186,6 +186,22 @@ def test_card_contains_the_real_numbers_of_the_run(trained):
     assert "other generators" in body.lower() and "untested" in body
     assert "![ROC curve](plots/roc.png)" in body and "**gender**" in body
     assert "{{" not in body and "{%" not in body
+    # The uncertain band: chosen on validation, recorded in config.json, stated in words on the card.
+    decision = result.decision
+    block = json.loads((output / "config.json").read_text())["fakeface"]
+    assert decision.threshold_real <= 0.5 <= decision.threshold_fake
+    assert block["band_source"] == decision.band_source and block["coverage"] == decision.coverage
+    assert decision.confidently_wrong is not None and decision.band_target == 0.05
+    assert "**When it abstains.**" in body
+    assert f"{100 * decision.confidently_wrong:.1f} % of the images got a confident wrong verdict" in body
+    assert f"{100 * decision.coverage:.1f} % got a confident verdict" in body
+
+
+def test_a_bad_abstention_band_file_stops_the_run_before_training(tmp_path):
+    path = tmp_path / "band.json"
+    path.write_text('{"threshold_real": 0.3}')
+    with pytest.raises(ValueError, match="cannot read an abstention band from band.json"):
+        TrainingConfig(dataset="x", output_dir=str(tmp_path), abstention_band=str(path)).validate()
 
 
 @pytest.mark.slow

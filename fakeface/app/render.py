@@ -79,11 +79,9 @@ def render_verdict(result: Mapping[str, Any]) -> str:
     # Every model row carries its own thresholds; the fallback is the one default Decision, not a local 0.5.
     t_fake = primary.get("threshold_fake", _DEFAULT_DECISION.threshold_fake)
     t_real = primary.get("threshold_real", _DEFAULT_DECISION.threshold_real)
-    explanation = {
-        "fake": f"p(fake) is at or above the model's fake threshold ({_num(t_fake)}).",
-        "real": f"p(fake) is below the model's real threshold ({_num(t_real)}).",
-        "uncertain": f"p(fake) falls between the real ({_num(t_real)}) and fake ({_num(t_fake)}) thresholds.",
-    }.get(verdict, "")
+    # Results carry their reason (Decision.reason); one without (an older caller) gets it from its thresholds.
+    reason = result.get("reason") or Decision.from_cfg(
+        {"threshold_real": t_real, "threshold_fake": t_fake}).reason(result.get("p_fake", 0.0))
     calibration = ("calibrated probability (temperature scaling on validation data)" if calibrated
                    else "uncalibrated score: this model's config has no calibration")
     parts = [
@@ -94,7 +92,7 @@ def render_verdict(result: Mapping[str, Any]) -> str:
         f'<div style="{_MUTED}">{_e(result.get("file", ""))} · {_pct(result.get("p_fake"))} probability of being AI-generated</div>'
         '</div></div>',
         _probability_bar(result.get("p_fake", 0.0), t_real, t_fake, colour),
-        f'<div style="{_MUTED};margin-top:6px">{_e(explanation)} {_e(calibration.capitalize())}.</div>',
+        _reason(verdict, reason, colour, calibration.capitalize()),
     ]
     # How the verdict was reached (from the most suspicious face, no face found, ...) comes first, by the verdict.
     for i, note in enumerate(result.get("notes") or []):
@@ -142,6 +140,14 @@ def render_verdict(result: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+def _reason(verdict: str, reason: str, colour: str, calibration: str) -> str:
+    """Why this verdict; an abstention says "Uncertain: ..." in bold, where the eye lands after the headline."""
+    if verdict == "uncertain":
+        return (f'<div style="margin-top:8px;font-weight:600;color:{colour}" data-testid="reason">Uncertain: '
+                f'{_e(reason)}</div><div style="{_MUTED};margin-top:6px">{_e(calibration)}.</div>')
+    return f'<div style="{_MUTED};margin-top:6px"><span data-testid="reason">{_e(reason)}</span> {_e(calibration)}.</div>'
+
+
 TOO_SMALL_COLOUR = "#98a2b3"
 FACES_MAX_SIDE = 1024      # the annotated photo is shown at most this large (boxes scaled with it)
 
@@ -170,6 +176,8 @@ def render_faces(result: Mapping[str, Any]) -> str:
         flags = [text for key, text in (("most_suspicious", "the photo's verdict comes from this face"),
                                         ("too_small", "too small to judge"),
                                         ("cut_by_border", "cut by the photo's border")) if face.get(key)]
+        if face.get("verdict") == "uncertain" and face.get("reason"):
+            flags.insert(0, f"Uncertain: {face['reason']}")
         verdict = "too small" if face.get("too_small") else face.get("verdict")
         weight = "font-weight:700;" if face.get("most_suspicious") else ""
         rows.append(
@@ -431,6 +439,18 @@ def _face_stage_lines(stage: Mapping[str, Any] | None) -> list[str]:
     return [f"- **Face detector:** RetinaFace, {origin}, sha256 `{str(stage.get('sha256'))[:12]}…`{extra}"]
 
 
+def _band_line(model: Mapping[str, Any]) -> str:
+    """The About tab's account of when the model abstains, from its recorded band (or that it was not measured)."""
+    note = f" {_sentence(model['threshold_note'])}" if model.get("threshold_note") else ""
+    if model.get("confidently_wrong") is None or model.get("coverage") is None or not model.get("band_source"):
+        return f"- **When it abstains:** how often its confident verdicts are wrong was not measured for this release.{note}"
+    target = model.get("band_target")
+    return (f"- **When it abstains:** the uncertain band was chosen on {model['band_source']}"
+            + (f" for at most {100 * float(target):g} % confidently wrong" if target is not None else "")
+            + f"; there {100 * float(model['confidently_wrong']):.1f} % of images got a confident wrong verdict and "
+            f"{100 * float(model['coverage']):.1f} % a confident verdict at all.{note}")
+
+
 def render_about(status: Mapping[str, Any], releases: Sequence[Mapping[str, Any]]) -> str:
     """The About tab: per model what it was trained on, measured metrics, scope, limits, revisions."""
     lines = ["## About the detector", ""]
@@ -456,6 +476,7 @@ def render_about(status: Mapping[str, Any], releases: Sequence[Mapping[str, Any]
             + (f"; thresholds chosen for a {100 * float(model['target_fpr']):g} % false-positive rate on validation data"
                if model.get("target_fpr") else "")
             + ("" if model.get("calibrated") else " (**uncalibrated**)"),
+            _band_line(model),
         ]
         metrics = release.get("metrics")
         if metrics:

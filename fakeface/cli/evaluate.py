@@ -18,7 +18,8 @@ from pathlib import Path
 
 from fakeface.cli.common import add_split_arguments
 from fakeface.data.dataset import load_face_dataset
-from fakeface.evaluation.metrics import calibrate, decode_split, evaluate_detector, json_safe
+from fakeface.evaluation.calibration import calibrate
+from fakeface.evaluation.metrics import decode_split, evaluate_detector, json_safe
 from fakeface.evaluation.plots import save_report_figures
 from fakeface.modeling.detector import DetectorLoadError, load_detector, save_detector, set_decision
 from fakeface.modeling.fastpath import load_fast_detector

@@ -24,13 +24,30 @@ FACE_DETECTOR_KEY = "face_detector"  # inside that block: the bundled face graph
 VERDICT_UNCERTAIN = "uncertain"
 
 
+# A verdict must never contradict the p(fake) shown beside it: "fake" only at
+# p(fake) >= 0.5, "real" only below. Calibration's thresholds may shape the
+# uncertain band around this point but never cross it.
+VERDICT_POINT = 0.5
+# Decision.band_source when calibration chose the band on the validation split: in-distribution, so
+# the card warns that unseen generators will do worse.
+VALIDATION_SOURCE = "the validation split (generators seen in training)"
+
+
 @dataclass(frozen=True)
 class Decision:
     """How crop-averaged logits become a calibrated p(fake) and a verdict.
 
-    Until calibration (:func:`fakeface.evaluation.metrics.calibrate`) the
+    Until calibration (:func:`fakeface.evaluation.calibration.calibrate`) the
     probabilities are the raw softmax and the threshold is the plain argmax.
     Calibration returns a new ``Decision``; it never mutates one.
+
+    ``threshold_real <= 0.5 <= threshold_fake`` always holds, so "fake" comes
+    only with p(fake) >= 0.5 and "real" only below it. Between the two
+    thresholds the model abstains ("uncertain"). The ``band_*`` fields say
+    where that band was chosen and what it measured there:
+    ``confidently_wrong`` is the share of those images given a confident
+    wrong verdict (fakes called real plus reals called fake, over all of
+    them), ``coverage`` the share given a confident verdict at all.
     """
 
     temperature: float = 1.0
@@ -38,14 +55,20 @@ class Decision:
     threshold_real: float = 0.5     # p(fake) <  this -> "real"; in between -> "uncertain"
     target_fpr: float | None = None
     calibrated: bool = False
+    band_source: str | None = None          # the held-out images the band was chosen on, in words
+    band_target: float | None = None        # the confidently-wrong rate it was chosen for
+    confidently_wrong: float | None = None  # measured on band_source
+    coverage: float | None = None           # measured on band_source
+    threshold_note: str | None = None       # set when stored thresholds were clamped at load
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.threshold_real <= self.threshold_fake <= 1.0:
+        if not 0.0 <= self.threshold_real <= VERDICT_POINT <= self.threshold_fake <= 1.0:
             raise ValueError(
-                f"thresholds must satisfy 0 <= threshold_real <= threshold_fake <= 1, "
-                f"got {self.threshold_real} / {self.threshold_fake}"
+                f"thresholds must satisfy 0 <= threshold_real <= {VERDICT_POINT} <= threshold_fake <= 1 "
+                f"(a verdict may not contradict its p(fake)), got {self.threshold_real} / {self.threshold_fake}; "
+                "clamp_thresholds() makes such a pair"
             )
 
     def p_fake(self, logits: Any) -> np.ndarray:
@@ -63,21 +86,67 @@ class Decision:
             return LABEL_NAMES[1 - FAKE]
         return VERDICT_UNCERTAIN
 
+    def reason(self, p_fake: float | None) -> str | None:
+        """Why ``p_fake`` gets its verdict, in words for the app and the JSON (None without a score)."""
+        if p_fake is None:
+            return None
+        p, lo, hi = (f"{float(v):.2f}" for v in (p_fake, self.threshold_real, self.threshold_fake))
+        verdict = self.verdict(float(p_fake))
+        if verdict == LABEL_NAMES[FAKE]:
+            return f"p(fake) {p} is at or above the model's fake threshold {hi}."
+        if verdict != VERDICT_UNCERTAIN:
+            return f"p(fake) {p} is below the model's real threshold {lo}."
+        if self.band_source:
+            why = f"where this model was wrong too often on {self.band_source}"
+        elif self.threshold_note:   # an old release whose thresholds crossed 0.5 (see from_cfg)
+            why = "where this release's stored thresholds would give a verdict that contradicts its p(fake)"
+        else:   # a release from before the band was measured: the target-FPR thresholds alone
+            why = "where neither verdict met its error target on validation data"
+        return f"p(fake) {p} lies in the band {lo}–{hi} {why}; it abstains rather than guess."
+
     def to_cfg(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_cfg(cls, block: Mapping[str, Any] | None) -> "Decision":
+        """Read a config block; old releases load too (missing fields take defaults, crossing thresholds clamp)."""
         block = block or {}
         default = cls()
-        target = block.get("target_fpr", default.target_fpr)
+
+        def optional(key: str, kind: type) -> Any:
+            value = block.get(key, getattr(default, key))
+            return None if value is None else kind(value)
+
+        t_real, t_fake = float(block.get("threshold_real", default.threshold_real)), float(
+            block.get("threshold_fake", default.threshold_fake))
+        clamped_real, clamped_fake = clamp_thresholds(t_real, t_fake)
+        note = optional("threshold_note", str)
+        if (clamped_real, clamped_fake) != (t_real, t_fake):
+            note = (f"stored thresholds {t_real:.4g} (real) / {t_fake:.4g} (fake) cross p(fake) {VERDICT_POINT}; "
+                    f"read as {clamped_real:.4g} / {clamped_fake:.4g} so that no verdict contradicts its p(fake)")
         return cls(
             temperature=float(block.get("temperature", default.temperature)),
-            threshold_fake=float(block.get("threshold_fake", default.threshold_fake)),
-            threshold_real=float(block.get("threshold_real", default.threshold_real)),
-            target_fpr=None if target is None else float(target),
+            threshold_fake=clamped_fake,
+            threshold_real=clamped_real,
+            target_fpr=optional("target_fpr", float),
             calibrated=bool(block.get("calibrated", default.calibrated)),
+            band_source=optional("band_source", str),
+            band_target=optional("band_target", float),
+            confidently_wrong=optional("confidently_wrong", float),
+            coverage=optional("coverage", float),
+            threshold_note=note,
         )
+
+
+def clamp_thresholds(threshold_real: float, threshold_fake: float) -> tuple[float, float]:
+    """(threshold_real, threshold_fake) moved, if needed, to either side of p(fake) 0.5.
+
+    A threshold_fake of 0.2 would call p(fake) 0.397 "likely AI-generated"
+    beside "39.7 % probability of being AI-generated"; clamped, that score
+    falls in the uncertain band instead. Thresholds already on their side are
+    kept as they are.
+    """
+    return min(float(threshold_real), VERDICT_POINT), max(float(threshold_fake), VERDICT_POINT)
 
 
 @dataclass(frozen=True)

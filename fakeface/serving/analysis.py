@@ -33,7 +33,7 @@ from fakeface.serving.provenance import read_provenance
 from fakeface.utils.constants import MAX_UPLOAD_BYTES
 
 __all__ = [
-    "FaceResult", "ImageVerdict", "ModelVerdict", "ROBUSTNESS_CHECKS", "analyze_bytes", "assess_image",
+    "FaceResult", "ImageVerdict", "ModelVerdict", "ROBUSTNESS_CHECKS", "analyze_bytes", "assess_image", "band_facts",
     "check_robustness", "decode_upload", "describe_image", "display_name", "read_upload", "require_models",
     "score_images",
 ]
@@ -74,9 +74,19 @@ class ModelVerdict:
         return {
             "model": m.name, "architecture": m.architecture, "source": m.public_source, "revision": m.revision,
             "runtime": m.runtime, "p_fake": round(float(self.p_fake), 6), "verdict": self.verdict, "mode": self.mode,
+            "reason": d.reason(self.p_fake),
             "threshold_fake": d.threshold_fake, "threshold_real": d.threshold_real,
             "temperature": d.temperature, "calibrated": d.calibrated, "synthetic_training_data": m.synthetic,
+            "band": band_facts(d),
         }
+
+
+def band_facts(decision: Decision) -> dict[str, Any]:
+    """Where the model's uncertain band was chosen and what it measured there (None: not measured)."""
+    return {"threshold_real": decision.threshold_real, "threshold_fake": decision.threshold_fake,
+            "source": decision.band_source, "target": decision.band_target,
+            "confidently_wrong": decision.confidently_wrong, "coverage": decision.coverage,
+            "note": decision.threshold_note}
 
 
 @dataclass(frozen=True)
@@ -141,10 +151,13 @@ class ImageVerdict:
     def to_dict(self) -> dict[str, Any]:
         rows = [m.to_dict() for m in self.models]
         first = rows[0]
+        decision = self.primary.decision     # the faces are the primary model's, judged by its band
         return {"verdict": first["verdict"], "p_fake": first["p_fake"], "model": first["model"],
+                "reason": first["reason"],
                 "threshold_fake": first["threshold_fake"], "threshold_real": first["threshold_real"],
                 "models": rows, "agreement": self.agreement, "mode": self.mode,
-                "faces": [f.to_dict() for f in self.faces], "notes": list(self.notes)}
+                "faces": [{**f.to_dict(), "reason": decision.reason(f.p_fake)} for f in self.faces],
+                "notes": list(self.notes)}
 
 
 def require_models(models: Sequence[LoadedModel]) -> Sequence[LoadedModel]:

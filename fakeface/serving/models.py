@@ -138,6 +138,8 @@ class LoadedModel:
             "runtime": self.runtime, "input_size": list(pp.input_size), "crop_protocol": pp.crop_protocol,
             "test_crops": pp.crops_per_image, "temperature": d.temperature, "threshold_fake": d.threshold_fake,
             "threshold_real": d.threshold_real, "target_fpr": d.target_fpr, "calibrated": d.calibrated,
+            "band_source": d.band_source, "band_target": d.band_target, "confidently_wrong": d.confidently_wrong,
+            "coverage": d.coverage, "threshold_note": d.threshold_note,
             "trained_on": block.get("trained_on"), "synthetic_training_data": self.synthetic, "notice": self.notice,
             "fast_path": describe_fast_path(self.fast_path, folder=self.folder),
             "face_stage": describe_face_stage(self.detector.model),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from fakeface.data.preprocess import Preprocessing
-from fakeface.modeling.config import FAKEFACE_KEY, Decision, resolve_detector_config
+from fakeface.modeling.config import FAKEFACE_KEY, VALIDATION_SOURCE, Decision, resolve_detector_config
 from fakeface.modeling.detector import read_detector_config
 from fakeface.utils.constants import ATTRIBUTE_COLUMNS, LABEL_NAMES, SYNTHETIC_GENERATOR
 from fakeface.utils.formatting import format_number, markdown_table  # noqa: F401 - also imported from here
@@ -173,25 +173,57 @@ def _data_section(report: Mapping[str, Any], scope: Mapping[str, Any]) -> dict[s
 
 
 def _decision_section(report: Mapping[str, Any], decision: Decision, config: Any) -> dict[str, Any]:
-    """The calibrated decision and what calibration measured on validation."""
+    """The calibrated decision and what calibration measured on validation (at the final band when recorded)."""
     calibration = (report.get("validation") or {}).get("calibration") or {}
-    thresholds = calibration.get("thresholds") or {}
+    # "abstention": the final band's rates; older reports only have the target-FPR choice's.
+    rates = calibration.get("abstention") or calibration.get("thresholds") or {}
     return dict(
         threshold_fake=format_number(decision.threshold_fake, 4),
         target_fpr_pct=f"{100 * float(decision.target_fpr or config.target_fpr):g} %",
         verdict_summary=", ".join(f"{v} {k}" for k, v in (report.get("verdicts") or {}).items()),
+        abstention_text=abstention_text(decision),
         calibration_table=markdown_table(["setting", "value"], [
             ["temperature", decision.temperature],
             ["threshold_fake (p ≥ → fake)", decision.threshold_fake],
             ["threshold_real (p < → real)", decision.threshold_real],
             ["target false-positive rate", decision.target_fpr],
-            ["validation FPR at threshold_fake", thresholds.get("fpr_at_threshold")],
-            ["validation share of fakes caught", thresholds.get("tpr_at_threshold")],
-            ["validation share uncertain", thresholds.get("uncertain_fraction")],
+            ["validation FPR at threshold_fake", rates.get("false_positive_rate", rates.get("fpr_at_threshold"))],
+            ["validation share of fakes caught", rates.get("fakes_caught", rates.get("tpr_at_threshold"))],
+            ["validation share uncertain", rates.get("uncertain_fraction")],
             ["validation ECE before → after", f"{format_number(calibration.get('validation_ece_before'))} → "
                                               f"{format_number(calibration.get('validation_ece_after'))}"],
         ]),
     )
+
+
+def _pct(value: float) -> str:
+    return f"{100 * float(value):.1f} %"
+
+
+def abstention_text(decision: Decision) -> str:
+    """The card's plain-words account of the uncertain band: where it was chosen, its confident errors, its coverage."""
+    lo, hi = format_number(decision.threshold_real, 3), format_number(decision.threshold_fake, 3)
+    parts = [f"For p(fake) from {lo} up to {hi} the model answers `uncertain` instead of guessing; below {lo} it says "
+             f"`real`, from {hi} up `fake`, so a verdict never contradicts p(fake) 0.5."]
+    if decision.band_source is None or decision.confidently_wrong is None or decision.coverage is None:
+        parts.append("How often this band's confident verdicts are wrong was not measured for this release "
+                     "(it was calibrated before that measurement existed).")
+    else:
+        target = decision.band_target
+        parts.append(
+            f"The band was chosen on {decision.band_source}"
+            + (f" for at most {_pct(target)} confidently wrong" if target is not None else "") + ". "
+            f"There, **{_pct(decision.confidently_wrong)} of the images got a confident wrong verdict** (fakes called "
+            f"real plus reals called fake, out of all images) and **{_pct(decision.coverage)} got a confident verdict "
+            f"at all** (coverage); the other {_pct(1 - decision.coverage)} were `uncertain`.")
+        if target is not None and decision.confidently_wrong > target + 1e-12:
+            parts.append(f"**The target was missed:** no band brought confident mistakes down to {_pct(target)}.")
+        if decision.band_source == VALIDATION_SOURCE:
+            parts.append("The validation split holds the generators seen in training, so on generators it never saw "
+                         "expect more confident mistakes than this.")
+    if decision.threshold_note:
+        parts.append(f"Note: {decision.threshold_note}.")
+    return " ".join(parts)
 
 
 def _training_section(report: Mapping[str, Any], config: Any, recipe: Any, pp: Preprocessing,

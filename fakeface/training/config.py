@@ -65,6 +65,11 @@ class TrainingConfig:
     deterministic: bool = _flag(True, "allow non-deterministic kernels (faster on GPUs; the run is then not "
                                       "bit-reproducible)", flag="--non-deterministic")
     target_fpr: float = _flag(0.05, "false-positive rate for threshold_fake")
+    confidently_wrong_target: float = _flag(0.05, "widen the uncertain band on validation until at most this share "
+                                                  "of images gets a confident wrong verdict")
+    abstention_band: str | None = _flag(None, "use this band instead (JSON: threshold_real, threshold_fake, source, "
+                                              "confidently_wrong, coverage), e.g. measured on held-out generator "
+                                              "families; validation is in-distribution", metavar="FILE")
     checkpoint_every: int = _flag(0, "also save_state every N optimizer steps (0: only each epoch)", metavar="N")
     keep_checkpoints: int = _flag(2)
     max_steps: int | None = _flag(None, "stop after N optimizer steps", type=int)
@@ -102,6 +107,7 @@ class TrainingConfig:
             (self.resolved_input_size() >= 16, "--input-size must be at least 16 pixels"),
             (self.mixed_precision in ("no", "bf16", "fp16"), "--mixed-precision must be no, bf16 or fp16"),
             (0.0 <= self.target_fpr < 1.0, "--target-fpr must be in [0, 1)"),
+            (0.0 <= self.confidently_wrong_target < 1.0, "--confidently-wrong-target must be in [0, 1)"),
             (self.checkpoint_every >= 0, "--checkpoint-every must be >= 0"),
             (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
             (self.lr is None or self.lr > 0, "--lr must be positive"),
@@ -112,6 +118,10 @@ class TrainingConfig:
                 raise ValueError(message)
         if self.push_to_hub is not None and self.push_to_hub.count("/") != 1:
             raise ValueError(f"--push-to-hub needs ORG/NAME, got {self.push_to_hub!r}")
+        if self.abstention_band is not None:   # read now, not after hours of training
+            from fakeface.evaluation.abstention import load_abstention_band
+
+            load_abstention_band(self.abstention_band)
 
     def build_preprocessing(self) -> Preprocessing:
         recipe = self.resolved_recipe()
@@ -124,10 +134,11 @@ class TrainingConfig:
     def public_dict(self) -> dict[str, Any]:
         """The settings as published in the card and eval json: no local paths, no objects."""
         # Not asdict(): it would deep-copy an in-memory DatasetDict.
-        private = ("dataset", "output_dir", "pretrained_path")
+        private = ("dataset", "output_dir", "pretrained_path", "abstention_band")
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in private}
         data["dataset"] = describe_dataset(self.dataset)[0]
         data["pretrained_path"] = Path(self.pretrained_path).name if self.pretrained_path else None
+        data["abstention_band"] = Path(self.abstention_band).name if self.abstention_band else None
         return data
 
 

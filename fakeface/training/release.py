@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from fakeface.evaluation.metrics import calibrate, calibration_report, decode_split, evaluate_detector
+from fakeface.evaluation.abstention import load_abstention_band
+from fakeface.evaluation.calibration import calibrate, calibration_report
+from fakeface.evaluation.metrics import decode_split, evaluate_detector
 from fakeface.evaluation.plots import save_report_figures
 from fakeface.modeling.config import Decision
 from fakeface.modeling.detector import load_detector, push_detector, save_detector, set_decision, set_release_facts
@@ -61,7 +63,10 @@ def write_release(cfg: TrainingConfig, recipe: Recipe, output_dir: Path, result:
 
     val_images, val_labels, _ = decode_split(val_split)
     val_logits = detector.score_batches(val_images, batch_size).logits
-    decision = calibrate(val_logits, val_labels, target_fpr=cfg.target_fpr)
+    # The validation split holds the training generators: a band measured on held-out families is more honest.
+    band = load_abstention_band(cfg.abstention_band) if cfg.abstention_band else None
+    decision = calibrate(val_logits, val_labels, target_fpr=cfg.target_fpr,
+                         confidently_wrong_target=cfg.confidently_wrong_target, band=band)
     set_decision(model, decision)
     detector = detector.with_decision(decision)
     calibration = calibration_report(val_logits, val_labels, decision)
