@@ -1,14 +1,28 @@
-"""The int8 fast path: same verdicts as fp32 within tolerance, and fp32 whenever it must not be used.
+"""The int8 fast path: fp32's verdicts on a committed release, on any x86 CPU, and fp32 whenever it must not be used.
 
-A `mobilenetv2_050` is trained here for a few dozen steps on 48 px images
-(32 px crops) so that its probabilities spread over (0, 1) like a real
-detector's: "fake" is noise upsampled 2x with nearest neighbour, "real" is
-full-resolution noise blurred like a camera's optics. A random-weight network
-would not do: its logits are projections of random features, which int8
-rounding moves arbitrarily, so agreement with fp32 would say nothing.
+int8 is compared with fp32 on ``tests/data/int8_release`` (written and
+explained by ``tests/make_int8_release.py``): a tiny trained detector with
+its exported int8 graph, reference inputs and ``fastpath.json``, plus 64
+labelled fixed inputs, the export's own holdout. Nothing numeric is trained
+or quantized here for those tests, so the only thing the CPU running them
+decides is what it decides for a user: how its int8 and fp32 arithmetic
+scores a shipped graph. Their margins come from the product, not from one
+machine: the AUC budget the release was exported under, and the reference
+check's tolerance (docs/performance.md: int8 is served only where the
+reference inputs move less than that in p(fake)).
+
+Why a fixed graph scores alike on every x86 CPU: the u8 x s8 products are
+summed exactly in int32 on every path ONNX Runtime takes (VNNI, AMX, and
+AVX2's int16 pair sums, which 7-bit weights cannot saturate:
+``check_no_saturation``); what differs is fp32 rounding in the
+requantization scales and in the few fp32 ops, far below the room the
+generator left (it refuses an artefact where any input clear of the
+thresholds comes within a quarter of the tolerance of changing its verdict).
+
+The export itself is tested on an export made here from the committed
+weights, with assertions that hold whatever int8 error this CPU gives.
 """
 import json
-import random
 import shutil
 import sys
 
@@ -16,75 +30,58 @@ import numpy as np
 import pytest
 import torch
 
-from fakeface.modeling import fastpath
-from fakeface.modeling.fastpath import (
-    ENV_THREADS, FAST_INFO_NAME, FAST_MODEL_NAME, FAST_REFERENCE_NAME, REFERENCE_TOLERANCE_DP, FastDetector,
-    QuantizationSettings, RefusalCode, check_no_saturation, compute_weights_fingerprint, export_fast_path,
-    export_onnx, load_fast_detector, load_fast_path, quantize_onnx, read_fast_path_info, resolve_num_threads,
-)
-from fakeface.modeling.inference import Detector
+from fakeface.evaluation.metrics import roc_auc
 from fakeface.modeling.config import Decision
 from fakeface.modeling.detector import create_detector, load_detector, save_detector, set_decision
-from fakeface.data.preprocess import Augmentation, Preprocessing, build_train_transform
+from fakeface.modeling.fastpath import (
+    ENV_THREADS, FAST_INFO_NAME, FAST_MODEL_NAME, FAST_REFERENCE_NAME, REFERENCE_TOLERANCE_DP, FastDetector,
+    QuantizationSettings, RefusalCode, check_no_saturation, check_reference_inputs, compute_weights_fingerprint,
+    cpu_instruction_sets, export_fast_path, export_onnx, find_input_convs, load_fast_detector, load_fast_path,
+    quantize_onnx, read_fast_path_info, resolve_num_threads,
+)
+from fakeface.modeling.fastpath import serving
+from fakeface.modeling.inference import Detector
 from tests.helpers import toy_images
+from tests.make_int8_release import ARCH, INT8_RELEASE, PREPROCESSING, RELEASE_DIR, load_inputs
 
-ARCH = "mobilenetv2_050"
-PREPROCESSING = Preprocessing(input_size=(3, 32, 32), num_test_crops=5)
-# Tolerances stated in docs/performance.md: the AUC budget itself, the mean and
-# worst |p_int8 - p_fp32|, and verdicts: equal for every image whose fp32
-# probability is further than MAX_ABS_DP from the decision thresholds.
-BUDGET_AUC = 0.005
-MEAN_ABS_DP = 0.03
-MAX_ABS_DP = 0.15
-# On the logit margin (fake - real): int8 rounding is noise around fp32, not a
-# change of scale (a bug such as a wrong temperature or crop weighting would be).
-MARGIN_REL_RMS = 0.15
-MARGIN_SLOPE = (0.9, 1.1)
-
-
-def _train_tiny_detector(steps: int = 40) -> torch.nn.Module:
-    torch.manual_seed(0)
-    images, labels = toy_images(0, 96)
-    model = create_detector(ARCH, preprocessing=PREPROCESSING)
-    head = model.get_classifier()
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    transform = build_train_transform(PREPROCESSING, Augmentation(), rng=random.Random(0))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    for step in range(steps):
-        rows = np.random.default_rng(step).choice(len(images), 16, replace=False)
-        x = torch.stack([transform(images[i]) for i in rows])
-        loss = torch.nn.functional.cross_entropy(model(x), torch.as_tensor(labels[rows]))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+RELEASE = INT8_RELEASE / RELEASE_DIR
+# A graph with a temperature of 4 baked into its logits: it moves the committed reference
+# inputs by up to 0.27 in p(fake), more than the tolerance plus what they moved at export.
+TAMPERED_LOGIT_SCALE = 0.25
 
 
 def build_trained_release(folder) -> tuple:
-    """A saved tiny trained detector with its fast path exported (calibration and holdout disjoint).
+    """A copy of the committed tiny trained release, int8 fast path included: (folder, its fastpath.json).
 
-    Also used by tests/test_benchmark.py.
+    Also used by tests/test_benchmark.py and tests/test_scan.py. A copy, so that
+    its fast path is served (or not) alike on every CPU and a test may damage it.
     """
-    save_detector(_train_tiny_detector(), folder)
-    model = load_detector(folder)
-    # 32 calibration images: with 7-bit weights the activation ranges of 16 left one image of the
-    # fixed set 0.205 off in p(fake); with 32 every image stayed within MAX_ABS_DP (both seeds measured).
+    shutil.copytree(RELEASE, folder, dirs_exist_ok=True)
+    return folder, read_fast_path_info(folder)
+
+
+@pytest.fixture(scope="module")
+def committed():
+    """The committed release scored on its fixed inputs, here, by fp32 and by the int8 graph it ships.
+
+    The graph is run directly, not through the load-time checks, so that each test below can fail on its own.
+    """
+    images, labels = load_inputs()
+    model = load_detector(RELEASE)
+    fp32 = Detector(model)
+    int8 = FastDetector(model, RELEASE / FAST_MODEL_NAME)
+    return {"images": images, "labels": labels, "info": read_fast_path_info(RELEASE), "fp32": fp32,
+            "scores_fp32": fp32.score(images), "scores_int8": int8.score(images)}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """The committed weights exported here: the export code under test, whatever this CPU's int8 error."""
+    folder = tmp_path_factory.mktemp("exported")
+    save_detector(load_detector(RELEASE), folder)
     calibration, _ = toy_images(1, 32)
-    holdout, labels = toy_images(2, 64)
-    info = export_fast_path(model, folder, calibration, holdout, labels, budget_auc=BUDGET_AUC)
-    return folder, info
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    return build_trained_release(tmp_path_factory.mktemp("release"))
-
-
-@pytest.fixture(scope="module")
-def fixed_set():
-    return toy_images(3, 64)
+    holdout, labels = load_inputs()
+    return folder, export_fast_path(load_detector(folder), folder, calibration, holdout, labels)
 
 
 def _copy(folder, tmp_path):
@@ -93,60 +90,154 @@ def _copy(folder, tmp_path):
     return target
 
 
-@pytest.mark.slow
-def test_export_writes_the_graph_and_an_honest_report(release, fixed_set):
-    folder, info = release
-    assert (folder / FAST_MODEL_NAME).is_file() and (folder / FAST_INFO_NAME).is_file()
-    assert not [p for p in folder.iterdir() if p.name.startswith(".")], "temporary files left behind"
-    assert read_fast_path_info(folder) == json.loads(json.dumps(info))
-    assert info["measured_on"] == "holdout" and info["images"] == 64 and info["calibration_images"] == 32
-    assert info["within_budget"] is (info["auc_drop"] <= BUDGET_AUC)
-    # all-int8 is tried first; the input convolution goes fp32 only when all-int8 was over budget
-    assert [a["input_conv"] for a in info["attempts"]] == (["int8"] if info["attempts"][0]["within_budget"]
-                                                           else ["int8", "fp32"])
-    assert info["input_conv"] == info["attempts"][-1]["input_conv"]
-    assert info["attempts"][-1]["auc_drop"] == info["auc_drop"]
-    # The report's numbers are recomputable from the two detectors.
-    model = load_detector(folder)
-    holdout, labels = toy_images(2, 64)
-    p32 = Detector(model).score(holdout).p_fake
-    p8 = load_fast_detector(folder).score(holdout).p_fake
-    assert info["max_abs_dp"] == pytest.approx(float(np.abs(p32 - p8).max()), abs=1e-5)
-    assert info["source"]["weights_sha256"] == compute_weights_fingerprint(model)
+def _negate_head_weights(onnx_path) -> None:
+    """The int8 graph computes something else than the fp32 model it claims to be: real and fake swapped."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    head = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")][-1]
+    weight_name = producers[head.input[1]].input[0]
+    init = next(i for i in model.graph.initializer if i.name == weight_name)
+    init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), weight_name))
+    onnx.save(model, str(onnx_path))
 
 
-@pytest.mark.slow
-def test_fast_path_gives_fp32_verdicts_within_tolerance(release, fixed_set):
-    folder, info = release
-    assert info["within_budget"] is True, info
-    fast = load_fast_detector(folder)
-    assert isinstance(fast, FastDetector) and isinstance(fast, Detector)
-    reference = Detector(load_detector(folder))
-    images, labels = fixed_set
-    ref, new = reference.score(images), fast.score(images)
-    from fakeface.evaluation.metrics import roc_auc
+def _scale_logits(onnx_path, factor: float) -> None:
+    """The graph's logits multiplied by ``factor``: a wrong temperature baked into the graph."""
+    import onnx
+    from onnx import helper, numpy_helper
 
-    auc32, auc8 = roc_auc(labels, ref.p_fake), roc_auc(labels, new.p_fake)
-    assert auc32 > 0.9, "the tiny detector did not learn; the comparison would be meaningless"
-    assert auc32 - auc8 <= BUDGET_AUC
-    diff = np.abs(ref.p_fake - new.p_fake)
-    assert diff.mean() <= MEAN_ABS_DP and diff.max() <= MAX_ABS_DP, (diff.mean(), diff.max())
-    assert 0.05 < ref.p_fake.std(), "probabilities collapsed: nothing to compare"
-    margin32, margin8 = ref.logits[:, 1] - ref.logits[:, 0], new.logits[:, 1] - new.logits[:, 0]
-    rel_rms = np.sqrt(np.mean((margin8 - margin32) ** 2) / np.mean(margin32 ** 2))
-    slope = float(margin32 @ margin8 / (margin32 @ margin32))
-    assert rel_rms <= MARGIN_REL_RMS and MARGIN_SLOPE[0] <= slope <= MARGIN_SLOPE[1], (rel_rms, slope)
-    decision = reference.decision
-    clear = [i for i, p in enumerate(ref.p_fake)
-             if min(abs(p - decision.threshold_fake), abs(p - decision.threshold_real)) > MAX_ABS_DP]
-    assert len(clear) >= len(images) // 2
-    assert [new.verdicts[i] for i in clear] == [ref.verdicts[i] for i in clear]
+    model = onnx.load(str(onnx_path))
+    output = model.graph.output[0].name
+    for node in model.graph.node:
+        node.output[:] = [f"{name}_unscaled" if name == output else name for name in node.output]
+    model.graph.initializer.append(numpy_helper.from_array(np.asarray(factor, np.float32), "logit_scale"))
+    model.graph.node.append(helper.make_node("Mul", [f"{output}_unscaled", "logit_scale"], [output]))
+    onnx.save(model, str(onnx_path))
 
 
-@pytest.mark.slow
-def test_graph_takes_the_detector_crops_for_any_batch(release):
-    folder, _ = release
-    fast = load_fast_detector(folder)
+def _tamper(folder, tamper: str) -> None:
+    if tamper == "reference_logits":  # the stored fp32 outputs no longer match the graph
+        with np.load(folder / FAST_REFERENCE_NAME) as data:
+            arrays = dict(data)
+        arrays["logits_fp32"] = arrays["logits_fp32"][:, ::-1].copy()
+        np.savez_compressed(folder / FAST_REFERENCE_NAME, **arrays)
+    elif tamper == "negated_head":
+        _negate_head_weights(folder / FAST_MODEL_NAME)
+    elif tamper == "wrong_temperature":
+        _scale_logits(folder / FAST_MODEL_NAME, TAMPERED_LOGIT_SCALE)
+    else:
+        raise ValueError(tamper)
+
+
+def _clear_of_thresholds(p_fake: np.ndarray, decision: Decision, margin: float) -> np.ndarray:
+    """Indices of the images whose p(fake) is further than ``margin`` from both thresholds."""
+    distance = np.minimum(abs(p_fake - decision.threshold_real), abs(p_fake - decision.threshold_fake))
+    return np.flatnonzero(distance > margin)
+
+
+# --------------------------------------------------------------------------- int8 against fp32, on any CPU
+
+def test_committed_release_passes_the_reference_check_here(committed):
+    loaded = load_fast_path(RELEASE)
+    assert loaded.refusal is None, loaded.refusal.message
+    assert isinstance(loaded.detector, FastDetector) and loaded.runtime == "onnxruntime-int8"
+    check = loaded.check
+    assert loaded.detector.reference_check is check and check.images == 8
+    assert check.tolerance == REFERENCE_TOLERANCE_DP == committed["info"]["reference"]["tolerance_abs_dp"]
+    assert check.passed and check.max_abs_dp <= check.tolerance, check
+    # The artefact leaves room for another CPU's rounding (a fact of the committed files, not of this CPU).
+    assert check.export_max_abs_dp <= 0.75 * check.tolerance, check
+
+
+def test_int8_keeps_the_auc_within_the_budget(committed):
+    labels, info = committed["labels"], committed["info"]
+    # fastpath.json measured the same drop on these very images where the release was exported.
+    assert info["measured_on"] == "holdout" and info["images"] == len(labels)
+    auc32 = roc_auc(labels, committed["scores_fp32"].p_fake)
+    auc8 = roc_auc(labels, committed["scores_int8"].p_fake)
+    assert auc32 > 0.9, "the detector does not separate its inputs: the comparison would be meaningless"
+    assert auc32 - auc8 <= info["budget_auc"], (auc32, auc8, info["auc_drop"])
+
+
+def test_int8_verdicts_match_fp32_away_from_the_thresholds(committed):
+    """Where fp32's p(fake) is further from both thresholds than the most the reference check lets int8
+    move a p(fake) on the serving CPU, no int8 rounding that passes it can change the verdict."""
+    ref, new = committed["scores_fp32"], committed["scores_int8"]
+    margin = committed["info"]["reference"]["tolerance_abs_dp"]
+    clear = _clear_of_thresholds(ref.p_fake, committed["fp32"].decision, margin)
+    assert len(clear) >= len(ref.p_fake) // 2, "too few inputs clear of the thresholds: nothing to compare"
+    assert {ref.verdicts[i] for i in clear} == {"real", "fake", "uncertain"}, "every verdict should be compared"
+    flipped = [(int(i), float(ref.p_fake[i]), float(new.p_fake[i])) for i in clear if new.verdicts[i] != ref.verdicts[i]]
+    assert not flipped, f"(input, p_fp32, p_int8) whose int8 verdict differs: {flipped}"
+
+
+@pytest.mark.parametrize("tamper", ["negated_head", "wrong_temperature"])
+def test_agreement_checks_catch_a_broken_graph(committed, tmp_path, tamper):
+    """The two assertions above fail for a graph that is not the model: they can fail."""
+    folder = _copy(RELEASE, tmp_path)
+    _tamper(folder, tamper)
+    broken = FastDetector(load_detector(folder), folder / FAST_MODEL_NAME).score(committed["images"])
+    ref = committed["scores_fp32"]
+    clear = _clear_of_thresholds(ref.p_fake, committed["fp32"].decision, REFERENCE_TOLERANCE_DP)
+    assert any(broken.verdicts[i] != ref.verdicts[i] for i in clear)
+    auc_drop = roc_auc(committed["labels"], ref.p_fake) - roc_auc(committed["labels"], broken.p_fake)
+    if tamper == "negated_head":
+        assert auc_drop > committed["info"]["budget_auc"]
+    # (a wrong temperature keeps the ranking, so only the verdicts and the reference check see it)
+
+
+@pytest.mark.parametrize("tamper", ["reference_logits", "negated_head", "wrong_temperature"])
+def test_disagreeing_reference_serves_fp32_with_the_reason(tmp_path, tamper):
+    folder = _copy(RELEASE, tmp_path)
+    _tamper(folder, tamper)
+    loaded = load_fast_path(folder)
+    assert loaded.detector is None and load_fast_detector(folder) is None
+    refusal = loaded.refusal
+    assert refusal.code is RefusalCode.REFERENCE_MISMATCH
+    assert refusal.check is loaded.check and not refusal.check.passed
+    assert refusal.check.max_abs_dp > refusal.check.tolerance == REFERENCE_TOLERANCE_DP
+    assert f"{refusal.check.max_abs_dp:.3f}" in refusal.problem and refusal.message.startswith("int8 fast path not used")
+
+
+def test_app_serves_fp32_and_says_why_when_the_reference_disagrees(tmp_path):
+    """A release whose fastpath_reference.npz was tampered with: the app serves fp32, the status and About tab say why."""
+    from fakeface.app.render import render_about
+    from fakeface.serving.models import ModelRegistry
+
+    folder = _copy(RELEASE, tmp_path)
+    _tamper(folder, "reference_logits")
+    registry = ModelRegistry([str(folder)])
+    [served] = registry.models
+    assert served.scorer is served.detector and served.runtime == "torch-fp32"
+    [status] = registry.status()["models"]
+    fast = status["fast_path"]
+    assert status["runtime"] == "torch-fp32" and fast["served"] is False and fast["code"] == "reference_mismatch"
+    assert fast["check"]["passed"] is False and fast["check"]["max_abs_dp"] > fast["check"]["tolerance"]
+    assert f"{fast['check']['max_abs_dp']:.3f}" in fast["problem"] and fast["fix"]
+    about = render_about(registry.status(), [{"model": status}])
+    assert "Why fp32" in about and "reference_mismatch" in about
+    # The untampered release is served int8 and its status says so.
+    [good] = ModelRegistry([str(RELEASE)]).status()["models"]
+    assert good["runtime"] == "onnxruntime-int8" and good["fast_path"]["served"] is True
+    assert good["fast_path"]["check"]["passed"] is True
+
+
+def test_shipped_graph_cannot_saturate_on_any_cpu():
+    """Proved from the graph's own int8 weights, so it holds (or fails) on whatever CPU runs the test."""
+    check = check_no_saturation(RELEASE / FAST_MODEL_NAME)
+    assert check.layers > 10, "no quantized Conv/Gemm found: the check looked at nothing"
+    assert check.ok and check.worst_pair_sum <= 32767, check
+    info = read_fast_path_info(RELEASE)
+    assert info["saturation"]["ok"] is True and info["quantization"]["reduce_range"] is True
+
+
+# --------------------------------------------------------------------------- serving and refusals
+
+def test_graph_takes_the_detector_crops_for_any_batch():
+    fast = load_fast_detector(RELEASE)
     images, _ = toy_images(4, 5)
     crops = fast.prepare(images)
     assert tuple(crops.shape) == (5, PREPROCESSING.crops_per_image, *PREPROCESSING.input_size)
@@ -156,14 +247,12 @@ def test_graph_takes_the_detector_crops_for_any_batch(release):
     np.testing.assert_allclose(together, one_by_one, atol=1e-4)
 
 
-@pytest.mark.slow
-def test_calibration_and_thresholds_stay_in_one_place(release):
-    folder, _ = release
-    fast = load_fast_detector(folder)
+def test_calibration_and_thresholds_stay_in_one_place():
+    fast = load_fast_detector(RELEASE)
     images, _ = toy_images(5, 8)
     logits = fast.logits(images)
     decision = Decision(temperature=3.0, threshold_fake=0.9, threshold_real=0.1)
-    set_decision(fast.model, decision)
+    set_decision(fast.model, decision)   # in memory only: the committed files stay as they are
     fast = fast.with_decision(decision)   # a Detector keeps the decision it was built with
     scores = fast.score(images)
     expected = Detector(fast.model).scores_from_logits(logits)
@@ -172,10 +261,8 @@ def test_calibration_and_thresholds_stay_in_one_place(release):
     assert "uncertain" in scores.verdicts  # T=3 squeezes probabilities into the wide uncertain band
 
 
-@pytest.mark.slow
-def test_fast_detector_accepts_a_loaded_model_or_detector(release):
-    folder, _ = release
-    model = load_detector(folder)
+def test_fast_detector_accepts_a_loaded_model_or_detector():
+    model = load_detector(RELEASE)
     assert isinstance(load_fast_detector(model), FastDetector)
     assert isinstance(load_fast_detector(Detector(model)), FastDetector)
     fresh = create_detector(ARCH, preprocessing=PREPROCESSING)  # not loaded from a folder
@@ -205,9 +292,8 @@ def test_absent_fast_path_means_fp32(tmp_path, caplog):
     ("no_reference", "reference inputs", RefusalCode.REFERENCE_MISSING),
     ("truncated_reference", "cannot be read", RefusalCode.REFERENCE_UNREADABLE),
 ])
-@pytest.mark.slow
-def test_fast_path_is_refused_with_a_reason(release, tmp_path, caplog, damage, reason, code):
-    folder = _copy(release[0], tmp_path)
+def test_fast_path_is_refused_with_a_reason(tmp_path, caplog, damage, reason, code):
+    folder = _copy(RELEASE, tmp_path)
     info_path = folder / FAST_INFO_NAME
     info = json.loads(info_path.read_text())
     if damage == "over_budget":
@@ -253,19 +339,86 @@ def test_fast_path_is_refused_with_a_reason(release, tmp_path, caplog, damage, r
     assert len(Detector(load_detector(folder)).score(images).verdicts) == 2
 
 
-@pytest.mark.slow
-def test_missing_onnxruntime_means_fp32(release, monkeypatch, caplog):
+def test_missing_onnxruntime_means_fp32(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     caplog.set_level("INFO", logger="fakeface.modeling.fastpath")
-    assert load_fast_detector(release[0]) is None
+    assert load_fast_detector(RELEASE) is None
     assert "onnxruntime is not installed" in caplog.text
-    assert load_fast_path(release[0]).refusal.code is RefusalCode.RUNTIME_MISSING
+    assert load_fast_path(RELEASE).refusal.code is RefusalCode.RUNTIME_MISSING
+
+
+def test_graph_that_could_saturate_is_refused_on_a_cpu_without_vnni(tmp_path, monkeypatch):
+    folder = _copy(RELEASE, tmp_path)
+    info = json.loads((folder / FAST_INFO_NAME).read_text())
+    info["saturation"]["ok"] = False
+    (folder / FAST_INFO_NAME).write_text(json.dumps(info))
+    monkeypatch.setattr(serving, "cpu_instruction_sets", lambda *a: ("avx", "avx2", "fma"))
+    assert load_fast_path(folder).refusal.code is RefusalCode.CAN_SATURATE
+    monkeypatch.setattr(serving, "cpu_instruction_sets", lambda *a: ("avx2", "avx512f", "avx512_vnni"))
+    assert isinstance(load_fast_path(folder).detector, FastDetector)  # VNNI accumulates in int32
+
+
+def test_thread_count_from_env(monkeypatch):
+    monkeypatch.delenv(ENV_THREADS, raising=False)
+    assert 1 <= resolve_num_threads() <= 2
+    monkeypatch.setenv(ENV_THREADS, "1")
+    assert resolve_num_threads() == 1
+    fast = load_fast_detector(RELEASE)
+    assert fast.session.get_session_options().intra_op_num_threads == 1
+    assert fast.session.get_session_options().inter_op_num_threads == 1
+    for bad in ("0", "two", "-3"):
+        monkeypatch.setenv(ENV_THREADS, bad)
+        with pytest.raises(ValueError, match=ENV_THREADS):
+            resolve_num_threads()
+
+
+def test_cpu_instruction_sets_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_vnni\n")
+    assert cpu_instruction_sets(cpuinfo) == ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni")
+    assert cpu_instruction_sets(tmp_path / "absent") == ()
+
+
+# --------------------------------------------------------------------------- the export (made here)
+
+@pytest.mark.slow
+def test_export_writes_the_graph_and_an_honest_report(exported):
+    folder, info = exported
+    assert (folder / FAST_MODEL_NAME).is_file() and (folder / FAST_INFO_NAME).is_file()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    assert read_fast_path_info(folder) == json.loads(json.dumps(info))
+    assert info["measured_on"] == "holdout" and info["images"] == 64 and info["calibration_images"] == 32
+    assert info["within_budget"] is (info["auc_drop"] <= info["budget_auc"])
+    # all-int8 is tried first; the input convolution goes fp32 only when all-int8 was over budget
+    assert [a["input_conv"] for a in info["attempts"]] == (["int8"] if info["attempts"][0]["within_budget"]
+                                                           else ["int8", "fp32"])
+    assert info["input_conv"] == info["attempts"][-1]["input_conv"]
+    assert info["attempts"][-1]["auc_drop"] == info["auc_drop"]
+    # The report's numbers are recomputable from the two detectors (on this CPU, which made them).
+    model = load_detector(folder)
+    holdout, _ = load_inputs()
+    p32 = Detector(model).score(holdout).p_fake
+    p8 = FastDetector(model, folder / FAST_MODEL_NAME).score(holdout).p_fake
+    assert info["max_abs_dp"] == pytest.approx(float(np.abs(p32 - p8).max()), abs=1e-5)
+    assert info["source"]["weights_sha256"] == compute_weights_fingerprint(model)
+    assert info["saturation"]["ok"] is True and check_no_saturation(folder / FAST_MODEL_NAME).ok
+
+
+@pytest.mark.slow
+def test_export_reference_inputs_are_rescored_alike_where_they_were_made(exported):
+    """Scored again on the CPU that exported them, the reference crops give the int8 logits stored with them."""
+    folder, info = exported
+    assert (folder / FAST_REFERENCE_NAME).stat().st_size < 2**20
+    assert info["reference"]["images"] == 8 and info["reference"]["tolerance_abs_dp"] == REFERENCE_TOLERANCE_DP
+    fast = FastDetector(load_detector(folder), folder / FAST_MODEL_NAME)
+    check = check_reference_inputs(fast, folder / FAST_REFERENCE_NAME)
+    assert check.images == 8 and check.max_abs_dp == pytest.approx(check.export_max_abs_dp, abs=1e-4)
 
 
 @pytest.mark.slow
 def test_over_budget_export_tries_both_graphs_and_is_refused(tmp_path, caplog):
     folder = tmp_path / "strict"
-    save_detector(_train_tiny_detector(steps=10), folder)
+    save_detector(load_detector(RELEASE), folder)
     calibration, _ = toy_images(1, 8)
     holdout, labels = toy_images(2, 16)
     info = export_fast_path(load_detector(folder), folder, calibration, holdout, labels, budget_auc=-1.0)
@@ -276,14 +429,11 @@ def test_over_budget_export_tries_both_graphs_and_is_refused(tmp_path, caplog):
     assert load_fast_detector(folder) is None and "loses" in caplog.text
 
 
-@pytest.mark.slow
-def test_input_convolution_is_found_through_the_crop_reshape(release, tmp_path):
+def test_input_convolution_is_found_through_the_crop_reshape(tmp_path):
     import onnx
 
-    from fakeface.modeling.fastpath import export_onnx, find_input_convs
-
     path = tmp_path / "m.onnx"
-    export_onnx(load_detector(release[0]), path)
+    export_onnx(load_detector(RELEASE), path)
     names = find_input_convs(path)
     graph = onnx.load(str(path)).graph
     convs = [n.name for n in graph.node if n.op_type == "Conv"]
@@ -312,132 +462,12 @@ def test_bad_export_arguments_write_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_thread_count_from_env(monkeypatch, release):
-    monkeypatch.delenv(ENV_THREADS, raising=False)
-    assert 1 <= resolve_num_threads() <= 2
-    monkeypatch.setenv(ENV_THREADS, "1")
-    assert resolve_num_threads() == 1
-    fast = load_fast_detector(release[0])
-    assert fast.session.get_session_options().intra_op_num_threads == 1
-    assert fast.session.get_session_options().inter_op_num_threads == 1
-    for bad in ("0", "two", "-3"):
-        monkeypatch.setenv(ENV_THREADS, bad)
-        with pytest.raises(ValueError, match=ENV_THREADS):
-            resolve_num_threads()
-
-
-# --------------------------------------------------------------------------- the same verdict on every CPU
-
-@pytest.mark.slow
-def test_shipped_graph_cannot_saturate_on_any_cpu(release):
-    """Proved from the graph's own int8 weights, so it holds (or fails) on whatever CPU runs the test."""
-    folder, info = release
-    check = check_no_saturation(folder / FAST_MODEL_NAME)
-    assert check.layers > 10, "no quantized Conv/Gemm found: the check looked at nothing"
-    assert check.ok and check.worst_pair_sum <= 32767, check
-    assert info["saturation"]["ok"] is True and info["quantization"]["reduce_range"] is True
-
-
-@pytest.mark.slow
-def test_saturation_check_catches_full_range_weights(release, tmp_path):
+def test_saturation_check_catches_full_range_weights(tmp_path):
     """The settings releases shipped before (8-bit weights with u8 activations) fail the same check."""
-    model = load_detector(release[0])
+    model = load_detector(RELEASE)
     export_onnx(model, tmp_path / "fp32.onnx")
     calibration, _ = toy_images(1, 8)
     old = quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "old.onnx", Detector(model), calibration,
                         settings=QuantizationSettings(reduce_range=False))
     check = check_no_saturation(old)
     assert not check.ok and check.worst_pair_sum > 32767 and check.worst_layer, check
-
-
-@pytest.mark.slow
-def test_reference_inputs_pass_on_a_good_export(release):
-    folder, info = release
-    assert (folder / FAST_REFERENCE_NAME).stat().st_size < 2**20
-    assert info["reference"]["images"] == 8 and info["reference"]["tolerance_abs_dp"] == REFERENCE_TOLERANCE_DP
-    loaded = load_fast_path(folder)
-    assert loaded.refusal is None and isinstance(loaded.detector, FastDetector), loaded.refusal
-    check = loaded.check
-    assert check.passed and check.images == 8 and check.max_abs_dp <= check.tolerance
-    assert loaded.detector.reference_check is check and loaded.runtime == "onnxruntime-int8"
-    # Re-scoring the stored crops here reproduces what the export measured on its CPU (the same machine here).
-    assert check.max_abs_dp == pytest.approx(check.export_max_abs_dp, abs=1e-4)
-
-
-def _negate_head_weights(onnx_path) -> None:
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(onnx_path))
-    producers = {out: node for node in model.graph.node for out in node.output}
-    head = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul")][-1]
-    weight_name = producers[head.input[1]].input[0]
-    init = next(i for i in model.graph.initializer if i.name == weight_name)
-    init.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(init), weight_name))
-    onnx.save(model, str(onnx_path))
-
-
-@pytest.mark.parametrize("tamper", ["reference_logits", "graph"])
-@pytest.mark.slow
-def test_disagreeing_reference_serves_fp32_with_the_reason(release, tmp_path, tamper):
-    folder = _copy(release[0], tmp_path)
-    if tamper == "reference_logits":  # the stored fp32 outputs no longer match the graph
-        with np.load(folder / FAST_REFERENCE_NAME) as data:
-            arrays = dict(data)
-        arrays["logits_fp32"] = arrays["logits_fp32"][:, ::-1].copy()
-        np.savez_compressed(folder / FAST_REFERENCE_NAME, **arrays)
-    else:  # the int8 graph computes something else than the fp32 model it claims to be
-        _negate_head_weights(folder / FAST_MODEL_NAME)
-    loaded = load_fast_path(folder)
-    assert loaded.detector is None and load_fast_detector(folder) is None
-    refusal = loaded.refusal
-    assert refusal.code is RefusalCode.REFERENCE_MISMATCH
-    assert refusal.check is loaded.check and not refusal.check.passed
-    assert refusal.check.max_abs_dp > refusal.check.tolerance == REFERENCE_TOLERANCE_DP
-    assert f"{refusal.check.max_abs_dp:.3f}" in refusal.problem and refusal.message.startswith("int8 fast path not used")
-
-
-@pytest.mark.slow
-def test_app_serves_fp32_and_says_why_when_the_reference_disagrees(release, tmp_path):
-    """A release whose fastpath_reference.npz was tampered with: the app serves fp32, the status and About tab say why."""
-    from fakeface.app.render import render_about
-    from fakeface.serving.models import ModelRegistry
-
-    folder = _copy(release[0], tmp_path)
-    with np.load(folder / FAST_REFERENCE_NAME) as data:
-        arrays = dict(data)
-    arrays["logits_fp32"] = arrays["logits_fp32"][:, ::-1].copy()
-    np.savez_compressed(folder / FAST_REFERENCE_NAME, **arrays)
-    registry = ModelRegistry([str(folder)])
-    [served] = registry.models
-    assert served.scorer is served.detector and served.runtime == "torch-fp32"
-    [status] = registry.status()["models"]
-    fast = status["fast_path"]
-    assert status["runtime"] == "torch-fp32" and fast["served"] is False and fast["code"] == "reference_mismatch"
-    assert fast["check"]["passed"] is False and fast["check"]["max_abs_dp"] > fast["check"]["tolerance"]
-    assert f"{fast['check']['max_abs_dp']:.3f}" in fast["problem"] and fast["fix"]
-    about = render_about(registry.status(), [{"model": status}])
-    assert "Why fp32" in about and "reference_mismatch" in about
-    # The untampered release is served int8 and its status says so.
-    [good] = ModelRegistry([str(release[0])]).status()["models"]
-    assert good["runtime"] == "onnxruntime-int8" and good["fast_path"]["served"] is True
-    assert good["fast_path"]["check"]["passed"] is True
-
-
-@pytest.mark.slow
-def test_graph_that_could_saturate_is_refused_on_a_cpu_without_vnni(release, tmp_path, monkeypatch):
-    folder = _copy(release[0], tmp_path)
-    info = json.loads((folder / FAST_INFO_NAME).read_text())
-    info["saturation"]["ok"] = False
-    (folder / FAST_INFO_NAME).write_text(json.dumps(info))
-    monkeypatch.setattr(fastpath, "cpu_instruction_sets", lambda *a: ("avx", "avx2", "fma"))
-    assert load_fast_path(folder).refusal.code is RefusalCode.CAN_SATURATE
-    monkeypatch.setattr(fastpath, "cpu_instruction_sets", lambda *a: ("avx2", "avx512f", "avx512_vnni"))
-    assert isinstance(load_fast_path(folder).detector, FastDetector)  # VNNI accumulates in int32
-
-
-def test_cpu_instruction_sets_read_from_cpuinfo(tmp_path):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor : 0\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_vnni\n")
-    assert fastpath.cpu_instruction_sets(cpuinfo) == ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni")
-    assert fastpath.cpu_instruction_sets(tmp_path / "absent") == ()

@@ -1,0 +1,82 @@
+"""What every stage of the fast path shares: file names and format, the optional dependency,
+the CPU's instruction sets and the weights' fingerprint."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+FAST_MODEL_NAME = "model.int8.onnx"
+FAST_INFO_NAME = "fastpath.json"
+FAST_REFERENCE_NAME = "fastpath_reference.npz"
+# 2: 7-bit weights (cannot saturate on AVX2), reference inputs checked at load.
+FAST_PATH_FORMAT = 2
+INPUT_NAME = "crops"
+OUTPUT_NAME = "logits"
+# Instruction sets recorded beside measurements (and used to decide whether a
+# graph that could saturate is safe here: VNNI accumulates in int32).
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+             "avx_vnni_int8", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
+
+
+class FastPathUnavailable(RuntimeError):
+    """The fast path cannot be built here (e.g. onnxruntime or onnx is not installed)."""
+
+
+def import_onnxruntime():
+    """``onnxruntime``, or :class:`FastPathUnavailable` saying how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise FastPathUnavailable(
+            "onnxruntime is not installed; install the pinned version from requirements.txt for the int8 fast path"
+        ) from error
+    return onnxruntime
+
+
+@contextlib.contextmanager
+def quiet_exporter_logs() -> Iterator[None]:
+    """The exporter's optimizer logs every rewrite at INFO; training logs at INFO."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "onnxruntime")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def cpu_instruction_sets(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> tuple[str, ...]:
+    """The x86 instruction sets of :data:`CPU_FLAGS` this CPU has (empty where /proc/cpuinfo is absent)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return ()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return tuple(f for f in CPU_FLAGS if f in flags)
+
+
+def compute_weights_fingerprint(model: nn.Module) -> str:
+    """sha256 over the state dict (names, dtypes, shapes, values).
+
+    Recorded at export and checked at load, so an ONNX file left over from
+    other weights (retrained, or a partly updated repo) is never served.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

@@ -1,0 +1,103 @@
+"""The load-time reference check: a few crops shipped in ``fastpath_reference.npz`` with their fp32
+and int8 logits, re-scored on the serving CPU before the int8 graph is used."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from fakeface.modeling.fastpath._common import FAST_REFERENCE_NAME, cpu_instruction_sets
+from fakeface.modeling.inference import logits_from_crops
+
+if TYPE_CHECKING:
+    from fakeface.modeling.fastpath.serving import FastDetector
+
+# Reference inputs shipped in the release and re-scored at load on the serving CPU:
+# up to this many images, fewer when their crops would pass REFERENCE_MAX_BYTES.
+REFERENCE_IMAGES = 8
+REFERENCE_MAX_BYTES = 4 * 2**20
+# The stated tolerance: on every reference image, the int8 p(fake) on the serving
+# CPU must be within this of the fp32 p(fake) stored with it: the max |Δp| that
+# docs/performance.md states for the int8 path. (Saturation on AVX2 moved p by
+# up to 0.31; 7-bit weights moved a trained MobileNetV2's worst image by 0.07.)
+REFERENCE_TOLERANCE_DP = 0.15
+
+
+def _crops_from_pixels(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 (N, K, C, H, W) crops -> the normalised float32 graph input, the same at export and at load."""
+    m = np.asarray(mean, np.float32).reshape(1, 1, 3, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, 1, 3, 1, 1)
+    return ((pixels.astype(np.float32) / np.float32(255.0)) - m) / s
+
+
+def write_reference_inputs(path: str | os.PathLike, model: nn.Module, fast: "FastDetector",
+                           images: Sequence[Image.Image]) -> dict[str, Any]:
+    """Save a few images' crops with their fp32 and (this CPU's) int8 logits; returns the JSON summary.
+
+    The crops are stored as the uint8 pixels they are cut from (the eval
+    transform only normalises them), a quarter of float32's size, and both
+    logits are computed from exactly what the load-time check will feed.
+    """
+    pp = fast.preprocessing
+    per_image = pp.crops_per_image * int(np.prod(pp.input_size))
+    count = max(1, min(REFERENCE_IMAGES, len(images), REFERENCE_MAX_BYTES // per_image))
+    crops = fast.prepare(list(images[:count])).numpy()                    # (N, K, C, H, W) float32
+    std = np.asarray(pp.std, np.float32).reshape(1, 1, 3, 1, 1)
+    mean = np.asarray(pp.mean, np.float32).reshape(1, 1, 3, 1, 1)
+    pixels = np.clip(np.rint((crops.astype(np.float64) * std + mean) * 255.0), 0, 255).astype(np.uint8)
+    inputs = _crops_from_pixels(pixels, pp.mean, pp.std)
+    with torch.inference_mode():
+        logits_fp32 = logits_from_crops(model.eval(), torch.from_numpy(inputs)).float().numpy()
+    logits_int8 = fast.run(inputs)
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, pixels=pixels, logits_fp32=logits_fp32, logits_int8=logits_int8)
+    return {"file": FAST_REFERENCE_NAME, "images": count, "tolerance_abs_dp": REFERENCE_TOLERANCE_DP,
+            "bytes": Path(path).stat().st_size}
+
+
+@dataclass(frozen=True)
+class ReferenceCheck:
+    """The shipped reference inputs re-scored by the int8 graph on this CPU.
+
+    ``max_abs_dp``: the largest |p_int8 - p_fp32| here, which must stay within
+    ``tolerance``; ``export_max_abs_dp``: the same where the release was
+    exported (so a user can see whether this CPU computes differently).
+    """
+
+    images: int
+    max_abs_dp: float
+    export_max_abs_dp: float
+    tolerance: float
+    cpu_flags: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.max_abs_dp <= self.tolerance)
+
+
+def check_reference_inputs(fast: "FastDetector", path: str | os.PathLike,
+                           tolerance: float = REFERENCE_TOLERANCE_DP) -> ReferenceCheck:
+    """Score the release's reference crops with ``fast`` here and compare with the stored logits.
+
+    Raises ``OSError``/``ValueError``/``KeyError`` for a file that cannot be read.
+    """
+    with np.load(path, allow_pickle=False) as data:
+        pixels, logits_fp32, logits_int8 = data["pixels"], data["logits_fp32"], data["logits_int8"]
+    pp = fast.preprocessing
+    expected = (pp.crops_per_image, *pp.input_size)
+    if pixels.dtype != np.uint8 or pixels.ndim != 5 or tuple(pixels.shape[1:]) != expected:
+        raise ValueError(f"reference crops have shape {pixels.shape} ({pixels.dtype}), expected (N, {expected})")
+    if logits_fp32.shape != (len(pixels), 2) or logits_int8.shape != logits_fp32.shape:
+        raise ValueError(f"reference logits have shapes {logits_fp32.shape}/{logits_int8.shape}")
+    here = fast.run(_crops_from_pixels(pixels, pp.mean, pp.std))
+    p32, p8_then, p8_here = (fast.scores_from_logits(np.asarray(x, np.float32)).p_fake
+                             for x in (logits_fp32, logits_int8, here))
+    return ReferenceCheck(images=len(pixels), max_abs_dp=float(np.abs(p8_here - p32).max()),
+                          export_max_abs_dp=float(np.abs(p8_then - p32).max()), tolerance=float(tolerance),
+                          cpu_flags=cpu_instruction_sets())
