@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fakeface.data.build import build_face_dataset
+from fakeface.cli.build_dataset import main as build_dataset_main
 from fakeface.data.images import load_image
 from fakeface.data.sources import collect_fake_folder, collect_real_folder
 from fakeface.data.split import DEFAULT_NEAR_DUPLICATE_DISTANCE, hamming_distance
 from fakeface.data.twins import (
     TwinMakerUnavailable, create_twin_maker, make_twin, make_twins, resolve_taef2_dir, twin_generator_name,
-    write_twin_folder,
 )
 from fakeface.utils.settings import Settings
 from tests.helpers import SHARED, require_shared
@@ -79,30 +79,30 @@ def test_the_cache_is_reused_and_keyed_by_maker_version(makers, tmp_path, monkey
 
 
 def test_a_twin_keeps_its_reals_group_and_split(makers, tmp_path):
+    """Through the dataset build's opt-in (``--twins``): every twin lands in its real's split."""
     real_dir = tmp_path / "reals"
     real_dir.mkdir()
-    sources = sorted((FACES / "ffhq-140k").glob("*.jpg"))[:6] if FACES.is_dir() else _reals()
-    for path in sources:
+    require_shared(FACES)
+    for path in sorted((FACES / "ffhq-140k").glob("*.jpg"))[:6]:
         shutil.copyfile(path, real_dir / path.name)
-    reals = sorted(real_dir.iterdir())
-    twins = make_twins(reals, [makers["taef2"]], tmp_path / "cache")
     listed = {c.path.name: c.source_id for c in collect_real_folder(real_dir, tag="reals").candidates}
+    twins = make_twins(sorted(real_dir.iterdir()), [makers["taef2"]], tmp_path / "cache")
     for twin in twins:
-        assert twin.source_id == listed[(real_dir / twin.real_path).name]
+        assert twin.source_id == listed[Path(twin.real_path).name]
         assert hamming_distance(twin.phash, twin.real_phash) <= DEFAULT_NEAR_DUPLICATE_DISTANCE
-    fake_dir = tmp_path / "twins"
-    write_twin_folder(twins, fake_dir)
-    fakes = collect_fake_folder(fake_dir, tag="twins").candidates
+
+    dataset = tmp_path / "dataset"
+    status = build_dataset_main(["--real-dir", str(real_dir), "--twins", "taef2", "--twins-cache", str(tmp_path / "cache"),
+                                 "--output-dir", str(dataset), "--split-fractions", "0.5,0.25,0.25", "--no-progress"])
+    assert status == 0
+    fakes = collect_fake_folder(tmp_path / "dataset.twins", tag="twins").candidates
     assert {c.generator for c in fakes} == {twin_generator_name("taef2")}
     assert sorted(c.source_id for c in fakes) == sorted(listed.values())
-
-    build_face_dataset(tmp_path / "dataset", real_dirs=[real_dir], fake_dirs=[fake_dir],
-                       split_fractions=(0.5, 0.25, 0.25), progress=False)
     split_of: dict[tuple[str, int], str] = {}
-    for shard in (tmp_path / "dataset" / "data").glob("*.parquet"):
+    for shard in (dataset / "data").glob("*.parquet"):
         for row in pq.read_table(shard, columns=["source_id", "label"]).to_pylist():
             split_of[(row["source_id"], row["label"])] = shard.name.split("-")[0]
-    assert len(split_of) == 2 * len(reals) and len(set(split_of.values())) > 1   # the check has teeth
+    assert len(split_of) == 2 * len(listed) and len(set(split_of.values())) > 1   # the check has teeth
     for source_id in listed.values():
         assert split_of[(source_id, 0)] == split_of[(source_id, 1)], source_id
 
@@ -113,6 +113,9 @@ def test_a_missing_or_unknown_maker_is_a_typed_error(tmp_path, monkeypatch):
     error = caught.value
     assert (error.maker, error.path) == ("taef2", str(tmp_path))
     assert "taef2_encoder.pth" in error.reason and "FAKEFACE_TAEF2_DIR" in error.fix
+    monkeypatch.setenv("FAKEFACE_TAEF2_DIR", str(tmp_path))     # the dataset build's opt-in says so and stops
+    status = build_dataset_main(["--real-dir", str(tmp_path), "--twins", "taef2", "--output-dir", str(tmp_path / "d")])
+    assert status == 2 and not (tmp_path / "d").exists()
 
     with pytest.raises(TwinMakerUnavailable) as caught:
         create_twin_maker("stylegan9")

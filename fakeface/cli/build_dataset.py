@@ -1,7 +1,7 @@
 """Build the face dataset (and optionally publish it to the Hub).
 
     fakeface-build-dataset --real-dir DIR [--attributes CSV] --fake-dir DIR [--fake-dir DIR ...] \\
-        [--synthetic N] --output-dir DIR [--push-to-hub ORG/NAME [--private]] [--seed S]
+        [--synthetic N] [--twins taef2,esrgan] --output-dir DIR [--push-to-hub ORG/NAME [--private]] [--seed S]
 
 The token for --push-to-hub comes from HF_TOKEN or the login cache, never from
 the command line. See docs/dataset.md.
@@ -15,6 +15,7 @@ import sys
 from fakeface.data.dataset import build_face_dataset, format_build_summary, push_face_dataset
 from fakeface.data.sources import DEFAULT_REAL_SOURCE
 from fakeface.data.split import DEFAULT_NEAR_DUPLICATE_DISTANCE, DEFAULT_SPLIT_FRACTIONS
+from fakeface.data.twins import DEFAULT_TWIN_CACHE, TWIN_MAKERS, TwinMakerUnavailable, make_twin_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add N images from the built-in offline synthetic source (half real, half fake)")
     src.add_argument("--synthetic-size", type=int, default=256, metavar="PX",
                      help="typical side of synthetic images (they vary from 0.875x to 1.25x this)")
+    src.add_argument("--twins", metavar="MAKERS", default="",
+                     help=f"also add an aligned fake twin of every real, by these makers ({','.join(TWIN_MAKERS)}); "
+                          "written to OUTPUT_DIR.twins/, cached in --twins-cache (docs/twins.md)")
+    src.add_argument("--twins-cache", default=DEFAULT_TWIN_CACHE, metavar="DIR", help="default %(default)s")
     out = p.add_argument_group("output")
     out.add_argument("--output-dir", required=True, metavar="DIR", help="dataset folder to write (replaced atomically)")
     out.add_argument("--seed", type=int, default=0)
@@ -65,15 +70,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.private and not args.push_to_hub:
         print("error: --private only applies with --push-to-hub", file=sys.stderr)
         return 2
+    makers = [m.strip() for m in args.twins.split(",") if m.strip()]
+    if makers and not args.real_dir:
+        print("error: --twins needs --real-dir (twins are made from the real images)", file=sys.stderr)
+        return 2
     try:
+        fake_dirs = list(args.fake_dir)
+        if makers:   # a sibling of the output: the build refuses sources inside the folder it replaces
+            fake_dirs.append(make_twin_folder(args.real_dir, f"{args.output_dir.rstrip('/')}.twins", makers,
+                                              cache_dir=args.twins_cache))
         result = build_face_dataset(
-            args.output_dir, real_dirs=args.real_dir, fake_dirs=args.fake_dir, attributes=args.attributes,
+            args.output_dir, real_dirs=args.real_dir, fake_dirs=fake_dirs, attributes=args.attributes,
             synthetic=args.synthetic, seed=args.seed, real_source=args.real_source,
             fake_generator=args.fake_generator, synthetic_size=args.synthetic_size, split_fractions=fractions,
             near_duplicate_distance=args.near_duplicate_distance, license=args.license, pretty_name=args.name,
             num_workers=args.num_workers, progress=not args.no_progress,
         )
-    except ValueError as error:
+    except (ValueError, TwinMakerUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(format_build_summary(result.report))

