@@ -473,7 +473,7 @@ def test_every_fakeface_variable_in_the_repository_is_a_setting():
     texts += [(repo / name).read_text() for name in ("app.py", "Makefile", "README.md") if (repo / name).is_file()]
     # FAKEFACE_KEY / FAKEFACE_FILES-like Python names are constants, not variables: only ALL-CAPS env names
     # that appear as a variable (in backticks, an assignment, or a quoted string) count.
-    seen = {m for text in texts for m in re.findall(r"[`\"'$({ ]\s*(FAKEFACE_[A-Z_]+)", text)}
+    seen = {m for text in texts for m in re.findall(r"[`\"'$({ ]\s*(FAKEFACE_[A-Z0-9_]+)", text)}
     seen -= {"FAKEFACE_KEY"}
     assert seen, "the scan found nothing: its pattern is wrong"
     assert seen <= set(ENV.values()), sorted(seen - set(ENV.values()))
