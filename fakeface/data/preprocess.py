@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from fakeface.utils.constants import IMAGENET_MEAN, IMAGENET_STD
+
 CROP_PROTOCOLS = ("native-crops", "resize")
 SUPPORTED_TEST_CROPS = (1, 5, 9)
 
@@ -46,8 +48,8 @@ class Preprocessing:
 
     input_size: tuple[int, int, int] = (3, 224, 224)  # (C, H, W)
     interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     crop_protocol: str = "native-crops"
     num_test_crops: int = 5
 

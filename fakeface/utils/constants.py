@@ -5,6 +5,13 @@
 LABEL_NAMES = ("real", "fake")
 REAL, FAKE = 0, 1
 
+# Input normalisation (on [0, 1] pixels). ImageNet's is the default; TensorFlow-Lite models
+# (EfficientNet-Lite) were trained on (x - 127) / 128, i.e. mean = std = 0.5.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TF_LITE_MEAN = (0.5, 0.5, 0.5)
+TF_LITE_STD = (0.5, 0.5, 0.5)
+
 FIRST_CLASS_ARCHITECTURES = ("mobilenetv2_100", "resnet50")
 DEFAULT_ARCHITECTURE = "mobilenetv2_100"
 
