@@ -54,7 +54,8 @@ from PIL import Image
 from benchmarks.inference import collect_environment
 from fakeface.data.images import load_image
 from fakeface.data.preprocess import Preprocessing, build_eval_transform, jpeg_roundtrip
-from fakeface.evaluation.metrics import choose_thresholds, expected_calibration_error, fit_temperature, json_safe
+from fakeface.evaluation.calibration import choose_thresholds, fit_temperature
+from fakeface.evaluation.metrics import expected_calibration_error, json_safe
 from fakeface.faces import FaceCrop, crop_faces
 from fakeface.training.card import format_number, markdown_table
 from fakeface.training.card import REAL_FACES_SUMMARY

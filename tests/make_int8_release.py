@@ -42,7 +42,7 @@ import torch
 from PIL import Image
 
 from fakeface.data.preprocess import Augmentation, Preprocessing, build_train_transform
-from fakeface.evaluation.metrics import fit_temperature
+from fakeface.evaluation.calibration import fit_temperature
 from fakeface.modeling.config import Decision
 from fakeface.modeling.detector import create_detector, load_detector, save_detector, set_decision
 from fakeface.modeling.fastpath import cpu_instruction_sets, export_fast_path, load_fast_path

@@ -8,15 +8,14 @@ from PIL import Image
 
 from fakeface.utils.constants import FAKE, REAL
 from fakeface.modeling.config import Decision
+from fakeface.evaluation.calibration import choose_thresholds, fit_temperature
 from fakeface.evaluation.metrics import (
     ROBUSTNESS_CONDITIONS,
     apply_condition,
     average_precision,
-    choose_thresholds,
     compute_group_metrics,
     compute_metrics,
     expected_calibration_error,
-    fit_temperature,
     json_safe,
     reliability_bins,
     robustness_sweep,
@@ -93,7 +92,7 @@ def test_bad_metric_inputs_are_refused_clearly():
 
 
 def test_fit_temperature_matches_torch_lbfgs_and_lowers_nll():
-    from fakeface.evaluation.metrics import platt_targets
+    from fakeface.evaluation.calibration import platt_targets
 
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(400, 2)) * 4.0                  # overconfident logits
@@ -268,6 +267,3 @@ def test_calibrate_returns_a_new_decision_and_its_report():
     assert report["abstention"]["confidently_wrong"] == pytest.approx(decision.confidently_wrong)
     assert report["abstention"]["coverage"] == pytest.approx(decision.coverage)
     assert report["validation_ece_after"] < report["validation_ece_before"]
-    # Calibration's names still import from metrics, where they used to live.
-    from fakeface.evaluation import metrics
-    assert metrics.calibrate is calibrate and metrics.choose_thresholds is choose_thresholds

@@ -339,15 +339,3 @@ def evaluate_detector(
     report["scores"] = {"labels": labels.tolist(), "p_fake": scores.p_fake.tolist(), "logits": scores.logits.tolist()}
     return report
 
-
-# Calibration moved to fakeface.evaluation.calibration; these names still import from here
-# (lazily: calibration imports this module, so a top-level import would be a cycle).
-_MOVED_TO_CALIBRATION = frozenset({"DEFAULT_TARGET_FPR", "TEMPERATURE_RANGE", "ThresholdChoice", "calibrate",
-                                   "calibration_report", "choose_thresholds", "fit_temperature", "platt_targets"})
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED_TO_CALIBRATION:
-        from fakeface.evaluation import calibration
-        return getattr(calibration, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

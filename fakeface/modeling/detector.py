@@ -153,7 +153,7 @@ def create_detector(
     cfg.update(pp.to_pretrained_cfg())
     cfg["num_classes"] = len(LABEL_NAMES)
     cfg["label_names"] = list(LABEL_NAMES)
-    # Until calibration (fakeface.evaluation.metrics.calibrate) the decision is Decision(): raw softmax, argmax.
+    # Until calibration (fakeface.evaluation.calibration.calibrate) the decision is Decision(): raw softmax, argmax.
     cfg[FAKEFACE_KEY] = {**pp.to_fakeface_cfg(), **Decision().to_cfg(),
                          "init": describe_init(architecture, pretrained, pretrained_path)}
     model.pretrained_cfg = cfg
