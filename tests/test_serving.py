@@ -655,6 +655,8 @@ def test_batch_and_csv_carry_a_row_per_face_with_its_box(face_model, tmp_path):
     face_rows = [r for r in rows if r["row"] != "photo"]
     assert [r["file"] for r in photo_rows] == ["ulfd_2.jpg", "blank.png"]
     assert photo_rows[0]["faces"] == len(face_rows) >= 2 and photo_rows[1]["faces"] == 0
+    # every scored row says why it got its verdict, in the same words as the app
+    assert all("p(fake)" in r["reason"] for r in photo_rows + [r for r in face_rows if not r["too_small"]])
     assert [r["row"] for r in face_rows] == [f"face {i}" for i in range(1, len(face_rows) + 1)]
     assert rows[1:1 + len(face_rows)] == face_rows, "a photo's face rows follow its photo row"
     assert all(r["x0"] < r["x1"] and r["y0"] < r["y1"] and r["file"] == "ulfd_2.jpg" for r in face_rows)

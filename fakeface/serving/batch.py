@@ -29,7 +29,7 @@ __all__ = ["BATCH_COLUMNS", "MAX_BATCH_FILES", "PHOTO_ROW", "TOO_SMALL", "analyz
 MAX_BATCH_FILES = 100
 PHOTO_ROW = "photo"
 TOO_SMALL = "too small"          # a face row's verdict when the face is too small to judge
-BATCH_COLUMNS = ("file", "verdict", "p_fake", "model", "row", "faces", "mode", "x0", "y0", "x1", "y1", "too_small",
+BATCH_COLUMNS = ("file", "verdict", "p_fake", "reason", "model", "row", "faces", "mode", "x0", "y0", "x1", "y1", "too_small",
                  "cut_by_border", "agreement", "format", "width", "height", "jpeg_quality", "c2pa", "notes",
                  "warnings", "error")
 
@@ -40,7 +40,7 @@ def batch_row(result: Mapping[str, Any]) -> dict[str, Any]:
     prov = result.get("provenance") or {}
     row = {
         "file": result["file"], "verdict": result["verdict"], "p_fake": round(result["p_fake"], 4),
-        "model": result["model"], "row": PHOTO_ROW, "faces": len(result.get("faces") or []),
+        "reason": result.get("reason") or "", "model": result["model"], "row": PHOTO_ROW, "faces": len(result.get("faces") or []),
         "mode": result.get("mode", ""), "agreement": "yes" if result["agreement"] else "no",
         "format": image.get("format"), "width": image.get("width"), "height": image.get("height"),
         "jpeg_quality": image.get("jpeg_quality"), "c2pa": (prov.get("c2pa") or {}).get("status", ""),
@@ -56,7 +56,8 @@ def _face_row(file: str, model: str, face: Mapping[str, Any]) -> dict[str, Any]:
     x0, y0, x1, y1 = face["box"]
     p = face.get("p_fake")
     return {"file": file, "verdict": TOO_SMALL if face["too_small"] else face["verdict"],
-            "p_fake": "" if p is None else round(p, 4), "model": model, "row": f"face {face['face']}",
+            "p_fake": "" if p is None else round(p, 4), "reason": face.get("reason") or "", "model": model,
+            "row": f"face {face['face']}",
             "x0": x0, "y0": y0, "x1": x1, "y1": y1, "too_small": face["too_small"],
             "cut_by_border": face["cut_by_border"], "error": ""}
 
