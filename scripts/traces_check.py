@@ -30,12 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reals-per-source", type=int, default=d.reals_per_source)
     p.add_argument("--recipes", type=comma_separated(str, "finetune,traces,spectral-lr"), default=d.recipes)
     p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--traces-input-size", type=int, default=d.traces_input_size,
                    help="native crop side for native-crops recipes")
     p.add_argument("--unseen-fakes", type=comma_separated(str, "stylegan3,sd21-sdfd"), default=d.unseen_fakes,
                    help="faces-dev fake sources scored by the twin-trained models (empty: skip)")
     p.add_argument("--unseen-reals", type=comma_separated(str, "celeba-hq"), default=d.unseen_reals)
     p.add_argument("--unseen-per-source", type=int, default=d.unseen_per_source)
+    p.add_argument("--timing-sample", type=int, default=d.timing_sample, help="twins per maker timed in a scratch cache")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--render-only", action="store_true", help="re-render traces.md from traces.json")
@@ -47,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     settings = TracesSettings(
         data_dir=args.data_dir, cache_dir=args.cache_dir, makers=args.makers, real_sources=args.real_sources,
-        reals_per_source=args.reals_per_source, recipes=args.recipes, epochs=args.epochs,
+        reals_per_source=args.reals_per_source, recipes=args.recipes, epochs=args.epochs, batch_size=args.batch_size,
         traces_input_size=args.traces_input_size, unseen_fakes=args.unseen_fakes, unseen_reals=args.unseen_reals,
-        unseen_per_source=args.unseen_per_source, seed=args.seed, threads=args.threads)
+        unseen_per_source=args.unseen_per_source, timing_sample=args.timing_sample, seed=args.seed, threads=args.threads)
     command = command_line("scripts/traces_check.py", argv)
     return run_or_render(args.results_dir, "traces", render_only=args.render_only,
                          run=lambda: run_traces_check(settings, command=command),
