@@ -105,7 +105,8 @@ def identity_of(path: str) -> str:
 
 def build_pairs(settings: TracesSettings, files: dict[str, list[str]]) -> tuple[list[Item], dict[str, Any]]:
     """Reals + their twins (made or read from the cache), split by identity; and the twin-making timings."""
-    makers = [create_twin_maker(name, threads=settings.threads) for name in settings.makers]
+    # Each maker's own thread default (one: see fakeface.data.twins; two stall on a shared 2-core machine).
+    makers = [create_twin_maker(name) for name in settings.makers]
     items: list[Item] = []
     made: dict[str, list[float]] = {m.name: [] for m in makers}
     twins: dict[str, list[Twin]] = {m.name: [] for m in makers}

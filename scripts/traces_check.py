@@ -5,7 +5,8 @@ reals vs their own twins (target AUC >= 0.95), then score unseen generators of f
     python scripts/traces_check.py --render-only      # re-render results/traces.md from the JSON
 
 Writes ``results/traces.json`` and ``results/traces.md`` (method: :mod:`benchmarks.traces`). Twins are cached in
-``.cache/twins``; about 10-15 minutes on a shared 2-core CPU with the defaults.
+``.cache/twins`` (360 twins: about 13 minutes the first time on a busy 2-core CPU); the recipes about 8 minutes
+at load 1-3, 20 when other jobs share the cores.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unseen-per-source", type=int, default=d.unseen_per_source)
     p.add_argument("--timing-sample", type=int, default=d.timing_sample, help="twins per maker timed in a scratch cache")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads for training and scoring (the twin makers use one)")
     p.add_argument("--render-only", action="store_true", help="re-render traces.md from traces.json")
     return p
 

@@ -83,7 +83,7 @@ def test_a_twin_keeps_its_reals_group_and_split(makers, tmp_path):
     real_dir = tmp_path / "reals"
     real_dir.mkdir()
     require_shared(FACES)
-    for path in sorted((FACES / "ffhq-140k").glob("*.jpg"))[:6]:
+    for path in sorted((FACES / "ffhq-140k").glob("*.jpg"))[:4]:
         shutil.copyfile(path, real_dir / path.name)
     listed = {c.path.name: c.source_id for c in collect_real_folder(real_dir, tag="reals").candidates}
     twins = make_twins(sorted(real_dir.iterdir()), [makers["taef2"]], tmp_path / "cache")

@@ -40,7 +40,7 @@ from fakeface.data.images import ImageDecodeError, load_image
 from fakeface.data.sources import MANIFEST_NAME, collect_real_folder
 from fakeface.data.split import perceptual_hash
 from fakeface.utils.fileio import write_atomic
-from fakeface.utils.settings import ENV, Settings, default_threads
+from fakeface.utils.settings import ENV, Settings
 
 __all__ = [
     "DEFAULT_TWIN_CACHE", "TWIN_MAKERS", "Twin", "TwinMaker", "TwinMakerUnavailable", "create_twin_maker",
@@ -153,7 +153,9 @@ class Taef2Maker:
         path = resolve_taef2_dir(folder)
         self.encoder, self.decoder = _build_taef2(path)
         self.version = "taef2-" + "".join(_file_sha256(path / n)[:8] for n in _TAEF2_FILES) + f"-v{_CODE_VERSION}"
-        self.threads = threads
+        # One thread unless asked, as for Real-ESRGAN: at load 2.7 on the shared 2-core machine one thread took
+        # 0.57 s per 256² twin and two 3.4 s (per-layer barriers stall when the other core is busy).
+        self.threads = threads or 1
 
     def make(self, image: Image.Image) -> Image.Image:
         import torch
@@ -162,7 +164,7 @@ class Taef2Maker:
         h, w = x.shape[-2:]
         x = torch.nn.functional.pad(x, (0, -w % 8, 0, -h % 8), mode="replicate")
         threads = torch.get_num_threads()
-        torch.set_num_threads(self.threads or threads)
+        torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
                 y = self.decoder(self.encoder(x)).clamp(0, 1)[0, :, :h, :w]
@@ -199,7 +201,10 @@ class EsrganMaker:
         self._ncnn = ncnn
         self.net = ncnn.Net()
         self.net.opt.use_vulkan_compute = False
-        self.net.opt.num_threads = threads or default_threads()
+        # One thread unless asked: on the shared 2-core machine at load 2.6, two ncnn threads took 14 s per 256²
+        # twin and one thread 1.0 s (each of the graph's ~1000 layers ends in an OpenMP barrier that stalls when
+        # the other core is busy); two threads win only on an idle machine (0.45 s).
+        self.net.opt.num_threads = threads or 1
         # ncnn's OpenMP workers otherwise spin after each call and starve torch's threads in the same process.
         self.net.opt.openmp_blocktime = 0
         self.net.load_param(str(param))
