@@ -18,6 +18,11 @@ __all__ = ["RULE", "TARGETS", "choose_default", "finish", "judge_targets", "rend
            "write_generalisation"]
 
 TARGETS = {**REAL_FACES_TARGETS, "confidently_wrong_max": 0.05, "coverage_min": 0.5}
+# Rows the brief asked about that this benchmark does not train, and why (rendered under "Dropped").
+NOT_RUN = {
+    "resnet50": "no registry package carries ResNet50 ImageNet weights (docs/real_faces.md); from scratch on 1316 "
+                "images it would answer a different question, so it is not trained",
+}
 RULE = ("Among rows whose nested band keeps confidently-wrong <= 5 % at coverage >= 50 % on every held-out family, "
         "the highest mean control-view LOFO AUC; if no row does, the row with the lowest worst-family nested "
         "confidently-wrong rate (ties: higher mean control-view LOFO AUC).")
@@ -208,8 +213,8 @@ def render_generalisation(data: dict[str, Any]) -> str:
     lines += [markdown_table(["source", *rows], [[src, *[_f(next((f["per_source_auc"][src] for f in r["lofo"].values()
                                                                   if src in f["per_source_auc"]), None))
                                                          for r in rows.values()]] for src in sources]), ""]
-    if data.get("dropped"):
-        lines += ["## Dropped", "", *[f"- {n}: {why}" for n, why in data["dropped"].items()], ""]
+    dropped = {**data.get("dropped", {}), **NOT_RUN}
+    lines += ["## Dropped or not run", "", *[f"- {n}: {why}" for n, why in dropped.items()], ""]
     lines += [f"- Descriptions: " + "; ".join(f"`{n}`: {r['facts'].get('description')}" for n, r in rows.items()), ""]
     return "\n".join(lines)
 
