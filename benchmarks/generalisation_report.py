@@ -11,6 +11,7 @@ import numpy as np
 
 from benchmarks.cli import write_results
 from benchmarks.real_faces import TARGETS as REAL_FACES_TARGETS
+from fakeface.training.card import REAL_FACES_SUMMARY
 from fakeface.utils.fileio import write_atomic
 from fakeface.utils.formatting import json_safe, markdown_table
 
@@ -219,13 +220,36 @@ def render_generalisation(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def card_summary(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The chosen row's figures in the form every release's model card reads (fakeface.training.card)."""
+    name = data["default"]
+    row = data["rows"][name]
+    facts = row["facts"]
+    return json_safe({
+        "recipe": f"{facts['recipe']}/{facts['model']}", "benchmark": "results/generalisation.md",
+        "command": data.get("command"), "images": data["dataset"]["images"], "cpu": data["environment"]["cpu"],
+        "targets": dict(REAL_FACES_TARGETS), "epochs": facts["epochs"],
+        "lofo_auc_control": {family: entry["auc"]["control"] for family, entry in row["lofo"].items()},
+        "confidently_wrong": {family: {"rate": entry["confidently_wrong"], "coverage": entry["coverage"]}
+                              for family, entry in row["nested"].items()},
+        "release_band": row.get("release_band"),
+        "pair_140k_auc": row["pair_140k"]["auc"], "in_the_wild_fp": row["pooled"]["in_the_wild_fp"],
+        "ece_before_ts": row["pooled"]["ece_before_ts"], "ece_after_ts": row["pooled"]["ece_after_ts"],
+    })
+
+
 def write_generalisation(data: dict[str, Any], results_dir: str | Path = "results") -> tuple[Path, Path]:
-    """results_dir/generalisation.{json,md} and, when a row was chosen, results_dir/abstention_band.json."""
+    """results_dir/generalisation.{json,md}; when a row was chosen, results_dir/abstention_band.json and, for a
+    full run (not a --limit smoke run), the card summary every release's model card quotes."""
+    import json
+
     data = finish(data)
     paths = write_results(data, results_dir, "generalisation", render_generalisation)
     if data.get("abstention_band"):
-        import json
-
         write_atomic(Path(results_dir) / "abstention_band.json",
                      (json.dumps(data["abstention_band"], indent=2) + "\n").encode())
+    # Only a full run written to the repository's own results/ speaks for the package's default.
+    official = Path(results_dir).resolve() == Path("results").resolve()
+    if official and data.get("default") and (data.get("settings") or {}).get("limit") is None:
+        write_atomic(Path(str(REAL_FACES_SUMMARY)), (json.dumps(card_summary(data), indent=1) + "\n").encode())
     return paths

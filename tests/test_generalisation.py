@@ -135,6 +135,25 @@ def test_render_only_rewrites_the_committed_results(tmp_path):
         (REPO / "results" / "abstention_band.json").read_text())
 
 
+def test_every_model_card_quotes_the_chosen_rows_figures():
+    from benchmarks.generalisation_report import card_summary
+    from fakeface.training.card import REAL_FACES_SUMMARY, real_faces_section
+
+    committed = REPO / "results" / "generalisation.json"
+    if not committed.is_file():
+        pytest.skip("results/generalisation.json is not committed yet (written by the full run)")
+    data = json.loads(committed.read_text())
+    summary = card_summary(data)
+    assert json.loads(Path(str(REAL_FACES_SUMMARY)).read_text()) == json.loads(json.dumps(summary))
+    recipe, model = summary["recipe"].split("/")
+    section = real_faces_section(recipe, model)
+    assert "This release was trained with that recipe." in section and "results/generalisation.md" in section
+    for family, entry in data["rows"][data["default"]]["nested"].items():
+        assert f"confidently wrong with {family} held out" in section
+        assert f"{entry['confidently_wrong']:.3f}".rstrip("0") in section or f"{entry['confidently_wrong']:.3f}" in section
+    assert "is not that recipe" in real_faces_section("traces", model)
+
+
 def test_lofo_splits_on_faces_dev_keep_groups_apart():
     if not (FACES_DEV / "manifest.csv").is_file():
         pytest.skip(f"{FACES_DEV} is absent: this check reads faces-dev's manifest from ../shared")

@@ -282,15 +282,21 @@ def real_faces_section(recipe_name: str, architecture: str, summary_path: Any = 
          f"{format_number(summary['ece_before_ts'], 3)} -> {format_number(summary['ece_after_ts'], 3)}",
          f"<= {targets['ece_after_ts_max']}"],
     ]
+    for family, entry in (summary.get("confidently_wrong") or {}).items():
+        rows.append([f"confidently wrong with {family} held out (coverage)",
+                     f"{format_number(entry['rate'], 3)} ({format_number(entry['coverage'], 2)})", "<= 0.05 (>= 0.5)"])
     which = ("This release was trained with that recipe." if same else
              f"This release (`{recipe_name}`, `{architecture}`) is not that recipe; its real-face behaviour is unmeasured.")
     return ("\n## On real faces (the faces-dev benchmark)\n\n"
             f"The default recipe `{summary['recipe']}` was measured on {summary['images']} real and generated faces "
             "(faces-dev), each generator family held out of training in turn and tested on photos through a "
-            "format-neutral control (`make real-benchmark`, results/real_faces.md). " + which + "\n\n"
+            "format-neutral control (`make real-benchmark`, "
+            f"{summary.get('benchmark', 'results/real_faces.md')}). " + which + "\n\n"
             + markdown_table(["measure", "measured", "target"], rows)
-            + "\n\nIt does not yet generalise to generator families it has not seen: treat a verdict as one piece "
-            "of evidence, not proof.\n")
+            + "\n\nConfidently wrong: the share of a held-out family's test faces given a confident wrong verdict, "
+            "with the uncertain band chosen on the other families only; coverage: the share given a confident "
+            "verdict at all. It does not yet generalise to generator families it has not seen: treat a verdict as "
+            "one piece of evidence, not proof.\n")
 
 
 def _notes_section(notes: Sequence[str] | None) -> str:
