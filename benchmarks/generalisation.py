@@ -46,6 +46,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from benchmarks.recipe_fit import fit_product_recipe
 from benchmarks.real_faces import (FAMILIES, PAIR_140K, ImageItem, _validation_part, control_view, grouped_folds,
                                    is_in_the_wild, load_manifest)
 from fakeface.evaluation.abstention import abstention_rates, choose_abstention_band
@@ -232,60 +233,11 @@ class Images:
 
 def train_model(spec: RowSpec, train: list[Image.Image], labels: np.ndarray, settings: GeneralisationSettings
                 ) -> tuple[Callable[[list[Image.Image]], np.ndarray], dict[str, Any]]:
-    """``train.py --recipe R --model M --input-size S`` on these images for a fixed number of epochs;
-    returns a scorer (logit of fake minus logit of real, averaged over the recipe's test crops) and its facts."""
-    import torch
-
-    from fakeface.data.preprocess import build_eval_transform, build_train_transform
-    from fakeface.training.config import TrainingConfig
-    from fakeface.training.model import build_optimizer, build_scheduler, create_training_model, set_train_mode
-
-    epochs = spec.epochs or settings.epochs
-    torch.manual_seed(settings.seed)
-    cfg = TrainingConfig(dataset=None, output_dir="unused", recipe=spec.recipe, model=spec.model, pretrained=True,
-                         epochs=epochs, batch_size=settings.batch_size, seed=settings.seed,
-                         input_size=spec.input_size or settings.traces_size)
-    recipe, pp = cfg.resolved_recipe(), cfg.build_preprocessing()
-    model = create_training_model(cfg)
-    steps = epochs * -(-len(train) // settings.batch_size)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, recipe, steps)
-    # Classes balanced by loss weights, as the training loop does.
-    weight = torch.tensor([len(labels) / (2 * max(1, (labels == c).sum())) for c in (0, 1)], dtype=torch.float32)
-    rng = random.Random(settings.seed)
-    transform = build_train_transform(pp, recipe.augmentation, rng=rng)
-    start = time.perf_counter()
-    set_train_mode(model, recipe)
-    for _ in range(epochs):
-        order = np.random.default_rng(rng.randrange(2**32)).permutation(len(train))
-        for i in range(0, len(order), settings.batch_size):
-            chunk = order[i:i + settings.batch_size]
-            x = torch.stack([transform(train[j]) for j in chunk])                   # (B, 3, S, S)
-            loss = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(labels[chunk]), weight=weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    train_seconds = time.perf_counter() - start
-    model.eval()
-    evaluate = build_eval_transform(pp)
-    per_image: list[float] = []
-
-    def score(images: list[Image.Image]) -> np.ndarray:
-        out = []
-        with torch.inference_mode():
-            for image in images:
-                t = time.perf_counter()
-                logits = model(evaluate(image)).mean(0)                             # (K crops, 2) -> (2,)
-                per_image.append(time.perf_counter() - t)
-                out.append(float(logits[1] - logits[0]))
-        return np.array(out)
-
-    facts = {"recipe": recipe.name, "model": spec.model, "crop_protocol": pp.crop_protocol,
-             "input_size": pp.crop_size[0], "test_crops": pp.crops_per_image, "epochs": epochs,
-             "description": recipe.description, "train_images": len(train), "train_seconds": train_seconds,
-             "train_images_per_s": len(train) * epochs / max(train_seconds, 1e-9), "score_seconds": per_image}
-    return score, facts
+    """``train.py --recipe R --model M --input-size S`` on these images for a fixed number of epochs
+    (:func:`benchmarks.recipe_fit.fit_product_recipe`); the row's epochs override the benchmark's."""
+    return fit_product_recipe(spec.recipe, train, labels, model=spec.model,
+                              input_size=spec.input_size or settings.traces_size,
+                              epochs=spec.epochs or settings.epochs, batch_size=settings.batch_size, seed=settings.seed)
 
 
 def _sigmoid(z: np.ndarray, t: float = 1.0) -> np.ndarray:

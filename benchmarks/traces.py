@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import logging
 import os
-import random
 import re
 import tempfile
 import time
@@ -36,6 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from benchmarks.recipe_fit import fit_product_recipe
 from benchmarks.cli import write_results
 from benchmarks.inference import collect_environment
 from fakeface.data.images import load_image
@@ -198,56 +198,12 @@ def fit_spectral(train: list[Image.Image], labels: np.ndarray, seed: int) -> Cal
 def fit_recipe(recipe: str, train: list[Image.Image], labels: np.ndarray,
                settings: TracesSettings) -> tuple[Callable[[list[Image.Image]], np.ndarray], dict[str, Any]]:
     """Fine-tune MobileNetV2 (offline ImageNet start) with a product recipe; returns a scorer and its facts."""
-    import torch
-
-    from fakeface.data.preprocess import build_eval_transform, build_train_transform
-    from fakeface.training.config import TrainingConfig
-    from fakeface.training.model import build_optimizer, build_scheduler, create_training_model
-
-    torch.manual_seed(settings.seed)
-    torch.set_num_threads(settings.threads)
-    cfg = TrainingConfig(dataset=None, output_dir="unused", recipe=recipe, pretrained=True, face_crop=False,
-                         epochs=settings.epochs, batch_size=settings.batch_size, seed=settings.seed,
-                         input_size=None if recipe == "finetune" else settings.traces_input_size)
-    spec, pp = cfg.resolved_recipe(), cfg.build_preprocessing()
-    model = create_training_model(cfg)
-    steps = settings.epochs * -(-len(train) // settings.batch_size)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, spec, steps)
-    weight = torch.tensor([len(labels) / (2 * max(1, (labels == c).sum())) for c in (0, 1)], dtype=torch.float32)
-    rng = random.Random(settings.seed)
-    transform = build_train_transform(pp, spec.augmentation, rng=rng)
-    start = time.perf_counter()
-    model.train(not spec.freeze_backbone)
-    for _ in range(settings.epochs):
-        order = np.random.default_rng(rng.randrange(2**32)).permutation(len(train))
-        for i in range(0, len(order), settings.batch_size):
-            chunk = order[i:i + settings.batch_size]
-            x = torch.stack([transform(train[j]) for j in chunk])
-            loss = torch.nn.functional.cross_entropy(model(x), torch.from_numpy(labels[chunk]), weight=weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    train_seconds = time.perf_counter() - start
-    model.eval()
-    evaluate = build_eval_transform(pp)
-    per_image: list[float] = []
-
-    def score(images: list[Image.Image]) -> np.ndarray:
-        out = []
-        with torch.inference_mode():
-            for image in images:
-                t = time.perf_counter()
-                logits = model(evaluate(image)).mean(0)          # (K crops, 2) -> (2,)
-                per_image.append(time.perf_counter() - t)
-                out.append(float(logits[1] - logits[0]))
-        return np.array(out)
-
-    facts = {"description": spec.description, "crop_protocol": pp.crop_protocol, "input_size": pp.crop_size[0],
-             "test_crops": pp.crops_per_image, "epochs": settings.epochs, "train_images": len(train),
-             "train_seconds": round(train_seconds, 1), "score_seconds": per_image}
-    return score, facts
+    score, facts = fit_product_recipe(recipe, train, labels, epochs=settings.epochs, batch_size=settings.batch_size,
+                                      seed=settings.seed, threads=settings.threads,
+                                      input_size=None if recipe == "finetune" else settings.traces_input_size)
+    facts["train_seconds"] = round(facts["train_seconds"], 1)
+    return score, {k: facts[k] for k in ("description", "crop_protocol", "input_size", "test_crops", "epochs",
+                                         "train_images", "train_seconds", "score_seconds")}
 
 
 # --------------------------------------------------------------------------- the run
