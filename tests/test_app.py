@@ -364,7 +364,7 @@ def test_batch_gives_a_table_and_a_csv(space, tmp_path):
     files = [handle_file(_example("synthetic-real-1.jpg")), handle_file(str(bad)), handle_file(_example("synthetic-fake-2.png"))]
     table, csv_path = space.client.predict(files, api_name="/detect_batch")
     headers, rows = table["headers"], table["data"]
-    assert headers[:4] == ["file", "verdict", "p_fake", "model"]
+    assert headers[:4] == ["file", "verdict", "p_fake", "model"] and "reason" in headers
     assert any(h.startswith("p_fake [mobilenetv2_050") for h in headers)
     by_file = {row[0]: dict(zip(headers, row)) for row in rows}
     assert set(by_file) == {"synthetic-real-1.jpg", "notes.txt", "synthetic-fake-2.png"}

@@ -114,7 +114,11 @@ def test_release_folder_holds_the_calibrated_model_and_nothing_else(trained, tin
 
     result, output = trained
     release = sorted(p.name for p in output.iterdir())
-    assert release == ["README.md", "checkpoints", "config.json", "eval_results.json", "model.safetensors", "plots"]
+    # examples/: photos of the test split (the tiny set is not the synthetic one, so the release carries some)
+    assert release == ["README.md", "checkpoints", "config.json", "eval_results.json", "examples", "model.safetensors",
+                       "plots"]
+    shown = sorted(p.name for p in (output / "examples").iterdir())
+    assert "README.md" in shown and any(n.startswith("real-") for n in shown) and any(n.startswith("fake-") for n in shown)
     config = json.loads((output / "config.json").read_text())
     block = config["fakeface"]
     assert block["calibrated"] is True and block["recipe"] == "robust"

@@ -29,7 +29,7 @@ __all__ = ["BATCH_COLUMNS", "MAX_BATCH_FILES", "PHOTO_ROW", "TOO_SMALL", "analyz
 MAX_BATCH_FILES = 100
 PHOTO_ROW = "photo"
 TOO_SMALL = "too small"          # a face row's verdict when the face is too small to judge
-BATCH_COLUMNS = ("file", "verdict", "p_fake", "reason", "model", "row", "faces", "mode", "x0", "y0", "x1", "y1", "too_small",
+BATCH_COLUMNS = ("file", "verdict", "p_fake", "model", "reason", "row", "faces", "mode", "x0", "y0", "x1", "y1", "too_small",
                  "cut_by_border", "agreement", "format", "width", "height", "jpeg_quality", "c2pa", "notes",
                  "warnings", "error")
 
