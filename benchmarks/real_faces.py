@@ -35,7 +35,6 @@ be listed here (``FAMILIES``, ``IN_THE_WILD``, ``ALIGNED_OR_STUDIO``):
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -43,7 +42,6 @@ import math
 import os
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -52,6 +50,9 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.inference import collect_environment
+from benchmarks.pack import (ALIGNED_OR_STUDIO, DEFAULT_REAL_KIND, FAMILIES, IN_THE_WILD, MIN_FAMILY_FAKES, PAIR_140K,
+                             SOURCES, ImageItem, UnknownRealSourceWarning, UnknownSourcesError, UnknownSourceWarning,
+                             check_sources, family_of, is_in_the_wild, load_manifest, real_kind_of)
 from fakeface.data.images import load_image
 from fakeface.data.preprocess import Preprocessing, build_eval_transform, jpeg_roundtrip
 from fakeface.evaluation.calibration import choose_thresholds, fit_temperature
@@ -65,71 +66,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALIGNED_OR_STUDIO", "FAMILIES", "IN_THE_WILD", "MIN_FAMILY_FAKES", "TARGETS", "RealBenchmarkSettings", "ImageItem",
-    "UnknownRealSourceWarning", "UnknownSourcesError", "check_sources", "load_manifest",
+    "UnknownRealSourceWarning", "UnknownSourceWarning", "UnknownSourcesError", "check_sources", "load_manifest",
     "control_view", "run_real_benchmark", "render_real_benchmark", "write_real_benchmark",
 ]
 
-# --------------------------------------------------------------------------- the pack's sources
-#
-# Every source of faces-dev must be known here: a fake source needs a generator family (FAMILIES), a real source a
-# kind (IN_THE_WILD or ALIGNED_OR_STUDIO). load_manifest checks this before anything else runs (check_sources): an
-# unknown fake source stops the run with a message saying what to add where; an unknown real source is scored as
-# DEFAULT_REAL_KIND with a warning. The faces-dev README's notes say how each source was made.
-
-# Generator families for leave one family out. A held-out family is the fake side of its AUC, so it needs enough
-# fakes that a few images do not decide it (MIN_FAMILY_FAKES). Regrouped when faces-dev grew to 1316 images: the
-# former GAN / Stable Diffusion / FLUX / rest split left "rest" with 14 fakes (and FLUX with 42), and the third
-# part brought StyleGANs and pixel-space diffusion. The families follow how the images are made:
-# - gan: StyleGAN v1, v2 and v3 (FFHQ models, thispersondoesnotexist.com in 2020 and 2023, and StyleGAN 1/2 trained on
-#   custom face sets): one line of style-based generators (mapping network, convolutional synthesis network), so the
-#   custom-trained ones show that line on other faces, not another generator family.
-# - stable-diffusion: latent diffusion of the Stable Diffusion line, decoded by its VAE (SD 1.5 fine-tunes, 2.1,
-#   SDXL, 3.5).
-# - pixel-diffusion: ADM/DDPM trained on FFHQ that denoises pixels directly (no VAE decoder), sampled unconditionally
-#   or with ILVR guidance. 36 fakes: the smallest family, kept apart because it is the one diffusion family without
-#   a latent decoder.
-# - flux-and-closed: 2024-era large text-to-image systems: FLUX.1 (schnell and dev, open weights) and the closed
-#   services (GPT-4o, Imagen 3, Grok, DALL-E 3, Midjourney v6, architectures undisclosed). The closed services alone
-#   are 14 images, too few to hold out by themselves, and no other family fits them better.
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "gan": ("stylegan1-140k", "stylegan2-tpdne", "stylegan3", "stylegan2-tpdne2023-namegame",
-            "stylegan2-custom-seeprettyface", "stylegan1-custom-seeprettyface"),
-    "stable-diffusion": ("sd15-facechain", "sd15-realvis14-rico", "sd21-sdfd", "sd21-survey", "sd35-survey",
-                         "sdxl-realvisxl-lora"),
-    "pixel-diffusion": ("ddpm-ilvr-ffhq-ilvradm", "ddpm-ffhq-uncond-dcface"),
-    "flux-and-closed": ("flux1-schnell-occbias", "flux1-dev-lora-realpix", "flux1-dev-survey", "gpt4o-survey",
-                        "imagen3-survey", "grok-survey", "dalle3-blog", "midjourney6-blog"),
-}
-MIN_FAMILY_FAKES = 30
-# Real sources by kind. In the wild: unconstrained photos (web, press, event, group, video frames; any framing and
-# size); the in-the-wild false-positive target is measured on these. Aligned or studio: aligned face crops (FFHQ,
-# CelebA-HQ, face-recognition crops with black borders, dlib face chips) and controlled studio portraits.
-IN_THE_WILD = ("web-faces-maskdet", "people-photos-humanlib", "celebrity-facerec", "group-photos-ulfd",
-               "celebrity-faceapi", "celebrity-photomaker", "voc-people-dlib", "laion-survey",
-               "web-portraits-rico", "lfw-krasserm", "celeba-voxceleb-deep3d")
-ALIGNED_OR_STUDIO = ("ffhq-140k", "ffhq", "celeba-hq", "amfd-studio-fakeface", "casia-aligned-dcface",
-                     "fairface-crops-fairface")
-REAL_KINDS = {"in-the-wild": IN_THE_WILD, "aligned-or-studio": ALIGNED_OR_STUDIO}
-# An unknown real source is scored as this kind (it stays out of the in-the-wild target) until it is classified.
-DEFAULT_REAL_KIND = "aligned-or-studio"
-
-# Split groups: a person must not be on both sides of a split. Sources whose images share identities, one group each:
-# FaceChain previews (a few recurring faces), the PhotoMaker references (two actresses), the humanlib stock series,
-# the face_recognition examples (Obama 7 times, Biden, Kit Harington and Rose Leslie, Alex Lacamoire; photos with
-# two of them link the rest) and the DCFace style bank (a face-recognition training set, several images per person;
-# two of its men look alike).
-_ONE_GROUP_SOURCES = ("sd15-facechain", "celebrity-photomaker", "people-photos-humanlib", "celebrity-facerec",
-                      "casia-aligned-dcface")
-# One group per person, read from the file name (<Person_Name>_<NNNN>.jpg): LFW, 10 people with 7-10 photos each.
-_PER_PERSON_SOURCES = ("lfw-krasserm",)
-# ILVR samples follow a reference photo: one group per reference (face_N8__00002_1.png and face_N16__00002_0.png
-# share reference 00002; N8 and N16 use the same four references, checked by eye). Reference 00002 is Barack Obama,
-# who is also in celebrity-facerec, so its samples join that source's group (fake and real of one person together).
-_ILVR_SOURCE = "ddpm-ilvr-ffhq-ilvradm"
-_ILVR_SHARED_PERSON = {"00002": "source:celebrity-facerec"}
-_SURVEY_SOURCES = ("gpt4o-survey", "imagen3-survey", "grok-survey", "flux1-dev-survey", "sd21-survey",
-                   "sd35-survey", "laion-survey")
-PAIR_140K = ("stylegan1-140k", "ffhq-140k")
 TARGETS = {"lofo_auc_min": 0.90, "pair_140k_auc": 0.95, "in_the_wild_fp_max": 0.10, "ece_after_ts_max": 0.05}
 VIEWS = ("clean", "control")
 INPUTS = {"resize": Preprocessing(crop_protocol="resize", num_test_crops=1),        # whole region squashed to 224²
@@ -159,131 +99,6 @@ class RealBenchmarkSettings:
     # (1-3 s per image against 0.05-0.1 s, load average 12); set 2 on a quiet machine.
     threads: int = 1
 
-
-@dataclass(frozen=True)
-class ImageItem:
-    file: str
-    label: int          # 0 real, 1 fake
-    source: str
-    group: str          # split unit: images of one group never sit on both sides
-    family: str | None  # fakes only
-    fmt: str
-
-
-def family_of(source: str) -> str | None:
-    return next((name for name, sources in FAMILIES.items() if source in sources), None)
-
-
-def real_kind_of(source: str) -> str | None:
-    """in-the-wild or aligned-or-studio; None for a source the benchmark does not know (scored as DEFAULT_REAL_KIND)."""
-    return next((kind for kind, sources in REAL_KINDS.items() if source in sources), None)
-
-
-def is_in_the_wild(source: str) -> bool:
-    return (real_kind_of(source) or DEFAULT_REAL_KIND) == "in-the-wild"
-
-
-def _group_of(source: str, file: str) -> str:
-    stem = Path(file).stem
-    if source in _ONE_GROUP_SOURCES:
-        return f"source:{source}"
-    if source in _SURVEY_SOURCES:  # survey fakes were made from the laion photo of the same prompt
-        return f"survey:{stem}"
-    if source in _PER_PERSON_SOURCES:  # Ariel_Sharon_0001 -> Ariel_Sharon; a name it cannot read: the whole source
-        person, _, number = stem.rpartition("_")
-        return f"person:{source}:{person}" if person and number.isdigit() else f"source:{source}"
-    if source == _ILVR_SOURCE:  # face_N16__00002_0 -> reference 00002
-        reference = stem.rpartition("__")[2].partition("_")[0]
-        if not reference.isdigit():
-            return f"source:{source}"
-        return _ILVR_SHARED_PERSON.get(reference, f"ilvr-reference:{reference}")
-    return f"file:{file}"
-
-
-class UnknownSourcesError(ValueError):
-    """The manifest has a fake source with no generator family, or a source whose label contradicts its listing."""
-
-
-class UnknownRealSourceWarning(UserWarning):
-    """The manifest has a real source the benchmark does not classify; it is scored as DEFAULT_REAL_KIND."""
-
-
-def _counted(sources: Mapping[tuple[str, str], int]) -> str:
-    return ", ".join(f"{s} ({label}, {n} image{'s' if n != 1 else ''})" for (s, label), n in sorted(sources.items()))
-
-
-def check_sources(counts: Mapping[tuple[str, str], int], manifest: str | os.PathLike = "manifest.csv") -> list[str]:
-    """Check the pack's sources against the benchmark's lists before any work (``counts``: (source, label) -> images).
-
-    Raises :class:`UnknownSourcesError` for a fake source without a family or a label that contradicts where the
-    source is listed (naming them, their labels and counts, and what to add where). Returns one warning text
-    when real sources are unknown: they are scored as ``DEFAULT_REAL_KIND``, each image its own group.
-    """
-    unknown_fake = {k: n for k, n in counts.items() if k[1] == "fake" and family_of(k[0]) is None
-                    and real_kind_of(k[0]) is None}
-    unknown_real = {k: n for k, n in counts.items() if k[1] == "real" and real_kind_of(k[0]) is None
-                    and family_of(k[0]) is None}
-    contradicting = {k: n for k, n in counts.items()
-                     if (k[1] == "fake" and real_kind_of(k[0]) is not None) or (k[1] == "real" and family_of(k[0]))}
-    families = ", ".join(FAMILIES)
-    problems = []
-    if unknown_fake:
-        problems.append(
-            f"fake sources without a generator family: {_counted(unknown_fake)}. Add each to one of the families in "
-            f"FAMILIES in benchmarks/real_faces.py ({families}; the comment above FAMILIES says what belongs where, "
-            f"and a new family needs at least {MIN_FAMILY_FAKES} fakes). If its images share people (recurring faces, "
-            "generated from reference photos), add a split-group rule next to _ONE_GROUP_SOURCES.")
-    if contradicting:
-        problems.append(
-            f"sources whose manifest label contradicts their listing: {_counted(contradicting)}. Fake sources belong "
-            "in FAMILIES, real ones in IN_THE_WILD or ALIGNED_OR_STUDIO (benchmarks/real_faces.py); a source with "
-            "both labels must be split into two sources in the pack.")
-    if problems and unknown_real:  # one message for everything to add
-        problems.append(
-            f"real sources without a kind (otherwise scored as {DEFAULT_REAL_KIND} with a warning): "
-            f"{_counted(unknown_real)}. Add each to IN_THE_WILD or ALIGNED_OR_STUDIO.")
-    if problems:
-        raise UnknownSourcesError(
-            f"{manifest}: the real-faces benchmark does not know every source of this pack, so nothing was run.\n- "
-            + "\n- ".join(problems)
-            + "\nThen list the source in docs/real_faces.md. The faces-dev README's notes say how each source was "
-            "made.")
-    if not unknown_real:
-        return []
-    return [f"{manifest}: real sources the real-faces benchmark does not classify: {_counted(unknown_real)}. They are "
-            f"scored as {DEFAULT_REAL_KIND} reals (left out of the in-the-wild false-positive target), each image "
-            "its own split group. Add each to IN_THE_WILD (unconstrained photos) or ALIGNED_OR_STUDIO (aligned crops, "
-            "studio portraits) in benchmarks/real_faces.py, add a split-group rule next to _ONE_GROUP_SOURCES if "
-            "people recur in it, and list it in docs/real_faces.md."]
-
-
-def load_manifest(data_dir: str | os.PathLike, *, limit: int | None = None) -> list[ImageItem]:
-    """The pack's images (the first ``limit`` per source), after :func:`check_sources` on the whole manifest.
-
-    Reads only manifest.csv, so an unknown source stops a run before any image is decoded.
-    """
-    path = Path(data_dir) / "manifest.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: point --data-dir at the faces-dev folder")
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    counts: dict[tuple[str, str], int] = {}
-    for row in rows:
-        if row["label"] not in ("real", "fake"):
-            raise ValueError(f"{path}: label must be real or fake, got {row['label']!r} for {row['file']}")
-        counts[(row["source"], row["label"])] = counts.get((row["source"], row["label"]), 0) + 1
-    for message in check_sources(counts, path):
-        warnings.warn(message, UnknownRealSourceWarning, stacklevel=2)
-    items, per_source = [], {}
-    for row in rows:
-        n = per_source.get(row["source"], 0)
-        if limit is not None and n >= limit:
-            continue
-        per_source[row["source"]] = n + 1
-        label = int(row["label"] == "fake")
-        items.append(ImageItem(row["file"], label, row["source"], _group_of(row["source"], row["file"]),
-                               family_of(row["source"]) if label else None, row["format"]))
-    return items
 
 
 # --------------------------------------------------------------------------- regions and views
@@ -824,7 +639,7 @@ def _results(settings, command, environment, start, cache: Cache, cache_seconds:
             "families": {f: list(v) for f, v in FAMILIES.items()},
             "real_kinds": {s: real_kind_of(s) or DEFAULT_REAL_KIND for s in real_sources},
             "unclassified_real_sources": [s for s in real_sources if real_kind_of(s) is None],
-            "one_group_sources": [s for s in _ONE_GROUP_SOURCES if any(i.source == s for i in items)],
+            "one_group_sources": [s for s in SOURCES.one_group if any(i.source == s for i in items)],
             "no_face_images": int(sum(1 for x in info if x["no_face"])),
             "no_face_by_source": _count_by_source(items, [x["no_face"] for x in info]),
             "face_regions": int(cache.region_image["face"].size),
