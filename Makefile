@@ -11,7 +11,7 @@ DEMO_MODEL ?= demo_model
 DEMO_N     ?= 600
 DEMO_EPOCHS ?= 4
 
-.PHONY: setup system-deps audit test test-fast demo demo-data demo-model benchmark train-benchmark real-benchmark real-benchmark-probes load-test clean
+.PHONY: setup editable system-deps audit test test-fast demo demo-data demo-model benchmark train-benchmark real-benchmark real-benchmark-probes load-test clean
 
 # Idempotent: reinstalls only when a requirements file or pyproject.toml changes.
 # The checkout itself goes in editable (console scripts fakeface-*; scripts/*.py
@@ -19,15 +19,25 @@ DEMO_EPOCHS ?= 4
 # on sys.path, so the dev-only top-level benchmarks/ package (not in the wheel)
 # imports too. --no-deps: the pins above are the package's dependencies already;
 # --no-build-isolation: build with the pinned setuptools, nothing downloaded.
+# setuptools' build folder (build/lib, build/bdist.*) goes to a scratch folder named by DIST_EXTRA_CONFIG
+# and removed afterwards, never the checkout: tools would read build/lib/fakeface as a second copy of the package.
+EDITABLE_INSTALL = scratch=$$(mktemp -d) && printf '[build]\nbuild_base = %s/build\n' "$$scratch" > "$$scratch/setup.cfg" && \
+	DIST_EXTRA_CONFIG="$$scratch/setup.cfg" $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation \
+	--config-settings editable_mode=compat -e .; status=$$?; rm -rf "$$scratch"; exit $$status
+
 $(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
+	$(EDITABLE_INSTALL)
 	touch $@
 
 setup: $(STAMP)
+
+# The editable install alone (after a console script is added to pyproject.toml), into an existing venv.
+editable:
+	$(EDITABLE_INSTALL)
 
 system-deps:
 	bash scripts/install_system_deps.sh

@@ -32,28 +32,41 @@ def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 300) ->
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory):
-    """(python, bin dir, site-packages, env, cwd) of a fresh venv with fakeface installed from a copy of the sources."""
-    root = tmp_path_factory.mktemp("install")
-    source = root / "source"
+def _copy_sources(source: Path, packages: tuple[str, ...] = ("fakeface",), extra: tuple[str, ...] = ()) -> None:
     source.mkdir()
-    for name in SOURCE_FILES:
+    for name in SOURCE_FILES + extra:
         shutil.copy2(REPO_ROOT / name, source / name)
-    shutil.copytree(REPO_ROOT / "fakeface", source / "fakeface",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for package in packages:
+        shutil.copytree(REPO_ROOT / package, source / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
-    venv = root / "venv"
+
+def _bare_venv(venv: Path) -> tuple[Path, Path, dict[str, str]]:
+    """(python, site-packages, env) of a venv without pip that sees the test interpreter's packages."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     purelib = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                   check=True, capture_output=True, text=True).stdout.strip())
     # The test interpreter's packages, after the venv's own (a .pth line appends to sys.path).
     (purelib / "repo_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", PIP_NO_INDEX="1",
                PIP_DISABLE_PIP_VERSION_CHECK="1", GRADIO_ANALYTICS_ENABLED="False")
+    return python, purelib, env
+
+
+def _tree(folder: Path) -> set[str]:
+    return {str(path.relative_to(folder)) for path in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """(python, bin dir, site-packages, env, cwd) of a fresh venv with fakeface installed from a copy of the sources."""
+    root = tmp_path_factory.mktemp("install")
+    source = root / "source"
+    _copy_sources(source)
+    venv = root / "venv"
+    python, purelib, env = _bare_venv(venv)
     cwd = root / "elsewhere"
     cwd.mkdir()
     # Non-editable, no build isolation (setuptools comes from the dependencies), no dependency resolution
@@ -114,3 +127,22 @@ def test_installed_commands_build_a_dataset_and_train_a_release_with_its_card(in
     assert "A real-vs-AI-generated face detector: a timm `mobilenetv2_050`" in card
     assert f"{report['overall']['n']} images" in card
     assert "## Results" in card
+
+
+def test_make_editable_installs_the_checkout_and_leaves_its_tree_as_it_was(tmp_path):
+    """The Makefile's editable install (make setup's last step) writes nothing into the checkout: no build/ folder
+    (a second copy of the package for every tool that walks the tree), no egg-info; fakeface and the dev-only
+    benchmarks/ then import from the checkout itself."""
+    source = tmp_path / "source"
+    _copy_sources(source, packages=("fakeface", "benchmarks"), extra=("Makefile",))
+    python, _, env = _bare_venv(tmp_path / "venv")
+    before = _tree(source)
+    done = _run(["make", "--no-print-directory", "-C", str(source), "editable", f"BIN={python.parent}"],
+                cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(_tree(source) - before) == []
+    probe = "import json, fakeface, benchmarks; print(json.dumps([fakeface.__file__, benchmarks.__file__]))"
+    done = _run([str(python), "-c", probe], cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for module_file in json.loads(done.stdout.strip().splitlines()[-1]):
+        assert Path(module_file).is_relative_to(source), module_file
