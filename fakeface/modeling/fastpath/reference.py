@@ -5,18 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from fakeface.data.preprocess import Preprocessing
 from fakeface.modeling.fastpath._common import FAST_REFERENCE_NAME, cpu_instruction_sets
-from fakeface.modeling.inference import logits_from_crops
-
-if TYPE_CHECKING:
-    from fakeface.modeling.fastpath.serving import FastDetector
+from fakeface.modeling.inference import Scores, logits_from_crops
 
 # Reference inputs shipped in the release and re-scored at load on the serving CPU:
 # up to this many images, fewer when their crops would pass REFERENCE_MAX_BYTES.
@@ -29,6 +27,19 @@ REFERENCE_MAX_BYTES = 4 * 2**20
 REFERENCE_TOLERANCE_DP = 0.15
 
 
+class Int8Graph(Protocol):
+    """What the check asks of the detector it checks (``serving.FastDetector``, which imports this module, so
+    this one names only the methods it calls): its preprocessing, its crops, the graph's logits and the scores."""
+
+    preprocessing: Preprocessing
+
+    def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
+
+    def run(self, crops: np.ndarray) -> np.ndarray: ...
+
+    def scores_from_logits(self, logits: np.ndarray) -> Scores: ...
+
+
 def _crops_from_pixels(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """uint8 (N, K, C, H, W) crops -> the normalised float32 graph input, the same at export and at load."""
     m = np.asarray(mean, np.float32).reshape(1, 1, 3, 1, 1)
@@ -36,7 +47,7 @@ def _crops_from_pixels(pixels: np.ndarray, mean: Sequence[float], std: Sequence[
     return ((pixels.astype(np.float32) / np.float32(255.0)) - m) / s
 
 
-def write_reference_inputs(path: str | os.PathLike, model: nn.Module, fast: "FastDetector",
+def write_reference_inputs(path: str | os.PathLike, model: nn.Module, fast: Int8Graph,
                            images: Sequence[Image.Image]) -> dict[str, Any]:
     """Save a few images' crops with their fp32 and (this CPU's) int8 logits; returns the JSON summary.
 
@@ -81,7 +92,7 @@ class ReferenceCheck:
         return bool(self.max_abs_dp <= self.tolerance)
 
 
-def check_reference_inputs(fast: "FastDetector", path: str | os.PathLike,
+def check_reference_inputs(fast: Int8Graph, path: str | os.PathLike,
                            tolerance: float = REFERENCE_TOLERANCE_DP) -> ReferenceCheck:
     """Score the release's reference crops with ``fast`` here and compare with the stored logits.
 
