@@ -30,25 +30,30 @@ class Recipe:
     input_size: int = 224
 
 
+# The pieces the recipes share. How the image reaches the network: random native-resolution crops in training
+# (never downscaled) with logits averaged over 5 fixed crops at test time, or the whole image squashed to the
+# input size, one view. How it is trained (each recipe names its lr): the whole network with AdamW, warm-up and
+# cosine decay, or a frozen backbone under its linear head with Adam at a constant rate.
+_NATIVE_CROPS = dict(crop_protocol="native-crops", num_test_crops=5)
+_SQUASHED = dict(crop_protocol="resize", num_test_crops=1)
+_FULL_FINETUNE = dict(freeze_backbone=False, optimizer="adamw", weight_decay=0.02, schedule="cosine",
+                      warmup_fraction=0.1)
+_FROZEN_BACKBONE = dict(freeze_backbone=True, optimizer="adam", weight_decay=0.0, schedule="constant",
+                        warmup_fraction=0.0)
+
 RECIPES: dict[str, Recipe] = {
     "robust": Recipe(
         name="robust",
-        crop_protocol="native-crops",
-        num_test_crops=5,
+        **_NATIVE_CROPS,
         augmentation=Augmentation.robust(),
-        freeze_backbone=False,
-        optimizer="adamw",
-        lr=2e-3,
-        weight_decay=0.02,
-        schedule="cosine",
-        warmup_fraction=0.1,
+        **_FULL_FINETUNE, lr=2e-3,
+        select_on=("clean", "jpeg75", "downscale0.5"),
         description=(
             "full fine-tune on native-resolution random crops (never downscaled), horizontal flips, "
             "Gaussian blur, JPEG re-encoding and random rescaling (Wang et al. 2020 style); "
             "evaluation averages logits over fixed test crops; the best epoch is chosen on the mean validation "
             "AUC of clean, JPEG q75 and 0.5x-downscaled copies"
         ),
-        select_on=("clean", "jpeg75", "downscale0.5"),
     ),
     # The original project's recipe, kept for comparison: squash-resize the whole
     # face, frozen backbone, Adam. Its head was Dense(512, ReLU) -> Dense(1,
@@ -60,15 +65,9 @@ RECIPES: dict[str, Recipe] = {
     # their difference.
     "seed": Recipe(
         name="seed",
-        crop_protocol="resize",
-        num_test_crops=1,
+        **_SQUASHED,
         augmentation=Augmentation.none(),
-        freeze_backbone=True,
-        optimizer="adam",
-        lr=1e-3,
-        weight_decay=0.0,
-        schedule="constant",
-        warmup_fraction=0.0,
+        **_FROZEN_BACKBONE, lr=1e-3,
         description=(
             "the original project's recipe: the whole image squash-resized, frozen backbone, "
             "linear softmax head (equivalent to a sigmoid output) trained with Adam, no augmentation"
@@ -109,8 +108,7 @@ RECIPES["probe"] = replace(
 RECIPES["finetune"] = replace(
     RECIPES["robust"],
     name="finetune",
-    crop_protocol="resize",
-    num_test_crops=1,
+    **_SQUASHED,
     augmentation=shortcut_control(0.5),
     lr=1e-3,
     select_on=("clean",),
