@@ -12,26 +12,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.cli import command_line, comma_separated
+from benchmarks.cli import command_line, comma_separated, settings_from, settings_parser
 from benchmarks.face_stage import (
     FaceStageBenchmarkConfig, remeasure_speed, render_from_json, run_face_stage_benchmark, write_results,
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = FaceStageBenchmarkConfig()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", default=defaults.data_dir, help="folder holding faces-dev/")
-    p.add_argument("--detect-sizes", type=comma_separated(int, "256,320"), default=defaults.detect_sizes)
-    p.add_argument("--threads", type=int, default=defaults.threads)
-    p.add_argument("--rounds", type=int, default=defaults.rounds, help="interleaved timing rounds")
-    p.add_argument("--max-images", type=int, default=None, help="cap on single-face images (default: all)")
-    p.add_argument("--turned-sample", type=int, default=defaults.turned_sample)
-    p.add_argument("--results-dir", default="results")
-    p.add_argument("--render-only", action="store_true", help="only re-render face_stage.md from face_stage.json")
-    p.add_argument("--speed-only", action="store_true",
-                   help="re-time the speed section only, keeping the recall sections of face_stage.json")
-    return p
+    return settings_parser(__doc__, FaceStageBenchmarkConfig(), """
+        data_dir: folder holding faces-dev/
+        detect_sizes, threads
+        rounds: interleaved timing rounds
+        max_images: cap on single-face images (default: all)
+        turned_sample, results_dir
+        render_only: only re-render face_stage.md from face_stage.json
+        speed_only: re-time the speed section only, keeping the recall sections of face_stage.json
+        """, types={"detect_sizes": comma_separated(int, "256,320"), "max_images": int})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only:
         render_from_json(json_path, md_path, command=command)
         return 0
-    config = FaceStageBenchmarkConfig(data_dir=args.data_dir, detect_sizes=args.detect_sizes, threads=args.threads,
-                                      rounds=args.rounds, max_images=args.max_images, turned_sample=args.turned_sample)
+    config = settings_from(FaceStageBenchmarkConfig, args)
     results = remeasure_speed(json_path, config) if args.speed_only else run_face_stage_benchmark(config)
     results_dir.mkdir(parents=True, exist_ok=True)
     write_results(results, json_path, md_path, command=command)

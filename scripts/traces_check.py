@@ -12,51 +12,31 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from benchmarks.cli import command_line, comma_separated, run_or_render, setup_logging
+from benchmarks.cli import FACES_DEV, comma_separated, run_benchmark, settings_from, settings_parser
 from benchmarks.traces import TracesSettings, render_traces, run_traces_check, write_traces
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = TracesSettings(data_dir="")
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "faces-dev"), help="faces-dev folder")
-    p.add_argument("--cache-dir", default=d.cache_dir, help="twin cache")
-    p.add_argument("--results-dir", default="results")
-    p.add_argument("--makers", type=comma_separated(str, "taef2,esrgan"), default=d.makers)
-    p.add_argument("--real-sources", type=comma_separated(str, "ffhq-140k,lfw-krasserm"), default=d.real_sources)
-    p.add_argument("--reals-per-source", type=int, default=d.reals_per_source)
-    p.add_argument("--recipes", type=comma_separated(str, "finetune,traces,spectral-lr"), default=d.recipes)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--traces-input-size", type=int, default=d.traces_input_size,
-                   help="native crop side for native-crops recipes")
-    p.add_argument("--unseen-fakes", type=comma_separated(str, "stylegan3,sd21-sdfd"), default=d.unseen_fakes,
-                   help="faces-dev fake sources scored by the twin-trained models (empty: skip)")
-    p.add_argument("--unseen-reals", type=comma_separated(str, "celeba-hq"), default=d.unseen_reals)
-    p.add_argument("--unseen-per-source", type=int, default=d.unseen_per_source)
-    p.add_argument("--timing-sample", type=int, default=d.timing_sample, help="twins per maker timed in a scratch cache")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads for training and scoring (the twin makers use one)")
-    p.add_argument("--render-only", action="store_true", help="re-render traces.md from traces.json")
-    return p
+    return settings_parser(__doc__, TracesSettings(data_dir=FACES_DEV), """
+        data_dir: faces-dev folder
+        cache_dir: twin cache
+        results_dir, makers, real_sources, reals_per_source, recipes, epochs, batch_size
+        traces_input_size: native crop side for native-crops recipes
+        unseen_fakes: faces-dev fake sources scored by the twin-trained models (empty: skip)
+        unseen_reals, unseen_per_source
+        timing_sample: twins per maker timed in a scratch cache
+        seed
+        threads: torch threads for training and scoring (the twin makers use one)
+        render_only: re-render traces.md from traces.json
+        """, types={"unseen_fakes": comma_separated(str, "stylegan3,sd21-sdfd"),
+                    "unseen_reals": comma_separated(str, "celeba-hq")})
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging()
-    settings = TracesSettings(
-        data_dir=args.data_dir, cache_dir=args.cache_dir, makers=args.makers, real_sources=args.real_sources,
-        reals_per_source=args.reals_per_source, recipes=args.recipes, epochs=args.epochs, batch_size=args.batch_size,
-        traces_input_size=args.traces_input_size, unseen_fakes=args.unseen_fakes, unseen_reals=args.unseen_reals,
-        unseen_per_source=args.unseen_per_source, timing_sample=args.timing_sample, seed=args.seed, threads=args.threads)
-    command = command_line("scripts/traces_check.py", argv)
-    return run_or_render(args.results_dir, "traces", render_only=args.render_only,
-                         run=lambda: run_traces_check(settings, command=command),
-                         write=write_traces, render=render_traces)
+    return run_benchmark(args, argv, "scripts/traces_check.py", "traces", settings_from(TracesSettings, args),
+                         run_traces_check, write=write_traces, render=render_traces)
 
 
 if __name__ == "__main__":

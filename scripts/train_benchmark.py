@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks.cli import command_line, comma_separated, run_or_render, setup_logging
+from benchmarks.cli import comma_separated, run_benchmark, settings_from, settings_parser
 from benchmarks.offline import (
-    OFFLINE_BENCHMARK_ARCHITECTURES, OFFLINE_BENCHMARK_RECIPES, OfflineBenchmarkSettings, render_offline_benchmark,
-    run_offline_benchmark, write_offline_benchmark,
+    OfflineBenchmarkSettings, render_offline_benchmark, run_offline_benchmark, write_offline_benchmark,
 )
 
 
@@ -26,34 +25,22 @@ def _epochs(text: str) -> dict[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = OfflineBenchmarkSettings()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--images", type=int, default=defaults.images, help="synthetic images in the whole dataset (all splits)")
-    p.add_argument("--input-size", type=int, default=defaults.input_size, help="crop side (robust) / resize side (seed)")
-    p.add_argument("--epochs", type=_epochs, default=defaults.epochs, help="ARCH=E,... epochs per architecture")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--architectures", type=comma_separated(str, "a,b"), default=OFFLINE_BENCHMARK_ARCHITECTURES)
-    p.add_argument("--recipes", type=comma_separated(str, "a,b"), default=OFFLINE_BENCHMARK_RECIPES)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--num-workers", type=int, default=defaults.num_workers)
-    p.add_argument("--output-dir", default=defaults.output_dir, help="dataset and trained models (not committed)")
-    p.add_argument("--results-dir", default="results", help="where the JSON and Markdown results go")
-    p.add_argument("--render-only", action="store_true",
-                   help="only re-render offline_benchmark.md from an existing offline_benchmark.json")
-    return p
+    lists = comma_separated(str, "a,b")
+    return settings_parser(__doc__, OfflineBenchmarkSettings(), """
+        images: synthetic images in the whole dataset (all splits)
+        input_size: crop side (robust) / resize side (seed)
+        epochs: ARCH=E,... epochs per architecture
+        batch_size, architectures, recipes, seed, num_workers
+        output_dir: dataset and trained models (not committed)
+        results_dir: where the JSON and Markdown results go
+        render_only: only re-render offline_benchmark.md from an existing offline_benchmark.json
+        """, types={"epochs": _epochs, "architectures": lists, "recipes": lists})
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging()
-    settings = OfflineBenchmarkSettings(
-        images=args.images, input_size=args.input_size, epochs=args.epochs, batch_size=args.batch_size,
-        architectures=args.architectures, recipes=args.recipes, seed=args.seed, num_workers=args.num_workers,
-        output_dir=args.output_dir,
-    )
-    command = command_line("scripts/train_benchmark.py", argv)
-    return run_or_render(args.results_dir, "offline_benchmark", render_only=args.render_only,
-                         run=lambda: run_offline_benchmark(settings, command=command),
+    return run_benchmark(args, argv, "scripts/train_benchmark.py", "offline_benchmark",
+                         settings_from(OfflineBenchmarkSettings, args), run_offline_benchmark,
                          write=write_offline_benchmark, render=render_offline_benchmark)
 
 
