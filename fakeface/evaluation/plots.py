@@ -39,6 +39,14 @@ def _figure(width: float = 4.8, height: float = 4.2) -> tuple[Figure, Any]:
     return fig, fig.add_subplot()
 
 
+def _curve_figure(summary: float, curve: str) -> tuple[Figure, Any]:
+    """A figure for a curve summarised by ``summary`` (its AUC or AP): NaN, one class only, is said on it."""
+    fig, ax = _figure()
+    if np.isnan(summary):
+        ax.text(0.5, 0.5, f"{curve} undefined:\nboth classes are needed", ha="center", va="center")
+    return fig, ax
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG (parents created)."""
     path = Path(path)
@@ -50,12 +58,10 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
 def roc_figure(labels: Sequence[int], p_fake: Sequence[float], *, title: str = "ROC curve",
                operating_threshold: float | None = None) -> Figure:
     """ROC curve (fake = positive) with its AUC; marks the operating threshold if given."""
-    fig, ax = _figure()
     fpr, tpr, thresholds = roc_curve_points(labels, p_fake)
     auc = roc_auc(labels, p_fake)
-    if np.isnan(auc):
-        ax.text(0.5, 0.5, "ROC undefined:\nboth classes are needed", ha="center", va="center")
-    else:
+    fig, ax = _curve_figure(auc, "ROC")
+    if not np.isnan(auc):
         ax.plot(fpr, tpr, color=_COLOURS[FAKE], lw=2, label=f"AUC = {auc:.3f}")
         if operating_threshold is not None:
             y, p = np.asarray(labels), np.asarray(p_fake)
@@ -71,12 +77,10 @@ def roc_figure(labels: Sequence[int], p_fake: Sequence[float], *, title: str = "
 
 def pr_figure(labels: Sequence[int], p_fake: Sequence[float], *, title: str = "Precision-recall") -> Figure:
     """Precision-recall curve for the ``fake`` class with its average precision."""
-    fig, ax = _figure()
     precision, recall, _ = precision_recall_points(labels, p_fake)
     ap = average_precision(labels, p_fake)
-    if np.isnan(ap):
-        ax.text(0.5, 0.5, "PR curve undefined:\nboth classes are needed", ha="center", va="center")
-    else:
+    fig, ax = _curve_figure(ap, "PR curve")
+    if not np.isnan(ap):
         ax.step(recall, precision, where="post", color=_COLOURS[FAKE], lw=2, label=f"AP = {ap:.3f}")
         prevalence = float(np.mean(np.asarray(labels) == FAKE))
         ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"chance ({prevalence:.2f})")
