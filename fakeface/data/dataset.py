@@ -23,7 +23,7 @@ from fakeface.data.build import (  # noqa: F401 - the build is re-exported here,
 )
 from fakeface.data.schema import CARD_NAME, DATA_DIR, REPORT_FORMAT, REPORT_NAME, build_features
 from fakeface.utils.constants import LABEL_NAMES
-from fakeface.utils.hub import BadSource, ErrorKind, HubUnreachable, Source, SourceError, parse_source, probe_repo
+from fakeface.utils.hub import ErrorKind, HubUnreachable, Source, SourceError, parse_source, probe_repo
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +89,7 @@ def _read_report(folder: Path) -> dict[str, Any]:
 
 def resolve_dataset_source(source: str | os.PathLike, revision: str | None = None) -> Source:
     """``local-dir:PATH`` | an existing folder | ``hf-hub:org/name[@rev]`` | ``org/name[@rev]``."""
-    try:
-        return parse_source(source, revision, what="dataset")
-    except BadSource as error:
-        raise DatasetLoadError(**error.fields()) from None
+    return parse_source(source, revision, what="dataset", error=DatasetLoadError)
 
 
 def load_face_dataset(

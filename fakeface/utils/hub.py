@@ -94,14 +94,16 @@ class Source:
         return f"hf-hub:{self.location}" + (f"@{self.revision}" if self.revision else "")
 
 
-def parse_source(source: str | os.PathLike, revision: str | None = None, *, what: str = "model") -> Source:
+def parse_source(source: str | os.PathLike, revision: str | None = None, *, what: str = "model",
+                 error: type[SourceError] = BadSource) -> Source:
     """``local-dir:PATH`` | an existing folder | ``hf-hub:org/name[@rev]`` | ``org/name[@rev]``.
 
-    Raises :class:`BadSource` (a ``ValueError``) for anything else.
+    Raises :class:`BadSource` (a ``ValueError``) for anything else, or ``error``: a loader's own
+    :class:`SourceError` type, with the same fields (kind ``bad_source``).
     """
     text = os.fspath(source).strip()
     if not text:
-        raise BadSource(ErrorKind.BAD_SOURCE, f"no {what} given", "pass a local folder or a Hub id 'org/name'")
+        raise error(ErrorKind.BAD_SOURCE, f"no {what} given", "pass a local folder or a Hub id 'org/name'")
     if text.startswith("local-dir:"):
         return Source("local", str(Path(text[len("local-dir:"):]).expanduser()))
     if text.startswith("hf-hub:"):
@@ -110,7 +112,7 @@ def parse_source(source: str | os.PathLike, revision: str | None = None, *, what
         return Source("local", str(Path(text).expanduser()))
     repo_id, _, rev = text.partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise BadSource(
+        raise error(
             ErrorKind.BAD_SOURCE, f"{text!r} is neither an existing folder nor a Hub {what} id",
             f"give a folder path or a Hub {what} id of the form 'org/name'", source=text,
         )
