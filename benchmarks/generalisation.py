@@ -100,12 +100,12 @@ class GeneralisationSettings:
     twins: int = 120                    # TAEF2 twins of training reals (3.6 s each here at 256 px)
     twin_window: int = 256              # twin the centre window of a face crop, at most this side
     real_folds: int = 3                 # held-out real fold 0 of this many
-    pair_folds: int = 3
-    target_fpr: float = 0.05
-    band_target: float = 0.05
-    min_coverage: float = 0.5
+    pair_folds: int = 3                 # grouped folds of the 140K pair, each held out once
+    target_fpr: float = 0.05            # the verdict threshold's false-positive rate on validation reals
+    band_target: float = 0.05           # the abstention band's confidently-wrong budget
+    min_coverage: float = 0.5           # the least share of images the band must still decide
     seed: int = 0
-    threads: int = 2
+    threads: int = 2                    # torch, BLAS and twin-maker threads
     limit: int | None = None            # first N manifest rows per source (smoke runs)
     budget_minutes: float | None = None  # rows not started by then are dropped (and said so)
 

@@ -66,18 +66,18 @@ def _exclusive_run(out_dir: Path) -> Iterator[None]:
 class GenerationSummary:
     """What a run did; ``format()`` is the end-of-run report."""
 
-    planned: int = 0
-    already_done: int = 0
-    adopted: int = 0
-    ok: int = 0
-    refused: int = 0
-    failed: int = 0
-    not_attempted: int = 0
-    capped: int = 0
-    missing_files: int = 0
-    requests: int = 0
-    retries: int = 0
-    rate_limit_wait_s: float = 0.0
+    planned: int = 0               # images in the plan
+    already_done: int = 0          # done before this run: an ok or refused line in manifest.jsonl
+    adopted: int = 0               # files an interrupted run wrote but did not record, recorded now
+    ok: int = 0                    # generated and saved by this run
+    refused: int = 0               # refused by the service: final, never retried
+    failed: int = 0                # failed in this run; the next run retries them
+    not_attempted: int = 0         # not reached before the run stopped
+    capped: int = 0                # left for a later run by --max-images
+    missing_files: int = 0         # manifest lines whose image file is gone (not regenerated)
+    requests: int = 0              # API calls, repeats included
+    retries: int = 0               # calls that repeat a failed attempt
+    rate_limit_wait_s: float = 0.0  # waiting out rate limits
     errors: Counter = field(default_factory=Counter)        # kind -> count of failed attempts
     stopped: str | None = None                              # why the run stopped early
     stopped_kind: str | None = None
