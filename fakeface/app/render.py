@@ -93,6 +93,7 @@ def render_verdict(result: Mapping[str, Any]) -> str:
         '</div></div>',
         _probability_bar(result.get("p_fake", 0.0), t_real, t_fake, colour),
         _reason(verdict, reason, colour, calibration.capitalize()),
+        render_experts(result),
     ]
     # How the verdict was reached (from the most suspicious face, no face found, ...) comes first, by the verdict.
     for i, note in enumerate(result.get("notes") or []):
@@ -140,6 +141,17 @@ def render_verdict(result: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+def render_experts(result: Mapping[str, Any]) -> str:
+    """A panel release: the sentence on which evidence spoke, and each expert's own p(fake); empty otherwise."""
+    experts = result.get("experts")
+    if not experts:
+        return ""
+    cells = " · ".join(f"{_e(name)} expert {_pct(p)}" for name, p in experts.items())
+    return (f'<div style="margin-top:8px;font-weight:600;color:#344054" data-testid="evidence">'
+            f'{_e(result.get("evidence") or "")}</div>'
+            f'<div style="{_MUTED}" data-testid="experts">Each expert alone: {cells}</div>')
+
+
 def _reason(verdict: str, reason: str, colour: str, calibration: str) -> str:
     """Why this verdict; an abstention says "Uncertain: ..." in bold, where the eye lands after the headline."""
     if verdict == "uncertain":
@@ -178,6 +190,8 @@ def render_faces(result: Mapping[str, Any]) -> str:
                                         ("cut_by_border", "cut by the photo's border")) if face.get(key)]
         if face.get("verdict") == "uncertain" and face.get("reason"):
             flags.insert(0, f"Uncertain: {face['reason']}")
+        if face.get("experts"):
+            flags.append(" · ".join(f"{name} {_num(p, 2)}" for name, p in face["experts"].items()))
         verdict = "too small" if face.get("too_small") else face.get("verdict")
         weight = "font-weight:700;" if face.get("most_suspicious") else ""
         rows.append(

@@ -43,11 +43,11 @@ from fakeface.utils.fileio import write_atomic
 from fakeface.utils.settings import ENV, Settings
 
 __all__ = [
-    "DEFAULT_TWIN_CACHE", "TWIN_MAKERS", "Twin", "TwinMaker", "TwinMakerUnavailable", "create_twin_maker",
+    "DEFAULT_TWIN_CACHE", "RESAMPLE_KERNELS", "TWIN_MAKERS", "ResampleMaker", "Twin", "TwinMaker", "TwinMakerUnavailable", "create_twin_maker",
     "make_twin", "make_twin_folder", "make_twins", "resolve_taef2_dir", "twin_generator_name", "write_twin_folder",
 ]
 
-TWIN_MAKERS = ("taef2", "esrgan")
+TWIN_MAKERS = ("taef2", "esrgan", "resample-nearest", "resample-bilinear", "resample-transposed")
 DEFAULT_TWIN_CACHE = ".cache/twins"
 # Bumped when this module changes how a twin is made or saved, so stale cache entries are not reused.
 _CODE_VERSION = 1
@@ -224,13 +224,61 @@ class EsrganMaker:
         return Image.fromarray((rgb * 255 + 0.5).astype(np.uint8))
 
 
+# --------------------------------------------------------------------------- re-upsampling (NPR-style)
+
+RESAMPLE_KERNELS = ("nearest", "bilinear", "transposed")
+
+
+def _transposed_kernel(seed: int) -> np.ndarray:
+    """A fixed 4x4 stride-2 transposed-convolution kernel whose four phases each sum to 1 (brightness kept) but
+    weigh their taps unevenly: the checkerboard trace of a learned upsampler, without the learning."""
+    kernel = np.random.default_rng(seed).uniform(0.2, 1.0, (4, 4))
+    for py in range(2):
+        for px in range(2):
+            kernel[py::2, px::2] /= kernel[py::2, px::2].sum()
+    return kernel
+
+
+class ResampleMaker:
+    """Halve (box filter), then double back with one up-sampling kernel: the trace an up-sampling layer leaves
+    (Tan et al., NPR, CVPR 2024). Needs no weights, so it runs everywhere and in milliseconds."""
+
+    def __init__(self, kernel: str, *, seed: int = 0):
+        if kernel not in RESAMPLE_KERNELS:
+            raise TwinMakerUnavailable(f"resample-{kernel}", "no such re-upsampling kernel",
+                                       f"Use one of: {', '.join(RESAMPLE_KERNELS)}.")
+        self.kernel, self.seed = kernel, seed
+        self.name = f"resample-{kernel}"
+        self.version = f"{self.name}-s{seed}-v{_CODE_VERSION}"
+
+    def make(self, image: Image.Image) -> Image.Image:
+        rgb = image.convert("RGB")
+        w, h = rgb.size
+        half = rgb.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.BOX)
+        if self.kernel != "transposed":
+            method = Image.Resampling.NEAREST if self.kernel == "nearest" else Image.Resampling.BILINEAR
+            return half.resize((w, h), method)
+        x, k = np.asarray(half, np.float64), _transposed_kernel(self.seed)
+        hh, hw = x.shape[:2]
+        out = np.zeros((2 * hh + 2, 2 * hw + 2, 3))
+        for dy in range(4):          # out[2i + dy, 2j + dx] += x[i, j] * k[dy, dx]
+            for dx in range(4):
+                out[dy:dy + 2 * hh:2, dx:dx + 2 * hw:2] += x * k[dy, dx]
+        canvas = np.asarray(rgb.resize((w, h), Image.Resampling.NEAREST), np.float64).copy()  # odd sides: edge
+        canvas[:2 * hh, :2 * hw] = out[1:1 + 2 * hh, 1:1 + 2 * hw][:h, :w]
+        return Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
+
+
 def create_twin_maker(name: str, *, taef2_dir: str | os.PathLike | None = None,
                       threads: int | None = None) -> TwinMaker:
-    """A maker by name (``taef2`` or ``esrgan``); :class:`TwinMakerUnavailable` when it cannot run here."""
+    """A maker by name (``taef2``, ``esrgan``, ``resample-<kernel>``); :class:`TwinMakerUnavailable` when it
+    cannot run here."""
     if name == "taef2":
         return Taef2Maker(taef2_dir, threads=threads)
     if name == "esrgan":
         return EsrganMaker(threads=threads)
+    if name.startswith("resample-"):
+        return ResampleMaker(name.removeprefix("resample-"))
     raise TwinMakerUnavailable(name, "no such twin maker", f"Use one of: {', '.join(TWIN_MAKERS)}.")
 
 

@@ -206,3 +206,41 @@ def _midway_below(threshold: float, scores: np.ndarray, start: float) -> float:
         return float(threshold)
     below = scores[scores < threshold]
     return float((below[-1] + threshold) / 2) if below.size else float(threshold)
+
+
+def choose_confident_band(
+    labels: Sequence[int], p_fake: Sequence[float], precision: float = 0.95, *, min_coverage: float = 0.0,
+    source: str = VALIDATION_SOURCE,
+) -> AbstentionBand:
+    """The band at the largest coverage whose confident verdicts are right at least ``precision`` of the time.
+
+    Where :func:`choose_abstention_band` bounds confident errors over *all* images (abstaining counts as not
+    wrong), this bounds them over the confident verdicts alone: what a user reading "likely AI-generated" needs.
+    Every pair of candidate thresholds is tried (a grid of at most n x n sums; fine for benchmark sizes).
+    """
+    if not 0.5 <= precision < 1.0:
+        raise ValueError(f"precision must be in [0.5, 1), got {precision}")
+    y, p = _as_labels_and_scores(labels, p_fake)
+    if y.size == 0:
+        return AbstentionBand(VERDICT_POINT, VERDICT_POINT, source, 1 - precision, n=0, met=False,
+                              notes=("no held-out images: the band could not be measured",))
+    fakes, reals, scores = np.sort(p[y == FAKE]), np.sort(p[y == REAL]), np.sort(p)
+    real_cands = np.unique(np.r_[0.0, p[p < VERDICT_POINT], VERDICT_POINT])
+    fake_cands = np.unique(np.r_[p[p >= VERDICT_POINT], VERDICT_POINT, np.nextafter(1.0, 2.0)])
+    errors = (np.searchsorted(fakes, real_cands, "left")[:, None]
+              + (reals.size - np.searchsorted(reals, fake_cands, "left"))[None, :])
+    covered = (np.searchsorted(scores, real_cands, "left")[:, None]
+               + (y.size - np.searchsorted(scores, fake_cands, "left"))[None, :])
+    ok = errors <= (1 - precision) * covered + 1e-9
+    i, j = np.unravel_index(np.lexsort((errors.ravel(), -np.where(ok, covered, -1).ravel()))[0], ok.shape)
+    lo = _midway_below(real_cands[i], scores, VERDICT_POINT)
+    hi = min(1.0, max(_midway_below(fake_cands[j], scores, VERDICT_POINT), VERDICT_POINT))
+    rates = abstention_rates(y, p, lo, hi)
+    note = f"chosen so that at least {100 * precision:g} % of confident verdicts are right"
+    band = AbstentionBand(lo, hi, source, 1 - precision, rates.confidently_wrong, rates.coverage, rates.n,
+                          notes=(note,))
+    if rates.coverage < min_coverage:
+        return replace(band, met=False, notes=(note, (
+            f"that leaves a confident verdict for only {100 * rates.coverage:.1f} % of the images, below the "
+            f"required {100 * min_coverage:g} %")))
+    return band

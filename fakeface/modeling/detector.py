@@ -54,7 +54,7 @@ WEIGHTS_NAME = "model.safetensors"
 # face_detector.onnx (*.onnx) + face_detector.LICENSE.txt: the face stage's graph and its notice (fakeface.faces.graph);
 # examples/: a few test-split photos and their README (fakeface.training.examples).
 RELEASE_PATTERNS = ("config.json", "model.safetensors", "README.md", "*.png", "*.onnx", "*.json", "*.md",
-                    "fastpath_reference.npz", "face_detector.LICENSE.txt", "examples/*")
+                    "fastpath_reference.npz", "face_detector.LICENSE.txt", "examples/*", "experts/*")
 
 
 _IMAGENET_IDENTITY_KEYS = (
@@ -195,6 +195,20 @@ def set_preprocessing(model: nn.Module, pp: Preprocessing) -> None:
     """Write a (changed) preprocessing back into the model before it is saved."""
     model.pretrained_cfg = {**model.pretrained_cfg, **pp.to_pretrained_cfg()}
     _update_block(model, pp.to_fakeface_cfg())
+
+
+STEM_STRIDE_KEY = "stem_stride"
+
+
+def set_stem_stride(model: nn.Module, stride: int) -> None:
+    """Set the first convolution's stride (1: no early downsampling, for trace experts) and record it, so
+    :func:`load_detector` rebuilds the same network (the weights' shapes do not change)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise ValueError(f"{type(model).__name__} has no convolution to set the stem stride of")
+    first.stride = (int(stride), int(stride))
+    if int(stride) != 2 or STEM_STRIDE_KEY in (model.pretrained_cfg.get(FAKEFACE_KEY) or {}):
+        _update_block(model, {STEM_STRIDE_KEY: int(stride)})
 
 
 def set_release_facts(model: nn.Module, **facts: Any) -> None:
@@ -413,6 +427,9 @@ def load_detector(
                                 f"{weights} does not match architecture {config['architecture']!r}: {mismatch}",
                                 "load it with the architecture it was trained with, or re-train", **where)
     model.load_state_dict(state, strict=True)
+    stem_stride = (config.get(FAKEFACE_KEY) or {}).get(STEM_STRIDE_KEY)
+    if stem_stride is not None:   # a trace expert trained without early downsampling
+        set_stem_stride(model, int(stem_stride))
     cfg = dict(model.pretrained_cfg)
     cfg.update(config["pretrained_cfg"])
     cfg["label_names"] = list(config.get("label_names") or LABEL_NAMES)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +48,10 @@ class Scores:
     logits: np.ndarray     # (N, 2), crop-averaged, before temperature
     p_fake: np.ndarray     # (N,), calibrated
     verdicts: list[str]
+    # A panel's (fakeface.modeling.panel): each expert's own p(fake) (name -> (N,)) and one sentence per verdict
+    # on which evidence decided it; None for a single-model release.
+    experts: Mapping[str, np.ndarray] | None = None
+    evidence: list[str] | None = None
 
 
 def _model_decision(model: nn.Module) -> Decision:

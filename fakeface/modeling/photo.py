@@ -19,8 +19,8 @@ cut by the border, a photo on its side): every photo gets a result and notes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -72,12 +72,19 @@ class FaceScore:
     verdict: str | None
     too_small: bool
     cut_by_border: bool
+    experts: Mapping[str, float] | None = None   # a panel's experts, each its own p(fake)
+    evidence: str | None = None                  # a panel's sentence on what decided this face's verdict
 
     def to_dict(self) -> dict[str, Any]:
         return {"face": self.index, "box": list(self.box), "score": round(float(self.score), 4),
                 "size_px": round(float(self.size_px), 1),
                 "p_fake": None if self.p_fake is None else round(float(self.p_fake), 6), "verdict": self.verdict,
-                "too_small": self.too_small, "cut_by_border": self.cut_by_border}
+                "too_small": self.too_small, "cut_by_border": self.cut_by_border,
+                "experts": _rounded(self.experts), "evidence": self.evidence}
+
+
+def _rounded(experts: Mapping[str, float] | None) -> dict[str, float] | None:
+    return None if experts is None else {k: round(float(v), 6) for k, v in experts.items()}
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,8 @@ class PhotoScore:
     most_suspicious: int | None = None
     scored_image: Image.Image | None = field(default=None, repr=False, compare=False)
     scan: FaceScan | None = field(default=None, repr=False, compare=False)
+    experts: Mapping[str, float] | None = None   # the deciding crop's per-expert p(fake) (a panel), else None
+    evidence: str | None = None                  # the deciding crop's sentence (a panel), else None
 
     @property
     def judged(self) -> tuple[FaceScore, ...]:
@@ -109,7 +118,8 @@ class PhotoScore:
         return {"mode": self.mode, "photo_p_fake": round(float(self.photo_p_fake), 6), "verdict": self.verdict,
                 "faces": [f.to_dict() for f in self.faces], "most_suspicious_face":
                 None if self.most_suspicious is None else self.faces[self.most_suspicious].index,
-                "notes": list(self.notes), "image_size": list(self.image_size)}
+                "notes": list(self.notes), "image_size": list(self.image_size),
+                "experts": _rounded(self.experts), "evidence": self.evidence}
 
 
 def resolve_face_crop(detector: Any) -> FaceCrop | None:
@@ -158,14 +168,31 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _score_all(detector: Any, inputs: Sequence[Image.Image]) -> tuple[np.ndarray, list[str]]:
-    """Score ``inputs`` in model calls of at most SCORE_BATCH images: (p_fake (N,), verdicts)."""
-    p_fake, verdicts = [], []
+@dataclass(frozen=True)
+class _Scored:
+    """Every input crop's score, in order (experts and evidence only for a panel)."""
+    p_fake: np.ndarray
+    verdicts: list[str]
+    experts: list[dict[str, float] | None]
+    evidence: list[str | None]
+
+    def span(self, a: int, b: int) -> "_Scored":
+        return _Scored(self.p_fake[a:b], self.verdicts[a:b], self.experts[a:b], self.evidence[a:b])
+
+
+def _score_all(detector: Any, inputs: Sequence[Image.Image]) -> _Scored:
+    """Score ``inputs`` in model calls of at most SCORE_BATCH images."""
+    p_fake, verdicts, experts, evidence = [], [], [], []
     for start in range(0, len(inputs), SCORE_BATCH):
-        scores = detector.score(list(inputs[start:start + SCORE_BATCH]))
+        chunk = list(inputs[start:start + SCORE_BATCH])
+        scores = detector.score(chunk)
         p_fake.extend(float(p) for p in np.asarray(scores.p_fake).reshape(-1))
         verdicts.extend(scores.verdicts)
-    return np.asarray(p_fake, dtype=np.float64), list(verdicts)
+        by_expert = getattr(scores, "experts", None)
+        experts.extend([None] * len(chunk) if by_expert is None else
+                       [{k: float(v[i]) for k, v in by_expert.items()} for i in range(len(chunk))])
+        evidence.extend(getattr(scores, "evidence", None) or [None] * len(chunk))
+    return _Scored(np.asarray(p_fake, dtype=np.float64), list(verdicts), experts, evidence)
 
 
 def score_photos(detector: Any, images: Sequence[Image.Image], *, face_crop: FaceCrop | None = FROM_CONFIG,
@@ -208,15 +235,31 @@ def score_photos(detector: Any, images: Sequence[Image.Image], *, face_crop: Fac
         else:
             inputs.append(image)
         spans.append((start, len(inputs)))
-    p_fake, verdicts = _score_all(detector, inputs) if inputs else (np.zeros(0), [])
+    scored = _score_all(detector, inputs) if inputs else _Scored(np.zeros(0), [], [], [])
 
-    return [_photo_score(image, scan, face_crop, inputs[a:b], p_fake[a:b], verdicts[a:b], down)
+    return [_photo_score(image, scan, face_crop, inputs[a:b], scored.span(a, b), down)
             for image, scan, (a, b) in zip(images, found, spans)]
 
 
 def _photo_score(image: Image.Image, scan: FaceScan | None, face_crop: FaceCrop | None,
-                 scored: Sequence[Image.Image], p_fake: np.ndarray, verdicts: Sequence[str],
-                 down: FaceStageDown | None = None) -> PhotoScore:
+                 inputs: Sequence[Image.Image], scored: _Scored, down: FaceStageDown | None = None) -> PhotoScore:
+    photo = _photo_score_core(image, scan, face_crop, inputs, scored.p_fake, scored.verdicts, down)
+    k = 0 if photo.most_suspicious is None else [f.index for f in photo.judged].index(
+        photo.faces[photo.most_suspicious].index)
+    if not scored.experts or scored.experts[0] is None:
+        return photo
+    faces, judged = [], iter(zip(scored.experts, scored.evidence))
+    for face in photo.faces:
+        if photo.mode == "faces" and not face.too_small:
+            experts, evidence = next(judged)   # judgeable faces were scored in order, one input each
+            face = replace(face, experts=experts, evidence=evidence)
+        faces.append(face)
+    return replace(photo, faces=tuple(faces), experts=scored.experts[k], evidence=scored.evidence[k])
+
+
+def _photo_score_core(image: Image.Image, scan: FaceScan | None, face_crop: FaceCrop | None,
+                      scored: Sequence[Image.Image], p_fake: np.ndarray, verdicts: Sequence[str],
+                      down: FaceStageDown | None = None) -> PhotoScore:
     size = (int(image.size[0]), int(image.size[1]))
     if scan is None:
         note = NOTE_NO_FACE_STAGE if down is None else down.note

@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -32,6 +32,7 @@ from fakeface.data.dataset import DEFAULT_MAX_FILE_BYTES
 from fakeface.data.images import ImageDecodeError, load_image
 from fakeface.modeling.config import resolve_detector_config
 from fakeface.modeling.detector import load_detector
+from fakeface.modeling.panel import release_scorer
 from fakeface.modeling.fastpath import compute_weights_fingerprint, load_fast_path
 from fakeface.modeling.inference import Detector
 from fakeface.modeling.photo import PhotoScore, score_photos
@@ -145,6 +146,7 @@ def load_scan_model(source: str, *, threads: int = 1, use_fast_path: bool = True
             scorer = loaded.detector
         elif loaded.refusal is not None:
             note = loaded.refusal.message
+    scorer = release_scorer(model, scorer)   # a panel release: every expert and its fusion (PanelError if broken)
     face_crop = resolve_detector_config(model).face_crop if use_faces else None
     return ScanModel(scorer=scorer, model_id=os.fspath(source), revision=revision,
                      runtime=getattr(scorer, "runtime", "torch-fp32"), face_crop=face_crop, fast_path_note=note,
@@ -213,11 +215,20 @@ def photo_rows(base: dict[str, Any], photo: PhotoScore) -> list[dict[str, Any]]:
         if face.too_small:
             row.update(error_code=FACE_TOO_SMALL, error=f"face too small to judge ({face.size_px:.0f} px)")
         else:
-            row.update(p_fake=face.p_fake, verdict=face.verdict, most_suspicious=position == photo.most_suspicious)
+            row.update(p_fake=face.p_fake, verdict=face.verdict, most_suspicious=position == photo.most_suspicious,
+                       **expert_columns(face.experts, face.evidence))
         rows.append(row)
     if photo.mode == "whole-image":
-        rows.append({**base, "p_fake": photo.photo_p_fake, "verdict": photo.verdict, "note": note})
+        rows.append({**base, "p_fake": photo.photo_p_fake, "verdict": photo.verdict, "note": note,
+                     **expert_columns(photo.experts, photo.evidence)})
     return rows
+
+
+def expert_columns(experts: Mapping[str, float] | None, evidence: str | None) -> dict[str, Any]:
+    """A panel's columns: ``experts`` (JSON: each expert's p(fake)) and ``evidence``; empty for a single model."""
+    if experts is None:
+        return {}
+    return {"experts": json.dumps({name: round(float(p), 6) for name, p in experts.items()}), "evidence": evidence}
 
 
 def _score_one(image: Image.Image, model: ScanModel) -> tuple[PhotoScore | None, str | None]:

@@ -61,6 +61,8 @@ SCHEMA = pa.schema([
     ("model_revision", pa.string()),
     ("runtime", pa.string()),
     ("process_index", pa.int32()),
+    ("experts", pa.string()),         # a panel release: JSON {expert: p_fake} of this row's crop; else null
+    ("evidence", pa.string()),        # a panel release: the sentence on what decided this row's verdict
 ])
 COLUMNS = tuple(SCHEMA.names)
 

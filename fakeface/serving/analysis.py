@@ -78,6 +78,9 @@ class ModelVerdict:
             "threshold_fake": d.threshold_fake, "threshold_real": d.threshold_real,
             "temperature": d.temperature, "calibrated": d.calibrated, "synthetic_training_data": m.synthetic,
             "band": band_facts(d),
+            # a panel release: each expert's p(fake) on the deciding crop and the sentence on what decided it
+            "experts": None if self.photo is None else self.photo.to_dict()["experts"],
+            "evidence": None if self.photo is None else self.photo.evidence,
         }
 
 
@@ -107,17 +110,21 @@ class FaceResult:
     face: int = 1
     score: float = 1.0                 # the face detector's confidence
     most_suspicious: bool = False
+    experts: Any = None                # a panel's per-expert p(fake) for this face (else None)
+    evidence: str | None = None        # a panel's sentence on what decided this face (else None)
 
     @classmethod
     def from_score(cls, face: FaceScore, most_suspicious: bool = False) -> "FaceResult":
         return cls(face.box, face.p_fake, face.verdict, face.too_small, face.cut_by_border, face.index, face.score,
-                   most_suspicious)
+                   most_suspicious, face.experts, face.evidence)
 
     def to_dict(self) -> dict[str, Any]:
         return {"face": self.face, "box": list(self.box),
                 "p_fake": None if self.p_fake is None else round(float(self.p_fake), 6), "verdict": self.verdict,
                 "too_small": self.too_small, "cut_by_border": self.cut_by_border,
-                "most_suspicious": self.most_suspicious, "score": round(float(self.score), 4)}
+                "most_suspicious": self.most_suspicious, "score": round(float(self.score), 4),
+                "experts": None if self.experts is None else {k: round(float(v), 6) for k, v in self.experts.items()},
+                "evidence": self.evidence}
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,7 @@ class ImageVerdict:
         first = rows[0]
         decision = self.primary.decision     # the faces are the primary model's, judged by its band
         return {"verdict": first["verdict"], "p_fake": first["p_fake"], "model": first["model"],
-                "reason": first["reason"],
+                "reason": first["reason"], "experts": first["experts"], "evidence": first["evidence"],
                 "threshold_fake": first["threshold_fake"], "threshold_real": first["threshold_real"],
                 "models": rows, "agreement": self.agreement, "mode": self.mode,
                 "faces": [{**f.to_dict(), "reason": decision.reason(f.p_fake)} for f in self.faces],

@@ -49,7 +49,17 @@ def batch_row(result: Mapping[str, Any]) -> dict[str, Any]:
     }
     for extra in result["models"][1:]:
         row[f"p_fake [{extra['model']}]"] = round(extra["p_fake"], 4)
+    row.update(_expert_cells(result))
     return row
+
+
+def _expert_cells(result: Mapping[str, Any]) -> dict[str, Any]:
+    """A panel release's columns: each expert's p(fake) (``p_fake [expert: name]``) and the evidence sentence."""
+    experts = result.get("experts")
+    if not experts:
+        return {}
+    return {**{f"p_fake [expert: {name}]": round(p, 4) for name, p in experts.items()},
+            "evidence": result.get("evidence") or ""}
 
 
 def _face_row(file: str, model: str, face: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,7 +69,7 @@ def _face_row(file: str, model: str, face: Mapping[str, Any]) -> dict[str, Any]:
             "p_fake": "" if p is None else round(p, 4), "reason": face.get("reason") or "", "model": model,
             "row": f"face {face['face']}",
             "x0": x0, "y0": y0, "x1": x1, "y1": y1, "too_small": face["too_small"],
-            "cut_by_border": face["cut_by_border"], "error": ""}
+            "cut_by_border": face["cut_by_border"], "error": "", **_expert_cells(face)}
 
 
 def batch_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from fakeface.modeling.config import FAKEFACE_KEY, Decision, resolve_detector_co
 from fakeface.modeling.detector import DetectorLoadError, load_detector
 from fakeface.modeling.fastpath import FastPathLoad, FastPathRefusal, load_fast_path
 from fakeface.modeling.inference import Detector
+from fakeface.modeling.panel import PanelError, panel_spec, release_scorer
 from fakeface.serving.errors import AppError
 from fakeface.utils.constants import SYNTHETIC_GENERATOR
 from fakeface.utils.hub import ErrorKind, SourceError, parse_source
@@ -143,7 +144,19 @@ class LoadedModel:
             "trained_on": block.get("trained_on"), "synthetic_training_data": self.synthetic, "notice": self.notice,
             "fast_path": describe_fast_path(self.fast_path, folder=self.folder),
             "face_stage": describe_face_stage(self.detector.model),
+            "panel": describe_panel(self.detector.model),
         }
+
+
+def describe_panel(model: Any) -> dict[str, Any] | None:
+    """The release's experts and fusion weights (None: a single-model release)."""
+    spec = panel_spec(model)
+    if spec is None:
+        return None
+    return {"experts": [{"name": e.name, "kind": e.kind, "sees": e.words["sees"], "misses": e.words["misses"],
+                         "weight": w, "version": e.version}
+                        for e, w in zip(spec.experts, spec.fusion.weights)],
+            "fusion_source": spec.fusion.source}
 
 
 def describe_face_stage(model: Any) -> dict[str, Any]:
@@ -233,7 +246,11 @@ def load_model(source: str, *, token: str | None = None, use_fast_path: bool = T
     detector = Detector(model)
     # load_fast_path never raises: a refused graph comes back with its typed reason, kept for the status.
     fast = load_fast_path(model) if use_fast_path else None
-    scorer = fast.detector if fast is not None and fast.detector is not None else detector
+    own = fast.detector if fast is not None and fast.detector is not None else detector
+    try:  # a panel release scores through every expert and its fusion; else its own model scores
+        scorer = release_scorer(model, own)
+    except PanelError as error:
+        return LoadFailure(source, error.problem, error.fix, "bad_panel")
     files = getattr(model, "fakeface_files", None)
     folder = Path(files.folder) if files is not None else None
     return LoadedModel(source, detector, scorer, revision=getattr(files, "revision", None),

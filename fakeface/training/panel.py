@@ -1,0 +1,106 @@
+"""Turn a trained content release into a panel release: add the trace expert, the fitted fusion and the decision
+the panel benchmark measured on generator families none of the experts saw.
+
+``scripts/build_panel.py`` is the entry point; ``make release`` runs it after ``train.py`` and the panel
+benchmark. The fusion's weights, each expert's temperature and the uncertain band come from
+``results/panel_release.json`` (written by ``scripts/panel_benchmark.py`` from out-of-family scores), never from
+the release's own validation split, which holds the generators the content expert trained on.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from fakeface.evaluation.abstention import AbstentionBand
+from fakeface.modeling.config import FAKEFACE_KEY, Decision
+from fakeface.modeling.panel import EXPERTS_DIR, EXPERT_KINDS, ExpertSpec, Fusion, PanelSpec, write_panel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PanelEntryError", "build_panel_release", "panel_card_section", "read_panel_entry"]
+
+_SKIP = shutil.ignore_patterns("checkpoints", "state", ".*")
+
+
+class PanelEntryError(ValueError):
+    """``panel_release.json`` is missing, unreadable or names a default this builder cannot make."""
+
+    def __init__(self, path: str, problem: str, fix: str):
+        super().__init__(f"{path}: {problem}. {fix}")
+        self.path, self.problem, self.fix = path, problem, fix
+
+
+def read_panel_entry(path: str | Path) -> dict[str, Any]:
+    try:
+        entry = json.loads(Path(path).read_text())
+        Fusion.from_cfg(entry["fusion"])
+        AbstentionBand.from_dict(entry["band"])
+        float(entry["temperature"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise PanelEntryError(str(path), f"not a panel entry ({type(error).__name__}: {error})",
+                              "Run scripts/panel_benchmark.py, which writes it") from error
+    return entry
+
+
+def _decision(entry: Mapping[str, Any]) -> Decision:
+    band = AbstentionBand.from_dict(entry["band"])
+    return Decision(temperature=float(entry["temperature"]), threshold_real=band.threshold_real,
+                    threshold_fake=band.threshold_fake, calibrated=True, band_source=band.source,
+                    band_target=band.target, confidently_wrong=band.confidently_wrong, coverage=band.coverage)
+
+
+def build_panel_release(content_dir: str | Path, trace_dir: str | Path, entry_path: str | Path,
+                        output_dir: str | Path) -> Path:
+    """Copy the content release to ``output_dir`` and make it a panel (content + trace, fitted fusion)."""
+    from fakeface.modeling.detector import load_detector
+
+    entry = read_panel_entry(entry_path)
+    content_dir, output_dir = Path(content_dir), Path(output_dir)
+    if output_dir.resolve() != content_dir.resolve():
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        shutil.copytree(content_dir, output_dir, ignore=_SKIP)
+    trace_model = load_detector(trace_dir)
+    temps = entry["expert_temperatures"]
+    content_facts = json.loads((content_dir / "config.json").read_text()).get(FAKEFACE_KEY, {})
+    spec = PanelSpec(
+        experts=(ExpertSpec("content", "content", None, float(temps["content"]),
+                            facts={"recipe": content_facts.get("recipe"), "trained_on": content_facts.get("trained_on")}),
+                 ExpertSpec("trace", "trace", f"{EXPERTS_DIR}/trace", float(temps["trace"]),
+                            facts=dict(entry.get("trace_expert") or {}))),
+        fusion=Fusion.from_cfg(entry["fusion"]))
+    write_panel(output_dir, spec, {"trace": trace_model}, _decision(entry))
+    card = output_dir / "README.md"
+    if card.is_file():
+        card.write_text(card.read_text() + "\n" + panel_card_section(spec, entry_path))
+    logger.info("panel release written to %s (fusion weights %s)", output_dir, spec.fusion.weights)
+    return output_dir
+
+
+def panel_card_section(spec: PanelSpec, entry_path: str | Path) -> str:
+    """The model card's panel section: every expert, what it sees and cannot see, and the measured figures."""
+    results = Path(entry_path).with_name("panel.json")
+    data = json.loads(results.read_text()) if results.is_file() else None
+    lines = ["## A panel of experts", "",
+             "This release judges each face with several experts and one fitted fusion "
+             "(fakeface.modeling.panel); the app, the API, batch CSVs and scans show each expert's p(fake) and the "
+             "sentence on which evidence decided the verdict.", ""]
+    for expert, weight in zip(spec.experts, spec.fusion.weights):
+        words = EXPERT_KINDS[expert.kind]
+        lines += [f"- **{expert.name}** ({expert.kind}; fusion weight {weight:.2f} on its standardised margin): "
+                  f"reads {words['sees']}. Cannot see: {words['misses']}."]
+    lines += ["", f"Fusion fitted on {spec.fusion.source}. The uncertain band and temperature were chosen on "
+              "fused scores of held-out generator families (results/panel.md).", ""]
+    if data is None:
+        return "\n".join(lines + ["(results/panel.json was not found beside the entry: no per-family figures.)", ""])
+    lines += ["| held-out family | " + " | ".join(f"AUC {s}" for s in ("content", "trace", "fusion"))
+              + " | fusion right when confident | coverage |", "|---" * 6 + "|"]
+    for family, r in data["results"]["fusion"].items():
+        aucs = [data["results"][s][family]["auc"]["clean"] for s in ("content", "trace", "fusion")]
+        right = r.get("right_when_confident")
+        lines.append(f"| {family} | " + " | ".join("—" if a is None else f"{a:.3f}" for a in aucs)
+                     + f" | {'—' if right is None else f'{100 * right:.1f} %'} | {100 * r['coverage']:.1f} % |")
+    return "\n".join(lines + [""])

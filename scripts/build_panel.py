@@ -1,0 +1,32 @@
+"""Make a trained content release a panel release: trace expert + fitted fusion + measured band.
+
+    python scripts/build_panel.py --content runs/faces-dev-finetune --trace .cache/panel/trace-expert \
+        --entry results/panel_release.json --output runs/faces-dev-panel
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fakeface.modeling.detector import DetectorLoadError
+from fakeface.training.panel import PanelEntryError, build_panel_release
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--content", required=True, help="release folder written by train.py (the content expert)")
+    p.add_argument("--trace", default=".cache/panel/trace-expert", help="trace expert folder (the panel benchmark's)")
+    p.add_argument("--entry", default="results/panel_release.json", help="fusion, temperatures and band")
+    p.add_argument("--output", required=True, help="the panel release folder (replaced)")
+    args = p.parse_args(argv)
+    try:
+        out = build_panel_release(args.content, args.trace, args.entry, args.output)
+    except (PanelEntryError, DetectorLoadError) as error:
+        print(f"scripts/build_panel.py: {error}", file=sys.stderr)
+        return 2
+    print(f"panel release in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
