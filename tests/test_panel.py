@@ -185,3 +185,50 @@ def test_a_release_missing_an_expert_fails_to_load_with_its_reason(panel_release
     failure = load_model(str(broken), use_fast_path=False)
     assert isinstance(failure, LoadFailure) and failure.kind == "bad_panel"
     assert "trace expert is missing" in failure.problem and "experts/" in failure.fix
+
+
+def test_the_status_and_about_tab_list_every_expert(panel_release):
+    from fakeface.app.render import render_about
+    from fakeface.serving.models import ModelRegistry, load_model
+
+    registry = ModelRegistry.from_models([load_model(str(panel_release), use_fast_path=False)])
+    status = registry.status()
+    panel = status["models"][0]["panel"]
+    assert [e["name"] for e in panel["experts"]] == ["content", "trace"]
+    about = render_about(status, [{"model": status["models"][0]}])
+    assert "A panel of 2 experts" in about and "Cannot see" in about and "*trace*" in about
+
+
+def _entry(tmp_path: Path) -> Path:
+    band = {"threshold_real": 0.25, "threshold_fake": 0.85, "source": "generators it never saw (test)",
+            "target": 0.05, "confidently_wrong": 0.01, "coverage": 0.4, "n": 100, "met": False, "notes": []}
+    entry = {"default": "fusion", "fusion": _spec().fusion.to_cfg(), "expert_temperatures": {"content": 2.5,
+             "trace": 0.5}, "temperature": 1.7, "band": band, "trace_expert": {"epochs": 1}}
+    path = tmp_path / "panel_release.json"
+    path.write_text(json.dumps(entry))
+    (tmp_path / "panel.json").write_text(json.dumps({"results": {s: {"gan": {
+        "auc": {"clean": 0.5 + 0.1 * k}, "right_when_confident": 0.9, "coverage": 0.3}}
+        for k, s in enumerate(("content", "trace", "fusion"))}}))
+    return path
+
+
+def test_build_panel_release_puts_the_measured_fusion_and_band_in_the_release(tmp_path):
+    from fakeface.training.panel import PanelEntryError, build_panel_release
+
+    content, trace = tmp_path / "content", tmp_path / "trace"
+    save_detector(create_detector("mobilenetv2_050", preprocessing=CONTENT_PP), content)
+    (content / "README.md").write_text("# card\n")
+    save_detector(_trace_model(), trace)
+    out = build_panel_release(content, trace, _entry(tmp_path), tmp_path / "panel")
+    model = load_detector(out)
+    spec = panel_spec(model)
+    assert [e.temperature for e in spec.experts] == [2.5, 0.5] and spec.fusion == _spec().fusion
+    scorer = release_scorer(model)
+    assert scorer.decision.threshold_fake == 0.85 and scorer.decision.temperature == 1.7
+    assert "never saw" in scorer.decision.band_source
+    card = (out / "README.md").read_text()
+    assert "## A panel of experts" in card and "| gan | 0.500 | 0.600 | 0.700 | 90.0 % | 30.0 % |" in card
+    assert (content / "config.json").read_text() != (out / "config.json").read_text()   # the content release kept
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(PanelEntryError, match="panel_benchmark.py"):
+        build_panel_release(content, trace, tmp_path / "bad.json", tmp_path / "panel2")

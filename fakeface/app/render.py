@@ -453,6 +453,17 @@ def _face_stage_lines(stage: Mapping[str, Any] | None) -> list[str]:
     return [f"- **Face detector:** RetinaFace, {origin}, sha256 `{str(stage.get('sha256'))[:12]}…`{extra}"]
 
 
+def _panel_lines(panel: Mapping[str, Any] | None) -> list[str]:
+    """A panel release's experts: what each reads, what it cannot see, its weight in the fusion."""
+    if not panel:
+        return []
+    lines = [f"- **A panel of {len(panel['experts'])} experts**, fused by a monotone logistic regression fitted on "
+             f"{panel.get('fusion_source') or 'unrecorded scores'}:"]
+    lines += [f"  - *{e['name']}* (weight {_num(e.get('weight'))}): reads {e['sees']}. Cannot see: {e['misses']}."
+              for e in panel["experts"]]
+    return lines
+
+
 def _band_line(model: Mapping[str, Any]) -> str:
     """The About tab's account of when the model abstains, from its recorded band (or that it was not measured)."""
     note = f" {_sentence(model['threshold_note'])}" if model.get("threshold_note") else ""
@@ -482,6 +493,7 @@ def render_about(status: Mapping[str, Any], releases: Sequence[Mapping[str, Any]
             f"- **Model:** `{model.get('source')}`" + (f" at revision `{model.get('revision')}`" if model.get("revision") else ""),
             *_fast_path_lines(model.get("fast_path")),
             *_face_stage_lines(model.get("face_stage")),
+            *_panel_lines(model.get("panel")),
             f"- **Trained on:** fakes from {fakes}; real images from {reals}",
             f"- **Dataset:** `{release.get('dataset') or 'unrecorded'}`"
             + (f" at revision `{release['dataset_revision']}`" if release.get("dataset_revision") else ""),

@@ -247,12 +247,15 @@ def _release_folder(model: Any) -> Path | None:
     return None if files is None else Path(files.folder)
 
 
-def release_scorer(model: Any, own_scorer: Any = None) -> Any:
+def release_scorer(model: Any, own_scorer: Any = None, *, use_fast_path: bool = True) -> Any:
     """What scores photos for a loaded release: its panel, or its own model (``own_scorer``, default torch).
 
-    Raises :class:`PanelError` when a panel expert's folder is missing or unloadable.
+    A panel's experts are served from their int8 graphs where those pass their load-time reference check
+    (:func:`fakeface.modeling.fastpath.load_fast_path`), else in torch fp32. Raises :class:`PanelError` when a
+    panel expert's folder is missing or unloadable.
     """
     from fakeface.modeling.detector import DetectorLoadError, load_detector
+    from fakeface.modeling.fastpath import load_fast_path
     from fakeface.modeling.inference import Detector
 
     own = own_scorer if own_scorer is not None else Detector(model)
@@ -271,10 +274,13 @@ def release_scorer(model: Any, own_scorer: Any = None) -> Any:
                              "re-download the whole release (experts/ included) or re-build the panel",
                              expert.name)
         try:
-            scorers[expert.name] = Detector(load_detector(where))
+            expert_model = load_detector(where)
         except DetectorLoadError as error:
             raise PanelError(f"the panel's {expert.name} expert cannot be loaded ({error.problem})", error.fix,
                              expert.name) from error
+        fast = load_fast_path(expert_model) if use_fast_path else None   # never raises; a refusal serves fp32
+        scorers[expert.name] = fast.detector if fast is not None and fast.detector is not None else Detector(
+            expert_model)
     return PanelScorer(spec, scorers, resolve_detector_config(model).decision)
 
 

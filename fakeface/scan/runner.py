@@ -146,7 +146,7 @@ def load_scan_model(source: str, *, threads: int = 1, use_fast_path: bool = True
             scorer = loaded.detector
         elif loaded.refusal is not None:
             note = loaded.refusal.message
-    scorer = release_scorer(model, scorer)   # a panel release: every expert and its fusion (PanelError if broken)
+    scorer = release_scorer(model, scorer, use_fast_path=use_fast_path)   # a panel release: every expert and its fusion (PanelError if broken)
     face_crop = resolve_detector_config(model).face_crop if use_faces else None
     return ScanModel(scorer=scorer, model_id=os.fspath(source), revision=revision,
                      runtime=getattr(scorer, "runtime", "torch-fp32"), face_crop=face_crop, fast_path_note=note,

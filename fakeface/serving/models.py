@@ -248,7 +248,7 @@ def load_model(source: str, *, token: str | None = None, use_fast_path: bool = T
     fast = load_fast_path(model) if use_fast_path else None
     own = fast.detector if fast is not None and fast.detector is not None else detector
     try:  # a panel release scores through every expert and its fusion; else its own model scores
-        scorer = release_scorer(model, own)
+        scorer = release_scorer(model, own, use_fast_path=use_fast_path)
     except PanelError as error:
         return LoadFailure(source, error.problem, error.fix, "bad_panel")
     files = getattr(model, "fakeface_files", None)

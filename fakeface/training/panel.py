@@ -20,7 +20,7 @@ from fakeface.modeling.panel import EXPERTS_DIR, EXPERT_KINDS, ExpertSpec, Fusio
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PanelEntryError", "build_panel_release", "panel_card_section", "read_panel_entry"]
+__all__ = ["PanelEntryError", "build_panel_release", "pair_images", "panel_card_section", "read_panel_entry"]
 
 _SKIP = shutil.ignore_patterns("checkpoints", "state", ".*")
 
@@ -53,8 +53,12 @@ def _decision(entry: Mapping[str, Any]) -> Decision:
 
 
 def build_panel_release(content_dir: str | Path, trace_dir: str | Path, entry_path: str | Path,
-                        output_dir: str | Path) -> Path:
-    """Copy the content release to ``output_dir`` and make it a panel (content + trace, fitted fusion)."""
+                        output_dir: str | Path, *, fast_path_images: tuple[list, list, Any] | None = None) -> Path:
+    """Copy the content release to ``output_dir`` and make it a panel (content + trace, fitted fusion).
+
+    ``fast_path_images`` (calibration images, held-out images, their labels): also export the trace expert's int8
+    graph, which serves only where its AUC cost on those images is within budget and its reference check passes.
+    """
     from fakeface.modeling.detector import load_detector
 
     entry = read_panel_entry(entry_path)
@@ -73,6 +77,11 @@ def build_panel_release(content_dir: str | Path, trace_dir: str | Path, entry_pa
                             facts=dict(entry.get("trace_expert") or {}))),
         fusion=Fusion.from_cfg(entry["fusion"]))
     write_panel(output_dir, spec, {"trace": trace_model}, _decision(entry))
+    if fast_path_images is not None:
+        from fakeface.training.release import export_release_fast_path
+
+        report = export_release_fast_path(trace_model, output_dir / f"{EXPERTS_DIR}/trace", *fast_path_images)
+        logger.info("trace expert int8 graph: %s", {k: (report or {}).get(k) for k in ("within_budget", "auc_drop")})
     card = output_dir / "README.md"
     if card.is_file():
         card.write_text(card.read_text() + "\n" + panel_card_section(spec, entry_path))
@@ -104,3 +113,29 @@ def panel_card_section(spec: PanelSpec, entry_path: str | Path) -> str:
         lines.append(f"| {family} | " + " | ".join("—" if a is None else f"{a:.3f}" for a in aucs)
                      + f" | {'—' if right is None else f'{100 * right:.1f} %'} | {100 * r['coverage']:.1f} % |")
     return "\n".join(lines + [""])
+
+
+def pair_images(windows_dir: str | Path, n: int = 96, seed: int = 0) -> tuple[list, list, Any] | None:
+    """Real face windows and their re-upsampled twins, for the trace expert's int8 calibration (the first 32
+    pairs) and its AUC check (the rest); None when the folder has too few windows."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    from fakeface.data.twins import RESAMPLE_KERNELS, ResampleMaker
+
+    files = sorted(p for p in Path(windows_dir).glob("*") if p.suffix in (".png", ".jpg"))
+    random.Random(seed).shuffle(files)
+    if len(files) < 48:
+        logger.warning("%s has %d windows (< 48): no int8 graph for the trace expert", windows_dir, len(files))
+        return None
+    reals = []
+    for path in files[:n]:
+        with Image.open(path) as image:
+            reals.append(image.convert("RGB"))
+    makers = [ResampleMaker(k) for k in RESAMPLE_KERNELS]
+    twins = [makers[k % len(makers)].make(r) for k, r in enumerate(reals)]
+    calibration = reals[:32] + twins[:32]
+    holdout = reals[32:] + twins[32:]
+    return calibration, holdout, np.array([0] * (len(reals) - 32) + [1] * (len(twins) - 32))

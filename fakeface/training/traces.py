@@ -30,10 +30,10 @@ class TracePair:
 @dataclass(frozen=True)
 class TraceSettings:
     model: str = "mobilenetv2_100"
-    crop: int = 96                 # native-resolution crop side, never resized
+    crop: int = 64                 # native-resolution crop side, never resized (stride-1 stem: costs like 128 px)
     stem_stride: int = 1           # 1: no early downsampling
     epochs: int = 8
-    pairs_per_batch: int = 12      # a batch is these reals and one twin of each
+    pairs_per_batch: int = 16      # a batch is these reals and one twin of each
     lr: float = 1e-3
     weight_decay: float = 0.02
     jpeg_prob: float = 0.3         # synced: a pair is re-encoded at one quality, so JPEG alone never tells them apart
