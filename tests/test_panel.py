@@ -232,3 +232,25 @@ def test_build_panel_release_puts_the_measured_fusion_and_band_in_the_release(tm
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(PanelEntryError, match="panel_benchmark.py"):
         build_panel_release(content, trace, tmp_path / "bad.json", tmp_path / "panel2")
+
+
+def test_a_panel_fitted_on_the_validation_split_says_so(tmp_path):
+    """No families to hold out (the demo, a user's folders): the fusion and band come from validation, in words."""
+    from fakeface.modeling.config import VALIDATION_SOURCE
+    from fakeface.training.panel import build_validation_panel
+    from fakeface.training.traces import TraceSettings
+    from tests.test_training import make_tiny_dataset, write_dataset_folder
+
+    data = write_dataset_folder(make_tiny_dataset(n_train=24, n_validation=16, n_test=4), tmp_path / "data")
+    content = tmp_path / "content"
+    save_detector(create_detector("mobilenetv2_050", preprocessing=CONTENT_PP), content)
+    (content / "README.md").write_text("# card\n")
+    out = build_validation_panel(content, str(data), content,
+                                 settings=TraceSettings(crop=32, epochs=1, pairs_per_batch=4))
+    model = load_detector(out)
+    spec = panel_spec(model)
+    assert spec.fusion.source == VALIDATION_SOURCE and all(w >= 0 for w in spec.fusion.weights)
+    scorer = release_scorer(model)
+    assert scorer.decision.band_source == VALIDATION_SOURCE and scorer.decision.calibrated
+    assert "not fitted by the panel benchmark" in (out / "README.md").read_text()
+    assert len(scorer.score(_photos(2)).evidence) == 2

