@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fakeface.data.png_chunks import png_metadata_image, still_png_chunks
 from fakeface.utils.constants import MAX_IMAGE_PIXELS
 
 try:  # libspng: PNG pixels in ~60 % of Pillow's time; without it Pillow decodes them (same pixels)
@@ -272,10 +271,25 @@ def read_image_facts(source: bytes | str | os.PathLike) -> dict[str, Any]:
     try:
         return {
             "format": im.format, "width": im.size[0], "height": im.size[1], "mode": im.mode,
-            "frames": _frame_count(im), "orientation": _orientation(im),
+            "frames": _frame_count(im), "orientation": _orientation(_metadata_only(im, data)),
         }
     finally:
         im.close()
+
+
+def _metadata_only(im: Image.Image, data: bytes) -> Image.Image:
+    """``im``, or for a PNG an image with its metadata only: a PNG's ``getexif()`` would decode every pixel.
+
+    All of a well-formed still PNG's chunks are read (those after the pixels too, as Pillow's decode
+    would); of any other PNG (animated, cut, a bad CRC), the header's.
+    """
+    if im.format != "PNG":
+        return im
+    meta = png_metadata_image(data)
+    if meta is None:
+        meta = Image.new("1", (1, 1))
+        meta.info = dict(im.info)   # what a plain Image's getexif() reads
+    return meta
 
 
 def estimate_jpeg_quality(quantization: dict[int, Any] | None) -> int | None:
@@ -400,9 +414,6 @@ _SPNG_LAYOUTS: dict[tuple[int, int], tuple[str | None, Any]] = {
 }
 # Header mode -> mode of the libspng image where they differ: their conversions to RGB are identical.
 _SPNG_MODE = {"P": "RGB", "1": "L"}
-# A real PNG has a few hundred chunks (8 KiB IDATs: 512 MiB at this count); a file of empty chunks is left
-# to Pillow after at most ~55 ms of walking rather than the ~2 s its 25 MiB of 12-byte chunks would take.
-_MAX_PNG_CHUNKS = 65_536
 
 
 def _png_plain_layout(data: bytes) -> tuple[int, int] | None:
@@ -413,26 +424,8 @@ def _png_plain_layout(data: bytes) -> tuple[int, int] | None:
     files with a wrong CRC (0.3 ms per 1.4 MB): pyspng makes libspng skip CRC and zlib checksums, and
     where a damaged stream fails its checksum Pillow blanks the last rows, libspng keeps them.
     """
-    if len(data) < 33 or data[12:16] != b"IHDR":
-        return None
-    view, pos, seen_idat = memoryview(data), 8, False
-    for _ in range(_MAX_PNG_CHUNKS):
-        if pos + 12 > len(data):
-            return None
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        end = pos + 12 + length
-        if end > len(data) or kind in (b"acTL", b"fcTL", b"fdAT"):
-            return None
-        if zlib.crc32(view[pos + 4:end - 4]) != struct.unpack_from(">I", data, end - 4)[0]:
-            return None
-        if kind == b"IEND":
-            return (data[25], data[24]) if seen_idat else None
-        if kind == b"IDAT":
-            seen_idat = True
-        elif seen_idat:
-            return None
-        pos = end
-    return None
+    parts = still_png_chunks(data)
+    return (data[25], data[24]) if parts is not None and not parts[2] else None
 
 
 def _decode_png_with_libspng(im: Image.Image, data: bytes) -> Image.Image | None:

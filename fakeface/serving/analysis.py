@@ -33,9 +33,9 @@ from fakeface.serving.provenance import read_provenance
 from fakeface.utils.constants import MAX_UPLOAD_BYTES
 
 __all__ = [
-    "FaceResult", "ImageVerdict", "ModelVerdict", "ROBUSTNESS_CHECKS", "analyze_bytes", "assess_image", "band_facts",
-    "check_robustness", "decode_upload", "describe_image", "display_name", "read_upload", "require_models",
-    "score_images",
+    "FaceResult", "ImageVerdict", "ModelVerdict", "ROBUSTNESS_CHECKS", "analyze_bytes", "analyze_upload",
+    "assess_image", "band_facts", "check_robustness", "decode_upload", "describe_image", "display_name",
+    "read_upload", "require_models", "score_images",
 ]
 
 # The input is "far from training data" when: its short side is below the
@@ -312,16 +312,9 @@ def decode_upload(data: bytes) -> DecodedImage:
 
 # --------------------------------------------------------------------------- the full analysis
 
-def analyze_bytes(
-    data: bytes,
-    filename: str | None,
-    models: Sequence[LoadedModel],
-    *,
-    explain: bool = True,
-    robustness: bool = True,
-    provenance: bool = True,
-) -> dict[str, Any]:
-    """The full analysis of one uploaded file (its original bytes).
+def analyze_bytes(data: bytes, filename: str | None, models: Sequence[LoadedModel], **evidence: bool) -> dict[str, Any]:
+    """The full analysis of one uploaded file (its original bytes); ``evidence``: :func:`analyze_upload`'s
+    ``explain``, ``robustness`` and ``provenance`` (each on unless set False).
 
     Returns a dict: :meth:`ImageVerdict.to_dict` (``verdict``/``p_fake``/
     ``model`` of the primary model, ``models`` side by side, ``agreement``,
@@ -336,6 +329,20 @@ def analyze_bytes(
     ValueError with a user-facing reason) when the bytes are not a usable
     image, and :class:`AppError` when no model is given.
     """
+    return analyze_upload(data, filename, models, **evidence)[0]
+
+
+def analyze_upload(
+    data: bytes,
+    filename: str | None,
+    models: Sequence[LoadedModel],
+    *,
+    explain: bool = True,
+    robustness: bool = True,
+    provenance: bool = True,
+) -> tuple[dict[str, Any], DecodedImage]:
+    """:func:`analyze_bytes`' result and the image it decoded (every part of the analysis used that one
+    decode), for a caller that shows the photo too: the Detect tab draws the face boxes on it."""
     require_models(models)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -369,4 +376,4 @@ def analyze_bytes(
         timings["gradcam_ms"] = (time.perf_counter() - t) * 1e3
     timings["total_ms"] = (time.perf_counter() - started) * 1e3
     result["timings_ms"] = {k: round(v, 1) for k, v in timings.items()}
-    return result
+    return result, decoded

@@ -21,6 +21,7 @@ from PIL import ExifTags, Image
 
 from fakeface.utils.constants import MAX_IMAGE_PIXELS
 from fakeface.data.images import SAFE_FORMATS
+from fakeface.data.png_chunks import png_metadata_image
 
 logger = logging.getLogger(__name__)
 
@@ -362,6 +363,12 @@ def read_provenance(data: bytes, *, image_format: str | None = None) -> dict[str
     bytes when not given. Never raises: what cannot be read is reported as
     absent (or, for C2PA, as invalid). ``summary`` lists one sentence per
     finding, in the order a person should read them.
+
+    No pixel is decoded: a PNG's chunks after its pixel data (which Pillow
+    reads only while decoding them) come from
+    :func:`fakeface.data.png_chunks.png_metadata_image`, with what a full
+    decode would read; only a PNG it cannot vouch for (animated, cut, a bad
+    CRC) is still decoded to find them.
     """
     image = _open(data)
     image_format = image_format or (image.format if image is not None else None)
@@ -369,9 +376,11 @@ def read_provenance(data: bytes, *, image_format: str | None = None) -> dict[str
     exif, text, xmp = {}, {}, ""
     if image is not None:
         try:
-            exif = read_exif(image)
-            text = read_text_chunks(image)
-            xmp = _xmp_text(image)
+            meta = png_metadata_image(data) if image.format == "PNG" else None   # the pixels are decoded once, elsewhere
+            source = image if meta is None else meta
+            exif = read_exif(source)
+            text = read_text_chunks(source)
+            xmp = _xmp_text(source)
         except Exception as error:  # noqa: BLE001 - metadata is optional; never lose the verdict over it
             logger.info("metadata of an upload could not be read: %s", type(error).__name__)
         finally:

@@ -4,21 +4,25 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+from PIL import Image
 
 from fakeface.app.common import CPU_CONCURRENCY, CPU_LANE, AppContext, bind, public_result, user_errors
 from fakeface.app.components import OriginalImage
 from fakeface.app.render import (
     draw_result_faces, render_facts, render_placeholder, render_provenance, render_robustness, render_verdict,
 )
-from fakeface.serving.analysis import analyze_bytes, decode_upload, read_upload
+from fakeface.serving.analysis import analyze_upload, decode_upload, read_upload
 from fakeface.serving.errors import AppError
 from fakeface.serving.examples import resolve_examples
 from fakeface.serving.verdicts import verdict_bytes
 from fakeface.utils.constants import MAX_UPLOAD_BYTES
 
-__all__ = ["build_detect_tab", "detect", "show_detection", "verdict"]
+__all__ = ["build_detect_tab", "detect", "detect_with_photo", "show_detection", "verdict"]
 
 VERDICT_LANE = "verdict"
+# A session's last decoded photo (kept for the face boxes, drawn right after the analysis) is dropped after this
+# many seconds, so sessions that never draw boxes (API callers) do not hold their photos for long.
+PHOTO_TTL_S = 60
 # Package data (shipped in the wheel). gr.Examples takes file paths, and an installed
 # package is an unpacked folder, so the resource is a real directory.
 _NO_IMAGE = ("Add an image first:", "drop a file, upload, paste or use the webcam.")
@@ -27,11 +31,20 @@ _NO_IMAGE = ("Add an image first:", "drop a file, upload, paste or use the webca
 @user_errors
 def detect(ctx: AppContext, image_path: str | None, explain: bool = True, robustness: bool = True):
     """``/detect``: the full analysis (Grad-CAM and the robustness re-check when asked) and the overlay."""
+    result, overlay, _ = detect_with_photo(ctx, image_path, explain, robustness)
+    return result, overlay
+
+
+@user_errors
+def detect_with_photo(ctx: AppContext, image_path: str | None, explain: bool = True, robustness: bool = True):
+    """What Analyze runs (the ``/detect`` endpoint): :func:`detect`'s two outputs, then the decoded photo when
+    faces were found (else None), for :func:`show_detection` to draw their boxes on without decoding the
+    upload again. The page keeps it in a ``gr.State``, which the API never returns."""
     if not image_path:
         raise AppError(*_NO_IMAGE, kind="no_input")
-    result = analyze_bytes(read_upload(image_path), image_path, ctx.models(), explain=bool(explain),
-                           robustness=bool(robustness))
-    return public_result(result), result.get("gradcam")
+    result, decoded = analyze_upload(read_upload(image_path), image_path, ctx.models(), explain=bool(explain),
+                                     robustness=bool(robustness))
+    return public_result(result), result.get("gradcam"), decoded.image if result.get("faces") else None
 
 
 @user_errors
@@ -42,18 +55,22 @@ def verdict(ctx: AppContext, image_path: str | None) -> dict[str, Any]:
     return verdict_bytes(read_upload(image_path), image_path, ctx.batcher)
 
 
-def show_detection(result: dict | None, image_path: str | None = None):
+def show_detection(result: dict | None, image_path: str | None = None, photo: Image.Image | None = None):
     """The page's panels for a ``/detect`` result (rendering only, not an API).
 
     (verdict card with the per-face table, the photo with its face boxes or
     None, provenance, robustness, image facts). The boxes are drawn here, from
-    the upload and the result's ``faces``, so ``/detect`` keeps its outputs.
+    the result's ``faces``, on ``photo`` (the image the analysis decoded, which
+    :func:`detect_with_photo` hands the page), so ``/detect`` keeps its outputs;
+    the upload at ``image_path`` is decoded only when no photo is given (a
+    direct call, or the page's copy expired).
     """
     if not result:
         return render_placeholder("No result yet."), None, *(render_placeholder("No result yet."),) * 3
     faces_image = None
-    if image_path and result.get("faces"):
-        faces_image = draw_result_faces(decode_upload(read_upload(image_path)).image, result)
+    if result.get("faces") and (photo is not None or image_path):
+        faces_image = draw_result_faces(photo if photo is not None else decode_upload(read_upload(image_path)).image,
+                                        result)
     return (render_verdict(result), faces_image, render_provenance(result.get("provenance")),
             render_robustness(result.get("robustness")), render_facts(result))
 
@@ -125,12 +142,14 @@ def build_detect_tab(ctx: AppContext) -> tuple[gr.Gallery, gr.Markdown]:
                     result_json = gr.JSON(label="result")
         verdict_json = gr.JSON(visible=False, label="verdict")
         verdict_trigger = gr.Button(visible=False)
+        # The decoded photo, from the analysis to the face boxes (server-side; the API does not return it).
+        photo = gr.State(None, time_to_live=PHOTO_TTL_S)
 
     # Dropping or uploading an image analyses it at once; the button re-runs (e.g. with other options).
-    gr.on([button.click, image_in.upload], bind(detect, ctx), [image_in, explain_box, robust_box], [result_json, gradcam],
-          api_name="detect", concurrency_id=CPU_LANE, concurrency_limit=CPU_CONCURRENCY,
-          ).success(show_detection, [result_json, image_in], [verdict_html, faces_image, provenance, robustness, facts],
-                    api_visibility="private", queue=False)
+    gr.on([button.click, image_in.upload], bind(detect_with_photo, ctx), [image_in, explain_box, robust_box],
+          [result_json, gradcam, photo], api_name="detect", concurrency_id=CPU_LANE, concurrency_limit=CPU_CONCURRENCY,
+          ).success(show_detection, [result_json, image_in, photo],
+                    [verdict_html, faces_image, provenance, robustness, facts], api_visibility="private", queue=False)
     # As many verdict requests run at once as can share one model call.
     verdict_trigger.click(bind(verdict, ctx), [image_in], [verdict_json], api_name="verdict",
                           concurrency_id=VERDICT_LANE, concurrency_limit=ctx.settings.verdict_batch_size)
