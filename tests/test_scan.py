@@ -24,7 +24,7 @@ from fakeface.modeling.fastpath import load_fast_detector
 from fakeface.modeling.inference import Detector
 from fakeface.scan import SCHEMA, ScanConfig, resolve_scan_source, run_scan
 from fakeface.scan.cli import main
-from fakeface.scan.sources import KIND_DATASET, KIND_FOLDER, ScanSourceError
+from fakeface.scan.sources import KIND_DATASET, KIND_FOLDER, ScanSourceError, iter_items
 from fakeface.scan.store import CSV_NAME, PARTS_DIR, SUMMARY_NAME, TABLE_NAME, ScanOutputError
 from tests.bad_inputs import build_corpus
 from tests.helpers import toy_images
@@ -237,7 +237,9 @@ def test_two_processes_split_the_work_and_merge_one_table(release, tmp_path):
     rows = _rows(out)
     assert sorted(r["key"] for r in rows) == sorted(keys) and len(rows) == len(keys)
     assert {r["process_index"] for r in rows} == {0, 1}
-    assert all(r["process_index"] == r["order"] % 2 for r in rows)   # each process took its own shard
+    source = resolve_scan_source(src)
+    shard_of = {item.key: rank for rank in (0, 1) for item in iter_items(source, rank=rank, world=2)}
+    assert all(r["process_index"] == shard_of[r["key"]] for r in rows)   # each process took its own shard (by bytes)
     writers = {p.name.split("-")[1] for p in (out / PARTS_DIR).glob("part-*.parquet")}
     assert writers == {"00000", "00001"}
     summary = json.loads((out / SUMMARY_NAME).read_text())

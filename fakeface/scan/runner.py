@@ -14,6 +14,12 @@ through accelerate's ``PartialState``), writes its own parts, and waits for
 the others before the main process merges. Nothing is sent between processes
 but that barrier, so the output folder must be shared (one machine, or a
 network filesystem) for the merge to see every part.
+
+Each process keeps to its share of the machine's cores (``threads``: cores /
+processes on the machine, for torch, ONNX Runtime, the face stage and every
+expert; :mod:`fakeface.scan.workers`), takes a shard of about equal bytes
+(:func:`fakeface.scan.sources.shard_by_bytes`), and reads and decodes the next
+files on a background thread while it scores the current batch.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ from fakeface.scan.sources import ScanItem, ScanSource, iter_items
 from fakeface.scan.store import (
     SUMMARY_NAME, TABLE_NAME, PartWriter, merge_parts, prepare_output, read_done_keys, summarize_rows,
 )
+from fakeface.scan.workers import prefetch, threads_per_process, threads_variable
 from fakeface.utils.fileio import write_atomic
 
 logger = logging.getLogger(__name__)
@@ -64,18 +71,21 @@ class ScanConfig:
     output_dir: str
     batch_size: int = 16
     part_rows: int = 256
-    threads: int = 1                    # per process: N processes x 1 thread beats 1 x N on CPU
+    threads: int | None = None          # per process; None: the machine's cores / its scan processes
     use_fast_path: bool = True
     use_faces: bool = True              # when the model's config has a face crop and the face stage exists
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     limit: int | None = None            # score at most this many items per process (tests, trial runs)
+    prefetch: int | None = None         # files read and decoded ahead of scoring; None: batch_size, 0: inline
     progress: bool = True
     token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "part_rows", "threads", "max_file_bytes"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.prefetch is not None and self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
 
 
 @dataclass(frozen=True)
@@ -100,8 +110,11 @@ class ScanSummary:
     num_processes: int
     scored_now: int = 0                 # images this process scored in this run
     skipped_done: int = 0               # images already in committed parts (resumed)
+    bytes_read: int = 0                 # of the files it scored now: its shard's size
+    threads: int = 1                    # its threads (torch, ONNX Runtime, face stage)
     seconds: float = 0.0                # the whole run: model load, scan, merge
     scan_seconds: float = 0.0           # first item to last committed part (all processes start together)
+    cpu_seconds: float = 0.0            # CPU time of all its threads over the same span
     ms_per_image: list[float] = field(default_factory=list, repr=False)   # per batch: its wall time / its images
     model: dict[str, Any] = field(default_factory=dict)
     table: dict[str, Any] | None = None  # main process: counts of the merged table
@@ -133,8 +146,21 @@ def resolve_processes() -> tuple[int, int, Any]:
 
 def load_scan_model(source: str, *, threads: int = 1, use_fast_path: bool = True, use_faces: bool = True,
                     token: str | None = None) -> ScanModel:
-    """The detector once per process: int8 when its checks pass on this CPU, else fp32 (the reason kept)."""
+    """The detector once per process: int8 when its checks pass on this CPU, else fp32 (the reason kept).
+
+    ``threads`` is every runtime's: torch's intra-op pool (one inter-op thread), the int8 session, the face
+    stage and a panel's experts (their sessions read ``FAKEFACE_THREADS`` while they are built).
+    """
     torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or torch already ran parallel work in this process
+        pass
+    with threads_variable(threads):
+        return _load_scan_model(source, threads, use_fast_path, use_faces, token)
+
+
+def _load_scan_model(source: str, threads: int, use_fast_path: bool, use_faces: bool, token: str | None) -> ScanModel:
     model = load_detector(source, token=token)
     files = getattr(model, "fakeface_files", None)
     # A Hub model is identified by its commit; a local folder by its weights.
@@ -163,6 +189,7 @@ class _Pending:
     base: dict[str, Any]
     image: Image.Image | None = None       # None: the item is unusable and ``rows`` already says why
     rows: list[dict[str, Any]] = field(default_factory=list)
+    size: int = 0                          # bytes read
 
 
 def _read_bytes(item: ScanItem, max_bytes: int) -> tuple[bytes | None, str | None, str | None]:
@@ -191,9 +218,9 @@ def _prepare(item: ScanItem, base: dict[str, Any], max_bytes: int) -> _Pending:
     try:
         decoded = load_image(data, max_bytes=max_bytes)
     except ImageDecodeError as error:
-        return _Pending(item, base, rows=[{**base, "error_code": DECODE_ERROR, "error": str(error)}])
+        return _Pending(item, base, rows=[{**base, "error_code": DECODE_ERROR, "error": str(error)}], size=len(data))
     base = {**base, "width": decoded.width, "height": decoded.height, "format": decoded.format}
-    return _Pending(item, base, image=decoded.image)
+    return _Pending(item, base, image=decoded.image, size=len(data))
 
 
 def photo_rows(base: dict[str, Any], photo: PhotoScore) -> list[dict[str, Any]]:
@@ -280,7 +307,8 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     """Score this process's share of ``config.source`` into ``config.output_dir``; the main process merges."""
     started = time.perf_counter()
     rank, world, state = resolve_processes()
-    model = load_scan_model(config.model, threads=config.threads, use_fast_path=config.use_fast_path,
+    threads = threads_per_process(config.threads)
+    model = load_scan_model(config.model, threads=threads, use_fast_path=config.use_fast_path,
                             use_faces=config.use_faces, token=config.token)
     if model.fast_path_note and rank == 0:
         logger.warning("%s; scanning with fp32", model.fast_path_note)
@@ -292,32 +320,33 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     done = read_done_keys(out)
     if state is not None:
         state.wait_for_everyone()   # every model is loaded: the processes scan side by side from here
-    scan_started = time.perf_counter()
-    summary = ScanSummary(os.fspath(out), rank, world, _batch_started=scan_started, model={
+    scan_started, cpu_started = time.perf_counter(), time.process_time()
+    summary = ScanSummary(os.fspath(out), rank, world, threads=threads, _batch_started=scan_started, model={
         "model_id": model.model_id, "model_revision": model.revision, "runtime": model.runtime,
         "faces": model.face_crop is not None, "fast_path_note": model.fast_path_note})
     writer = PartWriter(out, rank, config.part_rows)
     base = {"model_id": model.model_id, "model_revision": model.revision, "runtime": model.runtime,
             "process_index": rank}
-    batch: list[_Pending] = []
     # An output folder inside a scanned folder is not scanned itself.
     items = _progress(iter_items(config.source, rank=rank, world=world, exclude=out), enabled=config.progress,
                       position=rank)
-    for item in items:
-        if item.key in done:
-            summary.skipped_done += 1
-            continue
-        if config.limit is not None and summary.scored_now >= config.limit:
-            break
-        batch.append(_prepare(item, {**base, "order": item.order, "key": item.key, "path": item.path,
-                                     "label": item.label}, config.max_file_bytes))
-        summary.scored_now += 1
+
+    def prepare(item: ScanItem) -> _Pending:
+        return _prepare(item, {**base, "order": item.order, "key": item.key, "path": item.path, "label": item.label},
+                        config.max_file_bytes)
+
+    depth = config.batch_size if config.prefetch is None else config.prefetch
+    batch: list[_Pending] = []
+    for pending in prefetch(_todo(items, done, config.limit, summary), prepare, depth):
+        summary.bytes_read += pending.size
+        batch.append(pending)
         if len(batch) >= config.batch_size:   # images; score_photos bounds each model call itself
             _flush(batch, model, writer, summary)
             batch = []
     _flush(batch, model, writer, summary)
     writer.close()
     summary.scan_seconds = round(time.perf_counter() - scan_started, 3)
+    summary.cpu_seconds = round(time.process_time() - cpu_started, 3)
     _write_process_record(out, summary)
     if state is not None:
         state.wait_for_everyone()   # every process's parts are committed before the merge reads them
@@ -327,6 +356,18 @@ def run_scan(config: ScanConfig) -> ScanSummary:
         state.wait_for_everyone()   # nobody exits (and tears down the group) before the merge is written
     summary.seconds = round(time.perf_counter() - started, 3)
     return summary
+
+
+def _todo(items: Iterator[ScanItem], done: set[str], limit: int | None, summary: ScanSummary) -> Iterator[ScanItem]:
+    """The items still to score (what committed parts hold is counted and skipped), at most ``limit``."""
+    for item in items:
+        if item.key in done:
+            summary.skipped_done += 1
+            continue
+        if limit is not None and summary.scored_now >= limit:
+            return
+        summary.scored_now += 1
+        yield item
 
 
 def _flush(batch: list[_Pending], model: ScanModel, writer: PartWriter, summary: ScanSummary) -> None:
