@@ -6,7 +6,7 @@ same server, each with the same clients:
 
 * ``detect``: the full-analysis mix (:data:`DETECT_MIX`), with p50/p95;
 * ``verdict``: verdict-only requests (``/verdict``, whose concurrent calls
-  share one model call);
+  share model calls, :mod:`fakeface.serving.verdicts`);
 * ``noop``: a no-op endpoint added to the same server (:func:`add_noop_endpoint`),
   the server and client machinery alone: the baseline of the target
   (verdicts at >= 80 % of its requests per second).

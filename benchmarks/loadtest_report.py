@@ -49,7 +49,7 @@ def render_report_markdown(report: LoadReport) -> str:
         "# Load test", "",
         f"{report.clients} concurrent `gradio_client` clients x {report.requests_per_client} requests each per "
         "phase, against the launched app (own process): the full-analysis mix, verdict-only requests (`/verdict`, "
-        "concurrent calls share one model call), then a no-op endpoint on the same server (the baseline).", "",
+        "concurrent calls share model calls), then a no-op endpoint on the same server (the baseline).", "",
         f"**Result: {'PASS' if report.passed else 'FAIL'}** (zero errors; resident memory growth after warm-up "
         f"<= {report.rss_bound_mb:.0f} MiB).", "",
         *_phase_table(data["phases"]), "",

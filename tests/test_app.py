@@ -78,6 +78,9 @@ def space(tmp_path_factory):
     hub = FakeHub().start()
     openai = FakeOpenAI(api_key=PLANTED_KEY).start()
     demo = None
+    import torch
+
+    torch_threads = torch.get_num_threads()          # launch_app sets the process's; restored for later tests
     try:
         point_clients_at_hub(hub, mp, tmp / "hf-home")
         mp.setenv("OPENAI_BASE_URL", openai.base_url)
@@ -113,6 +116,7 @@ def space(tmp_path_factory):
     finally:
         if demo is not None:
             demo.close()
+        torch.set_num_threads(torch_threads)
         openai.stop()
         hub.stop()
         mp.undo()
@@ -146,6 +150,19 @@ def test_status_reports_models_failures_and_the_synthetic_banner(space):
     assert "Scope and limits" in about and space.hub_sha in about
     assert cards == "No model card ships with the loaded model(s)."
     assert model_choice["value"] == names[0] and [c[1] for c in model_choice["choices"]] == names
+
+
+def test_the_launched_app_gives_each_torch_call_its_share_of_the_cores(space):
+    """Two CPU-lane calls and the verdict batcher's may run at once: on <= 3 cores each torch call gets one thread
+    (torch's default, and the conftest's OMP_NUM_THREADS, is 2)."""
+    import torch
+
+    from fakeface.app.common import CPU_CONCURRENCY
+    from fakeface.serving.threads import serving_torch_threads
+    from fakeface.serving.verdicts import VERDICT_WORKERS
+    from fakeface.utils.settings import Settings
+
+    assert torch.get_num_threads() == serving_torch_threads(Settings(), CPU_CONCURRENCY + VERDICT_WORKERS) == 1
 
 
 def test_page_and_config_hold_no_secret(space):

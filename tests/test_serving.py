@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -524,17 +525,20 @@ def test_concurrent_verdicts_share_one_model_call_and_match_single_calls(loaded)
         assert verdict.to_dict()["threshold_fake"] == 0.6 and verdict.faces == ()
 
 
+class SideScorer(SizeScorer):
+    """p(fake) = the image's short side / 1000: random weights give nearly one p for every image, this shows
+    which caller got which image's result."""
+
+    def score(self, images):
+        self.calls += 1
+        p = np.array([min(im.size) / 1000 for im in images])
+        return _Scores(p, ["fake" if v >= 0.1 else "real" for v in p])
+
+
 def test_each_request_gets_its_own_images_verdict_back(loaded):
-    """Random weights give nearly one p for every image; a scorer keyed on size shows who gets which result."""
     import threading
 
     from fakeface.serving.verdicts import VerdictBatcher
-
-    class SideScorer(SizeScorer):
-        def score(self, images):
-            self.calls += 1
-            p = np.array([min(im.size) / 1000 for im in images])
-            return _Scores(p, ["fake" if v >= 0.1 else "real" for v in p])
 
     gate = threading.Event()
     recording = RecordingScorer(SideScorer(0), gate)
@@ -549,6 +553,71 @@ def test_each_request_gets_its_own_images_verdict_back(loaded):
     assert recording.sizes == [1, 4, 2]                               # max_batch_size caps a batch
     assert [r.primary.p_fake for r in results] == pytest.approx([side / 1000 for side in sides])
     assert [r.primary.verdict for r in results] == ["real" if side < 100 else "fake" for side in sides]
+
+
+def test_a_gathered_batch_is_scored_in_model_calls_within_the_pixel_budget(loaded):
+    """Seven requests wait together; a budget of two 64² crops per call scores them in calls of 2, 2, 2, 1."""
+    import threading
+
+    from fakeface.serving.verdicts import VerdictBatcher
+
+    gate = threading.Event()
+    recording = RecordingScorer(SideScorer(0), gate)
+    model = LoadedModel("stub", loaded.detector, recording)          # TINY_PP: one 64 px crop per photo
+    batcher = VerdictBatcher(lambda: [model], max_batch_size=8, max_wait_ms=0, pixel_budget=2 * 64 * 64 + 100)
+    sides = [50, 80, 120, 90, 60, 130, 70, 110]
+    futures = [batcher.submit(noise(sides[0], sides[0]))]
+    assert recording.entered.wait(timeout=60)
+    futures += [batcher.submit(noise(side, side)) for side in sides[1:]]
+    gate.set()
+    results = [f.result(timeout=60) for f in futures]
+    assert batcher.batch_sizes == {1: 1, 7: 1}                          # one batch of 7 gathered...
+    assert recording.sizes == [1, 2, 2, 2, 1] and batcher.call_sizes == {1: 2, 2: 3}     # ...scored in 4 calls
+    assert [r.primary.p_fake for r in results] == pytest.approx([side / 1000 for side in sides])
+
+
+def test_images_per_call_fits_the_costliest_models_crops_in_the_budget():
+    from types import SimpleNamespace
+
+    from fakeface.serving.verdicts import MODEL_CALL_PIXELS, images_per_call
+
+    def model(size: int, crops: int, protocol: str = "native-crops"):
+        return SimpleNamespace(preprocessing=Preprocessing(input_size=(3, size, size), crop_protocol=protocol,
+                                                           num_test_crops=crops))
+
+    five_128, face_112 = model(128, 5), model(112, 1, "resize")
+    assert images_per_call([five_128]) == MODEL_CALL_PIXELS // (5 * 128 * 128) == 2     # the load test's model
+    assert images_per_call([face_112]) == MODEL_CALL_PIXELS // (112 * 112) == 13       # a face-stage release
+    assert images_per_call([face_112, five_128]) == 2                                     # the costliest decides
+    assert images_per_call([model(512, 5)]) == 1                                          # never fewer than one
+    assert images_per_call([face_112], pixel_budget=10**9) > 8                          # a big budget: one call
+
+
+def test_the_servers_torch_threads_share_the_cores_among_concurrent_model_calls(monkeypatch):
+    import sys
+
+    import torch
+
+    from fakeface.serving import threads
+
+    monkeypatch.setattr(threads, "default_threads", lambda: 2)
+    assert threads.serving_torch_threads(Settings(), concurrent_calls=3) == 1        # the Space: 2 cores, 3 lanes
+    assert threads.serving_torch_threads(Settings(), concurrent_calls=1) == 2
+    monkeypatch.setattr(threads, "default_threads", lambda: 8)
+    assert threads.serving_torch_threads(Settings(), concurrent_calls=3) == 2
+    assert threads.serving_torch_threads(Settings(threads=3), concurrent_calls=3) == 3   # FAKEFACE_THREADS as set
+    with pytest.raises(ValueError):
+        threads.serving_torch_threads(Settings(), concurrent_calls=0)
+    before = torch.get_num_threads()
+    try:
+        assert threads.apply_serving_threads(Settings(threads=1), 3) == 1 and torch.get_num_threads() == 1
+        assert threads.apply_serving_threads(Settings(threads=2), 3) == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")               # restored after the test
+    monkeypatch.delitem(sys.modules, "torch")                # torch not imported yet: torch will read the variable
+    assert threads.apply_serving_threads(Settings(threads=1), 3) == 1
+    assert os.environ["OMP_NUM_THREADS"] == "1"
 
 
 def test_a_scoring_error_reaches_every_waiting_request_and_the_batcher_lives_on(loaded):

@@ -93,8 +93,16 @@ def launch_app(demo: gr.Blocks, **overrides: Any):
 
     Model loading starts here, in the background, not at import: importing
     ``app`` makes no network calls, and the server answers while the
-    models download.
+    models download. The process's torch threads are set here too
+    (:func:`fakeface.serving.threads.apply_serving_threads`): a launched app
+    runs several model calls at once.
     """
+    ctx = getattr(demo, "fakeface_context", None)
+    if ctx is not None:   # before the models load: their torch calls share the cores with the other lanes
+        from fakeface.serving.threads import apply_serving_threads
+        from fakeface.serving.verdicts import VERDICT_WORKERS
+
+        apply_serving_threads(ctx.settings, concurrent_calls=CPU_CONCURRENCY + VERDICT_WORKERS)
     registry = getattr(demo, "fakeface_registry", None)
     if registry is not None:
         registry.start_loading()
