@@ -103,7 +103,8 @@ def run_photo_verdict_benchmark(config: PhotoVerdictConfig) -> dict[str, Any]:
             base = timings[WHOLE_IMAGE].as_dict(1)["median_ms"]
             for label, timing in timings.items():
                 stats = timing.as_dict(1)
-                result = variants[label]()
+                # The content expert alone is timed, not judged: it runs under the panel's fused decision.
+                result = variants[label]() if label != CONTENT_ONLY else "(timing only)"
                 rows.append({"photo": name, "variant": label, "median_ms": stats["median_ms"], "p90_ms": stats["p90_ms"],
                              "min_ms": stats["min_ms"], "calls": stats["calls"],
                              "ratio_to_whole_image": stats["median_ms"] / base, "cpu_ms": cpu_ms_per_call(variants[label], 5),
