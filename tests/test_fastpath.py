@@ -37,7 +37,7 @@ from fakeface.modeling.fastpath import (
     ENV_THREADS, FAST_INFO_NAME, FAST_MODEL_NAME, FAST_REFERENCE_NAME, REFERENCE_TOLERANCE_DP, FastDetector,
     QuantizationSettings, RefusalCode, check_no_saturation, check_reference_inputs, compute_weights_fingerprint,
     cpu_instruction_sets, export_fast_path, export_onnx, find_input_convs, load_fast_detector, load_fast_path,
-    quantize_onnx, read_fast_path_info, resolve_num_threads,
+    quantize_onnx, read_fast_path_info, release_files_sha256, resolve_num_threads,
 )
 from fakeface.modeling.fastpath import serving
 from fakeface.modeling.inference import Detector
@@ -401,6 +401,8 @@ def test_export_writes_the_graph_and_an_honest_report(exported):
     p8 = FastDetector(model, folder / FAST_MODEL_NAME).score(holdout).p_fake
     assert info["max_abs_dp"] == pytest.approx(float(np.abs(p32 - p8).max()), abs=1e-5)
     assert info["source"]["weights_sha256"] == compute_weights_fingerprint(model)
+    # the saved files hold the exported model: their hashes let a server check the graph before building it
+    assert info["source"]["files_sha256"] == release_files_sha256(folder)
     assert info["saturation"]["ok"] is True and check_no_saturation(folder / FAST_MODEL_NAME).ok
 
 

@@ -20,13 +20,13 @@ import gradio as gr
 
 from fakeface.app.components import user_error
 from fakeface.data.images import ImageDecodeError
-from fakeface.evaluation.metrics import json_safe
 from fakeface.generation.client import GenerationError
 from fakeface.serving.browse import DatasetCache
 from fakeface.serving.errors import AppError
 from fakeface.serving.generate import RateLimiter
 from fakeface.serving.models import LoadedModel, ModelRegistry
 from fakeface.serving.verdicts import VerdictBatcher
+from fakeface.utils.formatting import json_safe
 from fakeface.utils.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -22,13 +22,15 @@ from __future__ import annotations
 import io
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter
 
 from fakeface.utils.constants import IMAGENET_MEAN, IMAGENET_STD
+
+if TYPE_CHECKING:
+    import torch
 
 CROP_PROTOCOLS = ("native-crops", "resize")
 SUPPORTED_TEST_CROPS = (1, 5, 9)
@@ -120,12 +122,21 @@ def resolve_preprocessing(model_or_cfg: Any) -> Preprocessing:
 
 # --------------------------------------------------------------------------- helpers
 
+def _normalized(arrays: Sequence[np.ndarray], pp: Preprocessing) -> np.ndarray:
+    """uint8 (H, W, 3) arrays -> normalised float32 (N, 3, H, W): ((x / 255) - mean) / std, each step rounded to
+    float32 as torch's ``.float().div_(255).sub_(mean).div_(std)`` rounds it (the same bits; tests check it)."""
+    batch = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32)
+    batch /= np.float32(255.0)
+    batch -= np.asarray(pp.mean, np.float32).reshape(1, 3, 1, 1)
+    batch /= np.asarray(pp.std, np.float32).reshape(1, 3, 1, 1)
+    return batch
+
+
 def _to_normalized_tensor(arrays: Sequence[np.ndarray], pp: Preprocessing) -> torch.Tensor:
-    """uint8 (H, W, 3) arrays -> normalised float (N, 3, H, W)."""
-    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(pp.mean).view(1, 3, 1, 1)
-    std = torch.tensor(pp.std).view(1, 3, 1, 1)
-    return batch.sub_(mean).div_(std)
+    """uint8 (H, W, 3) arrays -> normalised float (N, 3, H, W) tensor (:func:`_normalized`'s array, not copied)."""
+    import torch
+
+    return torch.from_numpy(_normalized(arrays, pp))
 
 
 def _ensure_rgb(image: Image.Image) -> Image.Image:
@@ -162,23 +173,36 @@ def eval_crop_origins(height: int, width: int, pp: Preprocessing) -> list[tuple[
 
 # --------------------------------------------------------------------------- transforms
 
-def build_eval_transform(pp: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> float tensor (K, C, H, W), K = ``pp.crops_per_image``.
+def build_eval_arrays(pp: Preprocessing) -> Callable[[Image.Image], np.ndarray]:
+    """PIL image -> float32 array (K, C, H, W), K = ``pp.crops_per_image``: the evaluation crops, normalised.
 
     Deterministic. Callers average the model's logits over the K crops
-    (see :func:`fakeface.modeling.inference.logits_from_crops`).
+    (see :func:`fakeface.modeling.inference.logits_from_crops`). The int8
+    fast path feeds these arrays to ONNX Runtime without torch.
     """
     crop_h, crop_w = pp.crop_size
     resample = _PIL_INTERPOLATION[pp.interpolation]
 
-    def transform(image: Image.Image) -> torch.Tensor:
+    def transform(image: Image.Image) -> np.ndarray:
         image = _ensure_rgb(image)
         if pp.crop_protocol == "resize":
             arr = np.asarray(image.resize((crop_w, crop_h), resample))
-            return _to_normalized_tensor([arr], pp)
+            return _normalized([arr], pp)
         arr = np.asarray(_upscale_to_cover(image, pp))
         crops = [arr[y:y + crop_h, x:x + crop_w] for y, x in eval_crop_origins(arr.shape[0], arr.shape[1], pp)]
-        return _to_normalized_tensor(crops, pp)
+        return _normalized(crops, pp)
+
+    return transform
+
+
+def build_eval_transform(pp: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image -> float tensor (K, C, H, W): :func:`build_eval_arrays`' array as a torch tensor."""
+    arrays = build_eval_arrays(pp)
+
+    def transform(image: Image.Image) -> torch.Tensor:
+        import torch   # on first call: building a transform does not load torch
+
+        return torch.from_numpy(arrays(image))
 
     return transform
 

@@ -22,9 +22,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
-from sklearn import calibration as sklearn_calibration
-from sklearn import metrics as sklearn_metrics
-from sklearn.exceptions import UndefinedMetricWarning
 
 from fakeface.utils.constants import ATTRIBUTE_COLUMNS, FAKE, LABEL_NAMES, REAL
 from fakeface.data.images import ImageDecodeError, load_image
@@ -38,6 +35,13 @@ DEFAULT_ECE_BINS = 15
 
 
 # --------------------------------------------------------------------------- input checks
+
+def _sklearn_metrics():
+    """``sklearn.metrics``, imported on first use: the app's verdicts never need scikit-learn (~0.8 s to import)."""
+    from sklearn import metrics
+
+    return metrics
+
 
 def _as_labels_and_scores(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(labels).astype(np.int64).ravel()
@@ -68,9 +72,11 @@ def roc_curve_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np
     y, s = _as_labels_and_scores(labels, scores)
     if not y.size:
         return np.full(1, np.nan), np.full(1, np.nan), np.array([np.inf])
+    from sklearn.exceptions import UndefinedMetricWarning
+
     with warnings.catch_warnings():  # one class present: sklearn warns and returns NaN rates, as wanted
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        return sklearn_metrics.roc_curve(y, s, pos_label=FAKE, drop_intermediate=False)
+        return _sklearn_metrics().roc_curve(y, s, pos_label=FAKE, drop_intermediate=False)
 
 
 def precision_recall_points(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,7 +85,7 @@ def precision_recall_points(labels: Sequence[int], scores: Sequence[float]) -> t
     if not (y == FAKE).any():
         thresholds = np.r_[np.inf, np.unique(s)[::-1]]
         return np.r_[1.0, np.zeros(thresholds.size - 1)], np.full(thresholds.size, np.nan), thresholds
-    precision, recall, thresholds = sklearn_metrics.precision_recall_curve(y, s, pos_label=FAKE,
+    precision, recall, thresholds = _sklearn_metrics().precision_recall_curve(y, s, pos_label=FAKE,
                                                                            drop_intermediate=False)
     return precision[::-1], recall[::-1], np.r_[np.inf, thresholds[::-1]]
 
@@ -87,7 +93,7 @@ def precision_recall_points(labels: Sequence[int], scores: Sequence[float]) -> t
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     """Area under the ROC curve (ties count half); NaN when one class is missing."""
     y, s = _as_labels_and_scores(labels, scores)
-    return float("nan") if _one_class(y) else float(sklearn_metrics.roc_auc_score(y, s))
+    return float("nan") if _one_class(y) else float(_sklearn_metrics().roc_auc_score(y, s))
 
 
 def average_precision(labels: Sequence[int], scores: Sequence[float]) -> float:
@@ -95,7 +101,7 @@ def average_precision(labels: Sequence[int], scores: Sequence[float]) -> float:
     y, s = _as_labels_and_scores(labels, scores)
     if not (y == FAKE).any():
         return float("nan")
-    return float(sklearn_metrics.average_precision_score(y, s, pos_label=FAKE))
+    return float(_sklearn_metrics().average_precision_score(y, s, pos_label=FAKE))
 
 
 # --------------------------------------------------------------------------- reliability
@@ -118,8 +124,10 @@ def reliability_bins(labels: Sequence[int], p_fake: Sequence[float], n_bins: int
     counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins).astype(np.int64)
     mean_p, frac = np.full(n_bins, np.nan), np.full(n_bins, np.nan)
     if y.size:
+        from sklearn.calibration import calibration_curve
+
         filled = counts > 0
-        frac[filled], mean_p[filled] = sklearn_calibration.calibration_curve(
+        frac[filled], mean_p[filled] = calibration_curve(
             y, p, pos_label=FAKE, n_bins=n_bins, strategy="uniform")
     return ReliabilityBins(edges, mean_p, frac, counts)
 
@@ -146,7 +154,7 @@ def compute_metrics(labels: Sequence[int], p_fake: Sequence[float], threshold: f
     """
     y, p = _as_labels_and_scores(labels, p_fake)
     pred = (p >= threshold).astype(np.int64)
-    cm = (sklearn_metrics.confusion_matrix(y, pred, labels=[REAL, FAKE]).astype(np.int64) if y.size
+    cm = (_sklearn_metrics().confusion_matrix(y, pred, labels=[REAL, FAKE]).astype(np.int64) if y.size
           else np.zeros((2, 2), dtype=np.int64))
     tp, fp, fn = int(cm[FAKE, FAKE]), int(cm[REAL, FAKE]), int(cm[FAKE, REAL])
     notes = []

@@ -30,7 +30,7 @@ from fakeface.utils.settings import default_threads
 __all__ = [
     "DETECTOR_DISTRIBUTION", "DetectionView", "Face", "FaceDetectorUnavailable", "MAX_FACES", "QUARTER_TURNS",
     "create_detection_view", "create_face_session", "detect_faces", "detect_in_view", "face_geometry",
-    "resolve_detect_threads",
+    "prepare_face_session", "resolve_detect_threads",
 ]
 
 
@@ -126,6 +126,12 @@ def _session(threads: int | None, graph: FaceGraph | None):
             if session is None:
                 session = _SESSIONS[key] = create_face_session(key[1], graph)
     return session
+
+
+def prepare_face_session(face_crop: FaceCrop, *, threads: int | None = None) -> None:
+    """Make the session :func:`detect_faces` will use for ``face_crop`` now (a server loading its models in the
+    background), not in the first request. Raises what making it raises (e.g. :class:`FaceDetectorUnavailable`)."""
+    _session(threads, face_crop.graph)
 
 
 # --------------------------------------------------------------------------- priors, decoding, NMS

@@ -6,22 +6,25 @@ error text is kept only after :func:`redact_secrets`.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import email.utils
+import importlib.util
 import os
 import re
 import typing
 from collections.abc import Mapping
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from fakeface.utils.constants import ENV_OPENAI_BASE_URL, ENV_OPENAI_KEY, RETIRED_IMAGE_MODELS
 
-import openai
 from dotenv import dotenv_values
-from openai.types import ImageModel
-from openai.types.image_generate_params import ImageGenerateParamsBase
+
+# The openai package (~0.3 s to import) loads with the first client or error to classify: the app builds its
+# Generate tab, and serves verdicts, without it.
 
 __all__ = [
     "AccessDeniedError", "ContentRefusedError", "DEFAULT_QUALITY", "DEFAULT_SIZE", "DEFAULT_TIMEOUT_S",
@@ -122,17 +125,58 @@ class InvalidResponseError(GenerationError):
 # --------------------------------------------------------------------------- choices
 
 
+def _literal_values(node: ast.AST | None) -> tuple[str, ...]:
+    """The strings of the first ``Literal[...]`` inside an annotation's syntax tree (empty: none)."""
+    for sub in ast.walk(node) if node is not None else ():
+        if isinstance(sub, ast.Subscript) and getattr(sub.value, "id", getattr(sub.value, "attr", None)) == "Literal":
+            items = sub.slice.elts if isinstance(sub.slice, ast.Tuple) else [sub.slice]
+            return tuple(item.value for item in items if isinstance(item, ast.Constant) and isinstance(item.value, str))
+    return ()
+
+
+def _sdk_annotation(module: str, owner: str | None, name: str) -> ast.AST | None:
+    """The annotation of ``name`` (inside class ``owner``, or at module level) in the installed openai SDK's
+    ``openai/types/<module>.py``, read as source: importing the SDK to list its choices would cost the app's start."""
+    spec = importlib.util.find_spec("openai")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "types" / f"{module}.py"
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    if owner is not None:
+        body = next((n.body for n in body if isinstance(n, ast.ClassDef) and n.name == owner), [])
+    return next((n.value if owner is None else n.annotation for n in body if isinstance(n, ast.AnnAssign)
+                 and isinstance(n.target, ast.Name) and n.target.id == name), None)
+
+
+@lru_cache(maxsize=None)
+def _sdk_choices(what: str) -> tuple[str, ...]:
+    """The SDK's image models (``"models"``) or image qualities (``"qualities"``), in SDK order: read from its
+    source, or where that source has another shape, from the imported types (the same values)."""
+    module, owner, name = {"models": ("image_model", None, "ImageModel"),
+                           "qualities": ("image_generate_params", "ImageGenerateParamsBase", "quality")}[what]
+    with contextlib.suppress(OSError, SyntaxError, ValueError):
+        values = _literal_values(_sdk_annotation(module, owner, name))
+        if values:
+            return values
+    if what == "models":
+        from openai.types import ImageModel
+
+        return typing.get_args(ImageModel)
+    from openai.types.image_generate_params import ImageGenerateParamsBase
+
+    annotation = typing.get_type_hints(ImageGenerateParamsBase)["quality"]
+    return typing.get_args(next(a for a in typing.get_args(annotation) if typing.get_args(a)))
+
+
 def available_image_models() -> tuple[str, ...]:
     """Image models the installed SDK lists, minus retired and soon-shut-down ones (SDK order)."""
     dropped = set(RETIRED_IMAGE_MODELS) | set(SCHEDULED_SHUTDOWN_MODELS)
-    return tuple(m for m in typing.get_args(ImageModel) if m not in dropped)
+    return tuple(m for m in _sdk_choices("models") if m not in dropped)
 
 
 def available_image_qualities() -> tuple[str, ...]:
     """Quality values the installed SDK accepts for GPT image models (``auto`` included)."""
-    annotation = typing.get_type_hints(ImageGenerateParamsBase)["quality"]
-    literal = next(a for a in typing.get_args(annotation) if typing.get_args(a))
-    return tuple(q for q in typing.get_args(literal) if q not in _RETIRED_QUALITIES)
+    return tuple(q for q in _sdk_choices("qualities") if q not in _RETIRED_QUALITIES)
 
 
 def resolve_image_model(model: str | None) -> str:
@@ -204,6 +248,8 @@ def resolve_base_url(base_url: str | None = None) -> str | None:
 def create_openai_client(api_key: str | None = None, *, base_url: str | None = None,
                          timeout: float = DEFAULT_TIMEOUT_S, env_file: str | os.PathLike | None = ".env"):
     """An ``openai.OpenAI`` client with the SDK's own retries off (we retry, so counts stay honest)."""
+    import openai
+
     return openai.OpenAI(
         api_key=resolve_api_key(api_key, env_file=env_file),
         base_url=resolve_base_url(base_url),
@@ -241,6 +287,8 @@ def _parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
 
 def classify_openai_error(error: BaseException, *, api_key: str | None = None) -> GenerationError:
     """Map an ``openai`` exception (or an unexpected one) to a key-free :class:`GenerationError`."""
+    import openai
+
     status = getattr(error, "status_code", None)
     code = getattr(error, "code", None)
     server_text = getattr(error, "message", None) or str(error)

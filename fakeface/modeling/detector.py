@@ -26,12 +26,10 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from fakeface.utils.constants import DEFAULT_ARCHITECTURE, LABEL_NAMES
 from fakeface.utils.hub import BadSource, ErrorKind, HubUnreachable, Source, SourceError, parse_source, probe_repo
@@ -43,6 +41,10 @@ from fakeface.modeling.pretrained import (
     OFFLINE_WEIGHTS, OfflineWeightsMissing, describe_init, has_fixed_input_size, offline_weights_file,
     resolve_normalisation,
 )
+
+if TYPE_CHECKING:   # torch loads with the first model built, not with this module
+    import torch
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +205,8 @@ STEM_STRIDE_KEY = "stem_stride"
 def set_stem_stride(model: nn.Module, stride: int) -> None:
     """Set the first convolution's stride (1: no early downsampling, for trace experts) and record it, so
     :func:`load_detector` rebuilds the same network (the weights' shapes do not change)."""
+    from torch import nn
+
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first is None:
         raise ValueError(f"{type(model).__name__} has no convolution to set the stem stride of")
@@ -430,19 +434,68 @@ def load_detector(
     stem_stride = (config.get(FAKEFACE_KEY) or {}).get(STEM_STRIDE_KEY)
     if stem_stride is not None:   # a trace expert trained without early downsampling
         set_stem_stride(model, int(stem_stride))
-    cfg = dict(model.pretrained_cfg)
+    _attach_release_config(model, model.pretrained_cfg, config, files, where)
+    return model.eval()
+
+
+def _attach_release_config(target: Any, base_cfg: dict[str, Any], config: dict[str, Any], files: DetectorFiles,
+                           where: dict[str, Any]) -> None:
+    """What a loaded release carries beside its weights, set on ``target`` (the model, or a :class:`ReleaseConfig`):
+    ``pretrained_cfg`` (``base_cfg`` updated with config.json's, its label names and its canonical ``fakeface``
+    block), ``fakeface_files`` and ``fakeface_face_graph``."""
+    cfg = dict(base_cfg)
     cfg.update(config["pretrained_cfg"])
     cfg["label_names"] = list(config.get("label_names") or LABEL_NAMES)
     cfg[FAKEFACE_KEY] = dict(config.get(FAKEFACE_KEY) or {})
-    model.pretrained_cfg = cfg
+    target.pretrained_cfg = cfg
     try:  # fail now, not at the first request, if the preprocessing, decision or face crop is unusable
-        cfg[FAKEFACE_KEY] = fakeface_block(model)
+        cfg[FAKEFACE_KEY] = fakeface_block(target)
     except (ValueError, TypeError, KeyError) as error:
         raise DetectorLoadError(ErrorKind.BAD_CONFIG, f"{files.folder / CONFIG_NAME} has unusable settings ({error})",
                                 "re-save the model with this version of fakeface", **{**where, "file": CONFIG_NAME}) from error
-    model.fakeface_files = files
-    model.fakeface_face_graph = _resolve_release_face_graph(files, cfg[FAKEFACE_KEY], where)
-    return model.eval()
+    target.fakeface_files = files
+    target.fakeface_face_graph = _resolve_release_face_graph(files, cfg[FAKEFACE_KEY], where)
+
+
+class ReleaseConfig:
+    """A release as :func:`load_detector` describes it (``pretrained_cfg``, ``fakeface_files``,
+    ``fakeface_face_graph``), read from config.json without building the network; :meth:`build` builds it.
+
+    Whatever reads a loaded model's config (``Detector``, ``resolve_detector_config``, the app's status) reads
+    this the same way. ``pretrained_cfg`` holds config.json's entries (and ``architecture``), not timm's defaults
+    for entries config.json lacks. The int8 fast path serves verdicts from it
+    (:func:`fakeface.modeling.fastpath.load_fast_path_unbuilt`): torch and timm load with the first Grad-CAM.
+    Raises :class:`DetectorLoadError` as :func:`load_detector` does for an unusable config.json.
+    """
+
+    def __init__(self, files: DetectorFiles):
+        config = read_detector_config(files.folder)
+        self.pretrained_cfg: dict[str, Any] = {}
+        self.fakeface_files: DetectorFiles = files
+        self.fakeface_face_graph: FaceGraph | FaceDetectorUnavailable | None = None
+        where = dict(source=files.source.display, file=WEIGHTS_NAME, revision=files.revision)
+        _attach_release_config(self, {"architecture": config["architecture"]}, config, files, where)
+        self._model: nn.Module | None = None
+        self._lock = threading.Lock()
+
+    def eval(self) -> "ReleaseConfig":
+        """As a model's ``eval()``: ``Detector(release)`` reads its config as it reads a model's."""
+        return self
+
+    @property
+    def built(self) -> bool:
+        return self._model is not None
+
+    def build(self, check: Callable[[nn.Module], None] | None = None) -> nn.Module:
+        """The torch model, loaded once from the same files by :func:`load_detector`; ``check(model)`` (which may
+        raise) runs before it is kept."""
+        with self._lock:
+            if self._model is None:
+                model = load_detector(self.fakeface_files.source.display, files=self.fakeface_files)
+                if check is not None:
+                    check(model)
+                self._model = model
+            return self._model
 
 
 def _resolve_release_face_graph(files: DetectorFiles, block: dict[str, Any],

@@ -13,14 +13,17 @@ puts each crop's heatmap back where that crop came from.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 from fakeface.utils.constants import FAKE
 from fakeface.data.preprocess import Preprocessing, eval_canvas_size, eval_crop_origins
+
+if TYPE_CHECKING:   # torch loads with the first Grad-CAM, not with this module
+    import torch
+    from torch import nn
 
 __all__ = ["crop_coverage", "explain_image", "gradcam", "overlay_heatmap"]
 
@@ -47,6 +50,9 @@ def gradcam(model: nn.Module, crops: torch.Tensor, target: int = FAKE) -> np.nda
     detector is what moves p(target). All K crops share one normalisation so
     a crop with little evidence stays dark next to one with a lot.
     """
+    import torch
+    import torch.nn.functional as F
+
     if crops.dim() != 4:
         raise ValueError(f"crops must be (K, C, H, W), got shape {tuple(crops.shape)}")
     features_fn, head_fn = _split_model(model)

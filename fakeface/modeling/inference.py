@@ -10,19 +10,22 @@ construction; a new decision (calibration) gives a new ``Detector``
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
 
-from fakeface.data.preprocess import Preprocessing, build_eval_transform
+from fakeface.data.preprocess import Preprocessing, build_eval_arrays, build_eval_transform
 from fakeface.faces.crop import FaceCrop
 from fakeface.modeling.config import FAKEFACE_KEY, Decision, DetectorConfig, resolve_detector_config
 from fakeface.modeling.detector import load_detector
 from fakeface.utils.constants import LABEL_NAMES
+
+if TYPE_CHECKING:   # torch loads with the first torch model, not with this module (the int8 path never needs it)
+    import torch
+    from torch import nn
 
 
 def logits_from_crops(model: nn.Module, crops: torch.Tensor) -> torch.Tensor:
@@ -34,7 +37,8 @@ def logits_from_crops(model: nn.Module, crops: torch.Tensor) -> torch.Tensor:
 
 def fake_probability(logits: torch.Tensor | np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Temperature-scaled softmax probability of the ``fake`` class, shape (N,) (see :meth:`Decision.p_fake`)."""
-    if isinstance(logits, torch.Tensor):
+    torch = sys.modules.get("torch")   # a torch tensor exists only once torch is imported
+    if torch is not None and isinstance(logits, torch.Tensor):
         logits = logits.detach().float().cpu().numpy()
     return Decision(temperature=float(temperature)).p_fake(logits)
 
@@ -66,6 +70,7 @@ class Detector:
         self.config: DetectorConfig = config or resolve_detector_config(model)
         self.preprocessing: Preprocessing = self.config.preprocessing
         self.transform = build_eval_transform(self.preprocessing)
+        self.arrays = build_eval_arrays(self.preprocessing)
         # What the model carried when this Detector was built: if that changes later
         # (set_decision after calibration), scoring with the old thresholds would be silent.
         self._built_from = _model_decision(model)
@@ -83,6 +88,12 @@ class Detector:
         """The face-crop definition, or None: no face stage, the whole image is scored."""
         return self.config.face_crop
 
+    @property
+    def release(self) -> Any:
+        """What carries the release's config (``pretrained_cfg``, ``fakeface_files``, ``fakeface_face_graph``):
+        the model, or for an int8 detector loaded before its model, its ReleaseConfig (reading it builds nothing)."""
+        return self.model
+
     def with_decision(self, decision: Decision) -> "Detector":
         """The same detector (same model, preprocessing, runtime) deciding with ``decision``."""
         new = copy.copy(self)
@@ -99,11 +110,19 @@ class Detector:
 
     def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """Decoded images -> (N, K, C, H, W) input tensor."""
+        import torch
+
         return torch.stack([self.transform(image) for image in images])
 
-    @torch.inference_mode()
+    def prepare_arrays(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Decoded images -> (N, K, C, H, W) float32 array: :meth:`prepare`'s values, without torch."""
+        return np.stack([self.arrays(image) for image in images])
+
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return logits_from_crops(self.model, self.prepare(images)).float().numpy()
+        import torch
+
+        with torch.inference_mode():
+            return logits_from_crops(self.model, self.prepare(images)).float().numpy()
 
     def scores_from_logits(self, logits: np.ndarray) -> Scores:
         self._check_fresh()

@@ -34,12 +34,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
-
-import torch
+from typing import TYPE_CHECKING, Mapping
 
 from fakeface.utils.constants import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD
 from fakeface.utils.fileio import write_atomic
+
+if TYPE_CHECKING:   # torch loads when weights are converted, not with this module
+    import torch
 
 INIT_RANDOM = "random"
 _SKIPPED_SUFFIX = "num_batches_tracked"   # BatchNorm step counters: not weights, absent from the order
@@ -220,6 +221,8 @@ def _timm_model(architecture: str, **kwargs) -> torch.nn.Module:
 def _convert(spec: OfflineWeights, source_path: Path, img_size: tuple[int, int] | None) -> dict[str, torch.Tensor]:
     """The package's file as a timm-named state dict, every tensor checked against timm's model."""
     if spec.source_format == PTH_IN_ORDER:
+        import torch
+
         # weights_only: the .pth is a pickle; this refuses anything but tensors.
         source = torch.load(source_path, map_location="cpu", weights_only=True)
         return map_state_dict_in_order(source, _timm_model(spec.architecture).state_dict())

@@ -29,7 +29,6 @@ from fakeface.modeling.explain import crop_coverage, explain_image
 from fakeface.modeling.photo import FaceScore, PhotoScore, resolve_face_crop, run_face_stage, score_photos
 from fakeface.serving.errors import AppError
 from fakeface.serving.models import LoadedModel
-from fakeface.serving.provenance import read_provenance
 from fakeface.utils.constants import MAX_UPLOAD_BYTES
 
 __all__ = [
@@ -367,6 +366,8 @@ def analyze_upload(
         result["robustness"] = check_robustness(primary, scored, verdict.primary.verdict, result["p_fake"], of=of)
         timings["robustness_ms"] = (time.perf_counter() - t) * 1e3
     if provenance:
+        from fakeface.serving.provenance import read_provenance   # c2pa's native library: on first use, not at start
+
         t = time.perf_counter()
         result["provenance"] = read_provenance(data, image_format=decoded.format)
         timings["provenance_ms"] = (time.perf_counter() - t) * 1e3

@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import datasets
 import numpy as np
 from PIL import Image
 
@@ -84,6 +83,8 @@ class DatasetCache:
 @contextlib.contextmanager
 def _quiet_datasets():
     """No per-split progress bars in the server log while a dataset loads (the UI has its own)."""
+    import datasets   # on first use: the first verdict does not need it
+
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -153,6 +154,8 @@ def filter_indices(split: Any, *, label: str | None = None, generator: str | Non
 def sample_gallery(split: Any, indices: Sequence[int], *, n: int = 24, seed: int = 0,
                    thumb_size: int = 256) -> list[tuple[Image.Image, str]]:
     """Up to ``n`` decoded thumbnails with captions: label · generator · attributes."""
+    import datasets
+
     chosen = sorted(random.Random(seed).sample(list(indices), min(n, len(indices))))
     if not chosen:
         return []

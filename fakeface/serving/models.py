@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from fakeface.faces import FaceDetectorUnavailable, resolve_face_graph
+from fakeface.faces import FaceDetectorUnavailable, prepare_face_session, resolve_face_graph
 from fakeface.modeling.config import FAKEFACE_KEY, Decision, resolve_detector_config
-from fakeface.modeling.detector import DetectorLoadError, load_detector
-from fakeface.modeling.fastpath import FastPathLoad, FastPathRefusal, load_fast_path
+from fakeface.modeling.detector import DetectorLoadError, fetch_detector_files, load_detector
+from fakeface.modeling.fastpath import FastPathLoad, FastPathRefusal, load_fast_path, load_fast_path_unbuilt
 from fakeface.modeling.inference import Detector
 from fakeface.modeling.panel import PanelError, panel_spec, release_scorer
 from fakeface.serving.errors import AppError
@@ -75,7 +75,8 @@ class LoadedModel:
     """A detector ready to serve, and where it came from."""
 
     source: str
-    detector: Any                    # fakeface.modeling.inference.Detector (torch: Grad-CAM)
+    detector: Any                    # fakeface.modeling.inference.Detector (torch: Grad-CAM; built on first use
+                                     # when the int8 graph was loaded first, see load_model)
     scorer: Any                      # .score(images) / .logits(images), as Detector: the fast path or ``detector``
     revision: str | None = None
     notice: str | None = None        # e.g. "Hub unreachable; serving the cached revision ..."
@@ -91,9 +92,16 @@ class LoadedModel:
         return decision_of(self.detector)
 
     @property
+    def release(self) -> Any:
+        """The release's config as a loaded model carries it (``pretrained_cfg``, face graph): the detector's
+        ``release``, which reading does not build a torch model the int8 graph has not needed yet."""
+        release = getattr(self.detector, "release", None)
+        return self.detector.model if release is None else release
+
+    @property
     def training_scope(self) -> dict[str, Any]:
         """What the release says it was trained on (its config's ``trained_on`` block), {} when silent."""
-        block = (getattr(self.detector.model, "pretrained_cfg", None) or {}).get(FAKEFACE_KEY) or {}
+        block = (getattr(self.release, "pretrained_cfg", None) or {}).get(FAKEFACE_KEY) or {}
         scope = dict(block.get("trained_on") or {})
         if block.get("synthetic_training_data"):
             scope.setdefault("synthetic", True)
@@ -101,8 +109,8 @@ class LoadedModel:
 
     @property
     def architecture(self) -> str:
-        cfg = getattr(self.detector.model, "pretrained_cfg", {}) or {}
-        return str(cfg.get("architecture") or type(self.detector.model).__name__)
+        cfg = getattr(self.release, "pretrained_cfg", {}) or {}
+        return str(cfg.get("architecture") or type(self.release).__name__)
 
     @property
     def runtime(self) -> str:
@@ -133,7 +141,7 @@ class LoadedModel:
     def describe(self) -> dict[str, Any]:
         """JSON-ready facts about the model (no local paths)."""
         pp, d = self.preprocessing, self.decision
-        block = (getattr(self.detector.model, "pretrained_cfg", None) or {}).get(FAKEFACE_KEY) or {}
+        block = (getattr(self.release, "pretrained_cfg", None) or {}).get(FAKEFACE_KEY) or {}
         return {
             "name": self.name, "source": self.public_source, "revision": self.revision, "architecture": self.architecture,
             "runtime": self.runtime, "input_size": list(pp.input_size), "crop_protocol": pp.crop_protocol,
@@ -143,8 +151,8 @@ class LoadedModel:
             "coverage": d.coverage, "threshold_note": d.threshold_note,
             "trained_on": block.get("trained_on"), "synthetic_training_data": self.synthetic, "notice": self.notice,
             "fast_path": describe_fast_path(self.fast_path, folder=self.folder),
-            "face_stage": describe_face_stage(self.detector.model),
-            "panel": describe_panel(self.detector.model),
+            "face_stage": describe_face_stage(self.release),
+            "panel": describe_panel(self.release),
         }
 
 
@@ -235,26 +243,49 @@ NO_MODEL_CONFIGURED = LoadFailure(
 
 
 def load_model(source: str, *, token: str | None = None, use_fast_path: bool = True) -> LoadedModel | LoadFailure:
-    """Load one detector (and its int8 fast path when valid); never raises."""
+    """Load one detector (and its int8 fast path when valid); never raises.
+
+    A release whose int8 graph passes its checks on the release's files alone (:func:`load_fast_path_unbuilt`)
+    serves verdicts at once; its torch model (Grad-CAM) is built on first use. Otherwise the torch model is
+    loaded first and :func:`load_fast_path` checks the graph against it. The face detector's session is made
+    here too, not in the first request.
+    """
     try:
-        model = load_detector(source, token=token)
+        files = fetch_detector_files(source, token=token)
+        unbuilt = load_fast_path_unbuilt(files) if use_fast_path else None
+        model = unbuilt.detector.release if unbuilt is not None else load_detector(source, token=token, files=files)
     except DetectorLoadError as error:
         return LoadFailure.from_error(source, error)
     except Exception as error:  # noqa: BLE001 - start-up must survive anything a model folder holds
         logger.exception("unexpected error loading model %s", source)
         return LoadFailure(source, f"unexpected {type(error).__name__} while loading", _GENERIC_FIX, "unexpected")
-    detector = Detector(model)
-    # load_fast_path never raises: a refused graph comes back with its typed reason, kept for the status.
-    fast = load_fast_path(model) if use_fast_path else None
+    if unbuilt is not None:
+        detector, fast = unbuilt.detector, unbuilt
+    else:
+        detector = Detector(model)
+        # load_fast_path never raises: a refused graph comes back with its typed reason, kept for the status.
+        fast = load_fast_path(model) if use_fast_path else None
     own = fast.detector if fast is not None and fast.detector is not None else detector
     try:  # a panel release scores through every expert and its fusion; else its own model scores
         scorer = release_scorer(model, own, use_fast_path=use_fast_path)
     except PanelError as error:
         return LoadFailure(source, error.problem, error.fix, "bad_panel")
-    files = getattr(model, "fakeface_files", None)
-    folder = Path(files.folder) if files is not None else None
-    return LoadedModel(source, detector, scorer, revision=getattr(files, "revision", None),
-                       notice=getattr(files, "notice", None), folder=folder, fast_path=fast)
+    _prepare_face_stage(detector)
+    return LoadedModel(source, detector, scorer, revision=files.revision, notice=files.notice,
+                       folder=Path(files.folder), fast_path=fast)
+
+
+def _prepare_face_stage(detector: Detector) -> None:
+    """The face detector's session, made while the page loads; a failure here is left to the first request,
+    which reports it as it always has (photos scored whole, with the reason)."""
+    face_crop = detector.face_crop
+    if face_crop is None:
+        return
+    try:
+        prepare_face_session(face_crop)
+    except Exception as error:  # noqa: BLE001 - never fails the load
+        logger.info("face detector session not made at load (%s); the first photo will try again",
+                    type(error).__name__)
 
 
 def load_models(sources: Sequence[str], *, token: str | None = None,

@@ -7,11 +7,10 @@ import gradio as gr
 
 from fakeface.app.common import ANY, CPU_CONCURRENCY, CPU_LANE, AppContext, bind, user_errors
 from fakeface.app.render import render_dataset_summary, render_metrics
-from fakeface.evaluation.metrics import json_safe
-from fakeface.evaluation.plots import confusion_figure, roc_figure
 from fakeface.serving.browse import evaluate_sample, filter_indices, sample_gallery, split_of, summarize_dataset
 from fakeface.serving.errors import AppError
 from fakeface.utils.constants import ATTRIBUTE_COLUMNS, LABEL_NAMES
+from fakeface.utils.formatting import json_safe
 
 __all__ = ["DatasetTab", "build_dataset_tab", "dataset_evaluate", "dataset_load", "dataset_samples", "show_filters"]
 
@@ -44,6 +43,8 @@ def dataset_samples(ctx: AppContext, source: str, split: str, label: str, genera
 def dataset_evaluate(ctx: AppContext, source: str, split: str, model_name: str | None, n: float,
                      progress=gr.Progress()):
     """``/dataset_evaluate``: metrics at the model's threshold on a random sample, with the two plots."""
+    from fakeface.evaluation.plots import confusion_figure, roc_figure   # matplotlib: on first use
+
     part = split_of(ctx.datasets.load(source), split)
     model = ctx.registry.model_by_name(model_name)
     metrics = evaluate_sample(model, part, n=int(n), progress=lambda f, d: progress(f, desc=d))

@@ -10,7 +10,12 @@ produces and wraps :func:`fakeface.modeling.inference.logits_from_crops`, so the
 preprocessing and the crop averaging keep their single definitions.
 :class:`FastDetector` subclasses ``Detector`` and replaces only ``logits``:
 temperature, thresholds and verdicts stay where they are, and the torch model
-stays loaded for Grad-CAM.
+serves Grad-CAM. A release whose ``fastpath.json`` records the sha256 of its
+``config.json`` and ``model.safetensors`` (an export does, when those files load
+to the exported model) is served by :func:`load_fast_path_unbuilt` before its
+torch model exists: the same files prove the same weights and preprocessing, so
+the app's first verdict needs neither torch nor timm, and the model is built
+(and its fingerprint checked) on first use.
 
 Why static int8 (QDQ, per-channel weights, uint8 activations): measured on
 the 2-core AVX-512 VNNI machine this project targets, ONNX Runtime int8 runs
@@ -38,16 +43,20 @@ which writes the release's files), ``quantization`` (int8 settings,
 :func:`quantize_onnx`, :func:`check_no_saturation`), ``comparison`` (int8
 against fp32: AUC, |Δp|, verdicts), ``reference`` (the load-time reference
 check), ``serving`` (:class:`FastDetector`, :func:`load_fast_path`, threads,
-``fastpath.json``). This module is the front door: import from it.
+``fastpath.json``). This module is the front door: import from it. Serving a
+graph needs neither torch nor scikit-learn, so ``export``'s names (torch's
+exporter) load on first use.
 """
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from fakeface.modeling.fastpath._common import (
     CPU_FLAGS, FAST_INFO_NAME, FAST_MODEL_NAME, FAST_PATH_FORMAT, FAST_REFERENCE_NAME, INPUT_NAME, OUTPUT_NAME,
-    FastPathUnavailable, compute_weights_fingerprint, cpu_instruction_sets,
+    FastPathUnavailable, compute_weights_fingerprint, cpu_instruction_sets, release_files_sha256,
 )
 from fakeface.modeling.fastpath.comparison import compare_detectors, score_timed
-from fakeface.modeling.fastpath.export import DEFAULT_BUDGET_AUC, DEFAULT_OPSET, export_fast_path, export_onnx
 from fakeface.modeling.fastpath.quantization import (
     DEFAULT_QUANTIZATION, QUANTIZATION_METHOD, QuantizationSettings, SaturationCheck, check_no_saturation,
     find_input_convs, quantize_onnx,
@@ -58,8 +67,14 @@ from fakeface.modeling.fastpath.reference import (
 )
 from fakeface.modeling.fastpath.serving import (
     ENV_THREADS, FastDetector, FastPathLoad, FastPathRefusal, RefusalCode, create_session, load_fast_detector,
-    load_fast_path, read_fast_path_info, resolve_num_threads,
+    load_fast_path, load_fast_path_unbuilt, read_fast_path_info, resolve_num_threads,
 )
+
+if TYPE_CHECKING:
+    from fakeface.modeling.fastpath.export import DEFAULT_BUDGET_AUC, DEFAULT_OPSET, export_fast_path, export_onnx
+
+_LAZY = {name: "fakeface.modeling.fastpath.export"
+         for name in ("DEFAULT_BUDGET_AUC", "DEFAULT_OPSET", "export_fast_path", "export_onnx")}
 
 __all__ = [
     "CPU_FLAGS", "DEFAULT_BUDGET_AUC", "DEFAULT_OPSET", "DEFAULT_QUANTIZATION", "ENV_THREADS", "FAST_INFO_NAME",
@@ -68,6 +83,13 @@ __all__ = [
     "FastPathRefusal", "FastPathUnavailable", "QuantizationSettings", "ReferenceCheck", "RefusalCode",
     "SaturationCheck", "check_no_saturation", "check_reference_inputs", "compare_detectors",
     "compute_weights_fingerprint", "cpu_instruction_sets", "create_session", "export_fast_path", "export_onnx",
-    "find_input_convs", "load_fast_detector", "load_fast_path", "quantize_onnx", "read_fast_path_info",
-    "resolve_num_threads", "score_timed", "write_reference_inputs",
+    "find_input_convs", "load_fast_detector", "load_fast_path", "load_fast_path_unbuilt", "quantize_onnx",
+    "read_fast_path_info", "release_files_sha256", "resolve_num_threads", "score_timed", "write_reference_inputs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The exporter's names, imported on first use (PEP 562)."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """What every stage of the fast path shares: file names and format, the optional dependency,
-the CPU's instruction sets and the weights' fingerprint."""
+the CPU's instruction sets, the weights' fingerprint and the release files' hashes."""
 from __future__ import annotations
 
 import contextlib
@@ -7,10 +7,12 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import torch
-from torch import nn
+from fakeface.modeling.detector import CONFIG_NAME, WEIGHTS_NAME
+
+if TYPE_CHECKING:
+    from torch import nn
 
 FAST_MODEL_NAME = "model.int8.onnx"
 FAST_INFO_NAME = "fastpath.json"
@@ -74,9 +76,30 @@ def compute_weights_fingerprint(model: nn.Module) -> str:
     Recorded at export and checked at load, so an ONNX file left over from
     other weights (retrained, or a partly updated repo) is never served.
     """
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
+
+
+def release_files_sha256(folder: str | os.PathLike) -> dict[str, str] | None:
+    """sha256 of a release folder's ``config.json`` and ``model.safetensors`` (None when either is missing).
+
+    Recorded at export when those files load to exactly the exported model; the same files at load prove the
+    graph was made from these weights and this preprocessing before the torch model is built.
+    """
+    paths = [Path(folder) / CONFIG_NAME, Path(folder) / WEIGHTS_NAME]
+    if not all(path.is_file() for path in paths):
+        return None
+    hashes = {}
+    for path in paths:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
+        hashes[path.name] = digest.hexdigest()
+    return hashes

@@ -6,13 +6,14 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
-from sklearn.metrics import roc_auc_score
 
 from fakeface.modeling.inference import Detector
 
 
 def _roc_auc(labels: np.ndarray, p_fake: np.ndarray) -> float:
     """ROC-AUC (fake positive); NaN with one class only, which the export reads as "not measured"."""
+    from sklearn.metrics import roc_auc_score   # on first use: serving never compares
+
     return float(roc_auc_score(labels, p_fake)) if len(np.unique(labels)) == 2 else float("nan")
 
 

@@ -16,9 +16,12 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fakeface.data.preprocess import resolve_preprocessing
+from fakeface.modeling.detector import DetectorLoadError, load_detector, read_detector_config
 from fakeface.modeling.fastpath._common import (
     FAST_INFO_NAME, FAST_MODEL_NAME, FAST_PATH_FORMAT, FAST_REFERENCE_NAME, INPUT_NAME, OUTPUT_NAME,
     FastPathUnavailable, compute_weights_fingerprint, cpu_instruction_sets, import_onnxruntime, quiet_exporter_logs,
+    release_files_sha256,
 )
 from fakeface.modeling.fastpath.comparison import compare_detectors, score_timed
 from fakeface.modeling.fastpath.quantization import (
@@ -126,7 +129,7 @@ def export_fast_path(
                                             budget_auc, quantization)
         reference_path = Path(tmp) / FAST_REFERENCE_NAME
         reference_info = write_reference_inputs(reference_path, model, FastDetector(model, quantized.path), images)
-        described = _describe_graph(model, quantized, quantization, reference_info)
+        described = _describe_graph(model, quantized, quantization, reference_info, release_dir)
         info: dict[str, Any] = {
             "format": FAST_PATH_FORMAT,
             "file": FAST_MODEL_NAME,
@@ -186,8 +189,27 @@ def _quantize_within_budget(model: nn.Module, fp32_path: Path, calibration_image
     return _Quantized(int8_path, comparison, attempts, within_budget)
 
 
+def saved_files_sha256(model: nn.Module, release_dir: Path) -> dict[str, str] | None:
+    """:func:`release_files_sha256` of ``release_dir`` when its files load to exactly ``model`` (the weights
+    fingerprint) and config.json alone fixes its preprocessing (no architecture default fills a gap); else None,
+    and a server loads the torch model before it trusts the graph."""
+    hashes = release_files_sha256(release_dir)
+    if hashes is None:
+        return None
+    try:
+        saved = load_detector(release_dir)
+        config = read_detector_config(release_dir)
+    except DetectorLoadError:
+        return None
+    preprocessing = Detector(model).preprocessing
+    if (compute_weights_fingerprint(saved) != compute_weights_fingerprint(model)
+            or resolve_preprocessing(config) != preprocessing or Detector(saved).preprocessing != preprocessing):
+        return None
+    return hashes
+
+
 def _describe_graph(model: nn.Module, quantized: _Quantized, quantization: QuantizationSettings,
-                    reference_info: dict[str, Any]) -> dict[str, Any]:
+                    reference_info: dict[str, Any], release_dir: Path) -> dict[str, Any]:
     """The nested part of ``fastpath.json`` (kept out of the card's table): the graphs tried, and
     what the shipped one was made from."""
     return {
@@ -199,6 +221,7 @@ def _describe_graph(model: nn.Module, quantized: _Quantized, quantization: Quant
         "source": {
             "weights_sha256": compute_weights_fingerprint(model),
             "preprocessing": Detector(model).preprocessing.as_dict(),
+            "files_sha256": saved_files_sha256(model, release_dir),
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
         },

@@ -5,16 +5,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
 
 from fakeface.data.preprocess import Preprocessing
 from fakeface.modeling.fastpath._common import FAST_REFERENCE_NAME, cpu_instruction_sets
 from fakeface.modeling.inference import Scores, logits_from_crops
+
+if TYPE_CHECKING:   # torch is needed to write reference inputs (export), not to check them (serving)
+    import torch
+    from torch import nn
 
 # Reference inputs shipped in the release and re-scored at load on the serving CPU:
 # up to this many images, fewer when their crops would pass REFERENCE_MAX_BYTES.
@@ -55,6 +57,8 @@ def write_reference_inputs(path: str | os.PathLike, model: nn.Module, fast: Int8
     transform only normalises them), a quarter of float32's size, and both
     logits are computed from exactly what the load-time check will feed.
     """
+    import torch
+
     pp = fast.preprocessing
     per_image = pp.crops_per_image * int(np.prod(pp.input_size))
     count = max(1, min(REFERENCE_IMAGES, len(images), REFERENCE_MAX_BYTES // per_image))

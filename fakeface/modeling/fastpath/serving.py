@@ -8,21 +8,24 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from PIL import Image
-from torch import nn
 
-from fakeface.modeling.detector import load_detector
+from fakeface.modeling.config import resolve_detector_config
+from fakeface.modeling.detector import DetectorFiles, ReleaseConfig, load_detector
 from fakeface.modeling.fastpath._common import (
     FAST_INFO_NAME, FAST_MODEL_NAME, FAST_PATH_FORMAT, FAST_REFERENCE_NAME, VNNI_FLAGS, FastPathUnavailable,
-    compute_weights_fingerprint, cpu_instruction_sets, import_onnxruntime,
+    compute_weights_fingerprint, cpu_instruction_sets, import_onnxruntime, release_files_sha256,
 )
 from fakeface.modeling.fastpath.reference import REFERENCE_TOLERANCE_DP, ReferenceCheck, check_reference_inputs
 from fakeface.modeling.inference import Detector
 from fakeface.utils.formatting import json_safe
 from fakeface.utils.settings import ENV, Settings
+
+if TYPE_CHECKING:   # serving the graph needs no torch; the torch model comes with Grad-CAM
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +60,14 @@ class FastDetector(Detector):
 
     Everything else (preprocessing, crop list, temperature, thresholds,
     verdicts) is inherited, and ``self.model`` is still the torch model, for
-    Grad-CAM.
+    Grad-CAM. Made from a :class:`~fakeface.modeling.detector.ReleaseConfig`
+    instead of a model (:func:`load_fast_path_unbuilt`), it scores without
+    torch, and ``self.model`` builds the torch model on first use.
     """
 
     runtime = "onnxruntime-int8"
 
-    def __init__(self, model: nn.Module, onnx_path: str | os.PathLike, *, threads: int | None = None,
+    def __init__(self, model: nn.Module | ReleaseConfig, onnx_path: str | os.PathLike, *, threads: int | None = None,
                  info: dict[str, Any] | None = None):
         super().__init__(model)
         self.onnx_path = Path(onnx_path)
@@ -75,8 +80,34 @@ class FastDetector(Detector):
             raise ValueError(f"{self.onnx_path.name} takes input {shape}, but the model's preprocessing makes {expected}")
         self._input_name = self.session.get_inputs()[0].name
 
+    @property
+    def model(self) -> nn.Module:
+        """The torch model (Grad-CAM); from a ReleaseConfig, built on first use from the same files, and refused
+        unless its weights are the ones the graph was exported from."""
+        held = self._model
+        return held.build(self._check_weights) if isinstance(held, ReleaseConfig) else held
+
+    @model.setter
+    def model(self, value: nn.Module | ReleaseConfig) -> None:
+        self._model = value
+
+    @property
+    def release(self) -> nn.Module | ReleaseConfig:
+        return self._model
+
+    def _check_weights(self, model: nn.Module) -> None:
+        if compute_weights_fingerprint(model) != (self.info.get("source") or {}).get("weights_sha256"):
+            raise RuntimeError(f"{Path(self.onnx_path).parent.name}: model.safetensors changed after its int8 graph "
+                               "was loaded; restart the app to load the release again")
+
+    def _check_fresh(self) -> None:
+        held = self._model
+        if isinstance(held, ReleaseConfig) and not held.built:
+            return   # no model yet: the config this detector read is the only one, nothing can have changed it
+        super()._check_fresh()
+
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.run(self.prepare(images).numpy())
+        return self.run(self.prepare_arrays(images))
 
     def run(self, crops: np.ndarray) -> np.ndarray:
         """The int8 graph on prepared crops: (N, K, C, H, W) float32 -> crop-averaged logits (N, 2) float32."""
@@ -158,6 +189,8 @@ def load_fast_path(folder_or_model: str | os.PathLike | nn.Module | Detector, *,
     saturate on this CPU, and when its reference inputs, scored here, differ
     from their fp32 outputs by more than the stated tolerance.
     """
+    from torch import nn
+
     model = folder_or_model.model if isinstance(folder_or_model, Detector) else folder_or_model
     if isinstance(model, nn.Module):
         files = getattr(model, "fakeface_files", None)
@@ -176,6 +209,37 @@ def load_fast_path(folder_or_model: str | os.PathLike | nn.Module | Detector, *,
     if result.refusal is not None:
         logger.warning("fast path of %s not used: %s; serving fp32", folder, result.refusal.problem)
     return result
+
+
+def load_fast_path_unbuilt(files: DetectorFiles, *, threads: int | None = None) -> FastPathLoad | None:
+    """A release's int8 detector checked without building its torch model (nor importing torch), or None.
+
+    :func:`load_fast_path`'s checks, with "exported from these weights and this preprocessing" proven by the
+    files: ``fastpath.json`` records the sha256 of ``config.json`` and ``model.safetensors`` as the export
+    found them (only when they loaded to exactly the exported model and the config alone fixes the
+    preprocessing), and the same files load to the same model. The detector's ``model`` (Grad-CAM) is
+    built on first use. None whenever anything is missing, differs or fails: the caller then loads the
+    model and calls :func:`load_fast_path`, whose refusals are the ones reported. Never raises.
+    """
+    folder = Path(files.folder)
+    try:
+        info = read_fast_path_info(folder)
+        if _check_files(folder, info) is not None or _check_saturation(info) is not None:
+            return None
+        recorded = (info.get("source") or {}).get("files_sha256")
+        if not recorded or recorded != release_files_sha256(folder):
+            return None
+        release = ReleaseConfig(files)
+        preprocessing = resolve_detector_config(release).preprocessing
+        if json_safe(preprocessing.as_dict()) != (info.get("source") or {}).get("preprocessing"):
+            return None
+        loaded = _check_reference_here(FastDetector(release, folder / FAST_MODEL_NAME, threads=threads, info=info),
+                                       folder, info)
+    except Exception as error:  # noqa: BLE001 - the full load decides and reports
+        logger.info("fast path of %s not checked before its model (%s); loading the model first", folder,
+                    type(error).__name__)
+        return None
+    return loaded if loaded.detector is not None else None
 
 
 def _load_checked(folder: Path, model: nn.Module | None, threads: int | None) -> FastPathLoad:
