@@ -254,3 +254,22 @@ def test_a_panel_fitted_on_the_validation_split_says_so(tmp_path):
     assert scorer.decision.band_source == VALIDATION_SOURCE and scorer.decision.calibrated
     assert "not fitted by the panel benchmark" in (out / "README.md").read_text()
     assert len(scorer.score(_photos(2)).evidence) == 2
+
+
+def test_a_real_and_its_twin_get_the_same_crop_flip_and_jpeg():
+    """Synced augmentation: with a twin identical to its real, both views come out identical however the crop,
+    flip and JPEG are drawn; a different twin differs only where it differs."""
+    import random
+
+    from fakeface.training.traces import TracePair, TraceSettings, _synced_views
+
+    rng = np.random.default_rng(2)
+    real = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    settings = TraceSettings(crop=32, jpeg_prob=0.5)
+    draw = random.Random(0)
+    for _ in range(20):
+        a, b = _synced_views(TracePair(real, [real.copy()]), 32, settings, draw)
+        assert a.shape == (32, 32, 3) and np.array_equal(a, b)
+    small = real.resize((20, 24))                                   # smaller than the crop: enlarged alike
+    a, b = _synced_views(TracePair(small, [small.copy()]), 32, settings, draw)
+    assert a.shape == (32, 32, 3) and np.array_equal(a, b)

@@ -9,7 +9,6 @@ augmentation: nothing but the trace differs inside a pair). The twins come from 
 """
 from __future__ import annotations
 
-import io
 import random
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
+
+from fakeface.data.preprocess import jpeg_roundtrip
 
 __all__ = ["TraceSettings", "TracePair", "create_trace_model", "train_trace_expert"]
 
@@ -61,16 +62,8 @@ def _synced_views(pair: TracePair, crop: int, settings: TraceSettings, rng: rand
         views = [v.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for v in views]
     if rng.random() < settings.jpeg_prob:
         quality = rng.randint(*settings.jpeg_quality)
-        views = [_jpeg(v, quality) for v in views]
+        views = [jpeg_roundtrip(v, quality) for v in views]
     return np.asarray(views[0]), np.asarray(views[1])
-
-
-def _jpeg(image: Image.Image, quality: int) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
 
 
 def create_trace_model(settings: TraceSettings):
