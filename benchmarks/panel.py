@@ -23,6 +23,7 @@ twins and the five content fine-tunes, all cached in ``.cache/``). On faces-dev:
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,7 +37,7 @@ from benchmarks.generalisation import (ROWS, GeneralisationSettings, Images, bui
 from benchmarks.pack import FAMILIES, ImageItem, load_manifest
 from benchmarks.panel_data import format_facts, real_windows, window_twins
 from benchmarks.panel_score import evaluate_panel
-from fakeface.training.traces import TracePair, TraceSettings
+from fakeface.training.traces import TracePair, TraceSettings, train_trace_expert
 
 logger = logging.getLogger(__name__)
 
@@ -91,18 +92,15 @@ def _trace_expert(items: Sequence[ImageItem], crops: Sequence[str], test_reals: 
             return im.convert("RGB")
 
     pairs = [TracePair(opened(train[i]), [opened(t) for t in twins[i]]) for i in sorted(train) if twins[i]]
-    from fakeface.training.traces import train_trace_expert
 
     model, facts = train_trace_expert(pairs, settings.trace, log=logger.info)
     save_detector(model, folder)
-    (folder / "facts.json").write_text(__import__("json").dumps(facts, indent=2))
+    (folder / "facts.json").write_text(json.dumps(facts, indent=2))
     stamp.write_text(key)
     return model, {**facts, "twin_makers": twin_facts, "cached": False}
 
 
 def _read_facts(folder: Path) -> dict[str, Any]:
-    import json
-
     path = folder / "facts.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 

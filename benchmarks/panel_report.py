@@ -1,6 +1,7 @@
 """The panel benchmark's verdict and Markdown: the rule that picks the released default, the targets, the tables."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -136,8 +137,6 @@ def write_panel_results(data: dict[str, Any], results_dir: str | Path) -> tuple[
     data["default"] = choose_default(json_safe(data))   # in place: run_or_render prints the same data
     data = json_safe(data)
     paths = write_results(data, results_dir, "panel", render_panel)
-    import json
-
     write_atomic(Path(results_dir) / "panel_release.json",
                  (json.dumps(json_safe(release_entry(data)), indent=2) + "\n").encode())
     return paths
