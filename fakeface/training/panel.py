@@ -47,9 +47,7 @@ def read_panel_entry(path: str | Path) -> dict[str, Any]:
 
 def _decision(entry: Mapping[str, Any]) -> Decision:
     band = AbstentionBand.from_dict(entry["band"])
-    return Decision(temperature=float(entry["temperature"]), threshold_real=band.threshold_real,
-                    threshold_fake=band.threshold_fake, calibrated=True, band_source=band.source,
-                    band_target=band.target, confidently_wrong=band.confidently_wrong, coverage=band.coverage)
+    return Decision(temperature=float(entry["temperature"]), calibrated=True, **band.decision_fields())
 
 
 def build_panel_release(content_dir: str | Path, trace_dir: str | Path | Any, entry_path: str | Path | dict,
