@@ -87,9 +87,8 @@ print(json.dumps({"seen": seen, "runtime": model.runtime, "face_sessions": len(d
 """
 
 
-def test_the_page_and_the_first_verdict_import_only_what_they_need(release, tmp_path):
-    """``import app`` (the page built), the models' load and a verdict leave the heavy packages unloaded; the
-    first Grad-CAM loads torch and timm and builds the model, whose answer is the verdict's."""
+def _first_verdict_in_a_fresh_process(release, tmp_path) -> tuple:
+    """(the toy image, what ``_CHILD`` saw): the app started on ``release`` in a new interpreter."""
     image = tmp_path / "toy.png"
     image.write_bytes(_png(toy_images(3, 1)[0][0]))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAKEFACE_")}
@@ -98,6 +97,13 @@ def test_the_page_and_the_first_verdict_import_only_what_they_need(release, tmp_
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     child = json.loads(done.stdout.strip().splitlines()[-1])
+    return image, child
+
+
+def test_the_page_and_the_first_verdict_import_only_what_they_need(release, tmp_path):
+    """``import app`` (the page built), the models' load and a verdict leave the heavy packages unloaded; the
+    first Grad-CAM loads torch and timm and builds the model, whose answer is the verdict's."""
+    image, child = _first_verdict_in_a_fresh_process(release, tmp_path)
     seen = child["seen"]
     assert seen["import app"] == [], f"building the page imported {seen['import app']}"
     assert seen["models loaded"] == [], f"loading the release imported {seen['models loaded']}"
@@ -105,6 +111,47 @@ def test_the_page_and_the_first_verdict_import_only_what_they_need(release, tmp_
     assert child["runtime"] == "onnxruntime-int8" and child["face_sessions"] == 1   # the face session: made at load
     assert {"torch", "timm"} <= set(seen["grad-cam"]) and child["gradcam"]
     assert child["detect"] == child["verdict"]
+
+
+@pytest.fixture(scope="module")
+def panel_release(release, tmp_path_factory):
+    """The release above made a panel as build_panel makes one: a trace expert with its own graph (fp32 here: it
+    is exported without labels) and the fusion written into config.json, whose rewrite keeps the content graph's
+    vouch."""
+    import torch
+
+    from fakeface.modeling.config import Decision
+    from fakeface.modeling.detector import set_stem_stride
+    from fakeface.modeling.fastpath import export_fast_path
+    from fakeface.modeling.panel import ExpertSpec, Fusion, PanelSpec, write_panel
+
+    folder = tmp_path_factory.mktemp("cold-start-panel") / "release"
+    shutil.copytree(release, folder)
+    torch.manual_seed(1)
+    trace = create_detector(ARCH, preprocessing=Preprocessing(input_size=(3, 32, 32), num_test_crops=5))
+    set_stem_stride(trace, 1)
+    spec = PanelSpec((ExpertSpec("content", "content", None, 2.0), ExpertSpec("trace", "trace", "experts/trace", 0.7)),
+                     Fusion(("content", "trace"), (0.5, 1.5), -0.2, (1.0, 0.5), "test rows"))
+    write_panel(folder, spec, {"trace": trace}, Decision(temperature=1.3, threshold_real=0.3, threshold_fake=0.8))
+    assert read_fast_path_info(folder)["source"]["files_sha256"] == release_files_sha256(folder)   # re-vouched
+    export_fast_path(load_detector(folder / "experts" / "trace"), folder / "experts" / "trace", toy_images(6, 8)[0])
+    return folder
+
+
+def test_a_panel_release_serves_its_first_verdict_without_torch(panel_release, tmp_path, monkeypatch):
+    """Every expert of a panel is served from its vouched-for graph: the page, the load and the first verdict
+    import no heavy package, and the fused answer is the one the panel gives when every model is built first."""
+    import fakeface.modeling.fastpath as fastpath
+
+    image, child = _first_verdict_in_a_fresh_process(panel_release, tmp_path)
+    for stage in ("import app", "models loaded", "first verdict"):
+        assert child["seen"][stage] == [], f"{stage} imported {child['seen'][stage]}"
+    assert child["runtime"] == "panel: content onnxruntime-int8, trace onnxruntime-fp32"
+    monkeypatch.setattr(fastpath, "load_fast_path_unbuilt", lambda files: None)   # the experts' models first
+    late = _without_early_path(monkeypatch, panel_release)
+    assert late.runtime == child["runtime"] and not isinstance(late.detector.release, ReleaseConfig)
+    want = analyze_bytes(image.read_bytes(), "toy.png", [late], explain=False, robustness=False, provenance=False)
+    assert child["verdict"] == pytest.approx(want["p_fake"], abs=1e-5)
 
 
 def _without_early_path(monkeypatch, folder):

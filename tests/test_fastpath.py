@@ -25,6 +25,7 @@ weights, with assertions that hold whatever int8 error this CPU gives.
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +35,8 @@ from fakeface.evaluation.metrics import roc_auc
 from fakeface.modeling.config import Decision
 from fakeface.modeling.detector import create_detector, load_detector, save_detector, set_decision
 from fakeface.modeling.fastpath import (
-    ENV_THREADS, FAST_INFO_NAME, FAST_MODEL_NAME, FAST_REFERENCE_NAME, REFERENCE_TOLERANCE_DP, FastDetector,
+    ENV_THREADS, FAST_FP32_NAME, FAST_INFO_NAME, FAST_MODEL_NAME, FAST_REFERENCE_NAME, FP32_GRAPH_TOLERANCE_DP,
+    REFERENCE_DRIFT_DP, REFERENCE_TOLERANCE_DP, FastDetector,
     QuantizationSettings, RefusalCode, check_no_saturation, check_reference_inputs, compute_weights_fingerprint,
     cpu_instruction_sets, export_fast_path, export_onnx, find_input_convs, load_fast_detector, load_fast_path,
     quantize_onnx, read_fast_path_info, release_files_sha256, resolve_num_threads,
@@ -202,6 +204,37 @@ def test_disagreeing_reference_serves_fp32_with_the_reason(tmp_path, tamper):
     assert f"{refusal.check.max_abs_dp:.3f}" in refusal.problem and refusal.message.startswith("int8 fast path not used")
 
 
+def test_a_graph_far_from_fp32_serves_where_it_computes_as_measured(tmp_path):
+    """The absolute bound is not the only way through: a graph that moved a reference image further from fp32
+    than the tolerance where it was exported (its AUC measured with that error) serves on a CPU that computes it
+    as the export did; the same files, with a measurement that does not hold that error, are refused."""
+    from fakeface.modeling.fastpath.reference import _crops_from_pixels
+
+    folder = _copy(RELEASE, tmp_path)
+    _scale_logits(folder / FAST_MODEL_NAME, TAMPERED_LOGIT_SCALE)
+    info = read_fast_path_info(folder)
+    fast = FastDetector(load_detector(folder), folder / FAST_MODEL_NAME, info=info)
+    with np.load(folder / FAST_REFERENCE_NAME) as data:
+        arrays = dict(data)
+    pp = fast.preprocessing
+    arrays["logits_int8"] = fast.run(_crops_from_pixels(arrays["pixels"], pp.mean, pp.std))
+    np.savez_compressed(folder / FAST_REFERENCE_NAME, **arrays)
+    p32, p8 = (fast.scores_from_logits(arrays[k]).p_fake for k in ("logits_fp32", "logits_int8"))
+    moved = float(np.abs(p8 - p32).max())
+    assert moved > REFERENCE_TOLERANCE_DP
+    info["reference"]["tolerance_drift_dp"] = REFERENCE_DRIFT_DP
+
+    def load_with(measured: float):
+        (folder / FAST_INFO_NAME).write_text(json.dumps({**info, "max_abs_dp": measured}))
+        return load_fast_path(folder)
+
+    served = load_with(moved)
+    assert served.detector is not None and served.check.passed, served.refusal
+    assert served.check.max_abs_dp > served.check.tolerance and served.check.drift < 1e-5
+    refused = load_with(moved - 2 * REFERENCE_DRIFT_DP)
+    assert refused.detector is None and refused.refusal.code is RefusalCode.REFERENCE_MISMATCH
+
+
 def test_app_serves_fp32_and_says_why_when_the_reference_disagrees(tmp_path):
     """A release whose fastpath_reference.npz was tampered with: the app serves fp32, the status and About tab say why."""
     from fakeface.app.render import render_about
@@ -218,7 +251,7 @@ def test_app_serves_fp32_and_says_why_when_the_reference_disagrees(tmp_path):
     assert fast["check"]["passed"] is False and fast["check"]["max_abs_dp"] > fast["check"]["tolerance"]
     assert f"{fast['check']['max_abs_dp']:.3f}" in fast["problem"] and fast["fix"]
     about = render_about(registry.status(), [{"model": status}])
-    assert "Why fp32" in about and "reference_mismatch" in about
+    assert "Why torch" in about and "reference_mismatch" in about
     # The untampered release is served int8 and its status says so.
     [good] = ModelRegistry([str(RELEASE)]).status()["models"]
     assert good["runtime"] == "onnxruntime-int8" and good["fast_path"]["served"] is True
@@ -384,26 +417,31 @@ def test_cpu_instruction_sets_read_from_cpuinfo(tmp_path):
 @pytest.mark.slow
 def test_export_writes_the_graph_and_an_honest_report(exported):
     folder, info = exported
-    assert (folder / FAST_MODEL_NAME).is_file() and (folder / FAST_INFO_NAME).is_file()
+    graph = folder / info["file"]
+    assert graph.is_file() and (folder / FAST_INFO_NAME).is_file()
+    assert [p.name for p in folder.glob("*.onnx")] == [graph.name], "one graph ships"
     assert not [p for p in folder.iterdir() if p.name.startswith(".")], "temporary files left behind"
     assert read_fast_path_info(folder) == json.loads(json.dumps(info))
     assert info["measured_on"] == "holdout" and info["images"] == 64 and info["calibration_images"] == 32
     assert info["within_budget"] is (info["auc_drop"] <= info["budget_auc"])
-    # all-int8 is tried first; the input convolution goes fp32 only when all-int8 was over budget
-    assert [a["input_conv"] for a in info["attempts"]] == (["int8"] if info["attempts"][0]["within_budget"]
-                                                           else ["int8", "fp32"])
-    assert info["input_conv"] == info["attempts"][-1]["input_conv"]
+    # all-int8 is tried first; the input convolution goes fp32 only when all-int8 was over budget, and the
+    # fp32 graph ships only when both were
+    within = [a["within_budget"] for a in info["attempts"]]
+    assert [a["input_conv"] for a in info["attempts"]] == (
+        ["int8"] if within[0] else ["int8", "fp32"] if within[1] else ["int8", "fp32", "graph"])
+    assert info["precision"] == ("fp32" if len(within) == 3 else "int8")
+    assert info["input_conv"] == (None if len(within) == 3 else info["attempts"][-1]["input_conv"])
     assert info["attempts"][-1]["auc_drop"] == info["auc_drop"]
     # The report's numbers are recomputable from the two detectors (on this CPU, which made them).
     model = load_detector(folder)
     holdout, _ = load_inputs()
     p32 = Detector(model).score(holdout).p_fake
-    p8 = FastDetector(model, folder / FAST_MODEL_NAME).score(holdout).p_fake
+    p8 = FastDetector(model, graph, info=info).score(holdout).p_fake
     assert info["max_abs_dp"] == pytest.approx(float(np.abs(p32 - p8).max()), abs=1e-5)
     assert info["source"]["weights_sha256"] == compute_weights_fingerprint(model)
     # the saved files hold the exported model: their hashes let a server check the graph before building it
     assert info["source"]["files_sha256"] == release_files_sha256(folder)
-    assert info["saturation"]["ok"] is True and check_no_saturation(folder / FAST_MODEL_NAME).ok
+    assert info["saturation"]["ok"] is True and check_no_saturation(graph).ok
 
 
 @pytest.mark.slow
@@ -412,20 +450,21 @@ def test_export_reference_inputs_are_rescored_alike_where_they_were_made(exporte
     folder, info = exported
     assert (folder / FAST_REFERENCE_NAME).stat().st_size < 2**20
     assert info["reference"]["images"] == 8 and info["reference"]["tolerance_abs_dp"] == REFERENCE_TOLERANCE_DP
-    fast = FastDetector(load_detector(folder), folder / FAST_MODEL_NAME)
+    fast = FastDetector(load_detector(folder), folder / info["file"], info=info)
     check = check_reference_inputs(fast, folder / FAST_REFERENCE_NAME)
     assert check.images == 8 and check.max_abs_dp == pytest.approx(check.export_max_abs_dp, abs=1e-4)
+    assert check.drift <= 1e-4
 
 
 @pytest.mark.slow
-def test_over_budget_export_tries_both_graphs_and_is_refused(tmp_path, caplog):
+def test_over_budget_export_tries_every_graph_and_is_refused(tmp_path, caplog):
     folder = tmp_path / "strict"
     save_detector(load_detector(RELEASE), folder)
     calibration, _ = toy_images(1, 8)
     holdout, labels = toy_images(2, 16)
     info = export_fast_path(load_detector(folder), folder, calibration, holdout, labels, budget_auc=-1.0)
-    assert [a["input_conv"] for a in info["attempts"]] == ["int8", "fp32"]
-    assert info["input_conv"] == "fp32" and info["within_budget"] is False
+    assert [a["input_conv"] for a in info["attempts"]] == ["int8", "fp32", "graph"]
+    assert info["precision"] == "fp32" and info["within_budget"] is False
     assert not any(p.name.startswith(".") for p in folder.iterdir())
     caplog.set_level("INFO", logger="fakeface.modeling.fastpath")
     assert load_fast_detector(folder) is None and "loses" in caplog.text
@@ -442,14 +481,47 @@ def test_input_convolution_is_found_through_the_crop_reshape(tmp_path):
     assert names == convs[:1] and len(convs) > 10
 
 
-def test_export_without_labels_is_not_trusted(tmp_path):
+def _assert_fp32_graph_served(folder, images):
+    """The release serves its fp32 graph: no int8 file, the torch model's scores to float rounding."""
+    assert (folder / FAST_FP32_NAME).is_file() and not (folder / FAST_MODEL_NAME).exists()
+    loaded = load_fast_path(folder)
+    assert loaded.refusal is None and loaded.runtime == "onnxruntime-fp32", loaded.refusal
+    assert loaded.check.max_abs_dp <= loaded.check.tolerance == FP32_GRAPH_TOLERANCE_DP
+    want = Detector(load_detector(folder)).score(images).p_fake
+    assert np.abs(loaded.detector.score(images).p_fake - want).max() < 1e-4
+
+
+def test_export_without_labels_ships_the_fp32_graph(tmp_path):
+    """int8 cannot be proven without labels, so the exported fp32 graph ships: no torch to serve, same scores."""
     folder = tmp_path / "unlabelled"
     save_detector(create_detector(ARCH, preprocessing=PREPROCESSING), folder)
     images, _ = toy_images(8, 6)
     info = export_fast_path(load_detector(folder), folder, images)
-    assert info["measured_on"] == "calibration" and info["within_budget"] is None and "auc_drop" not in info
-    assert info["input_conv"] == "fp32"  # nothing proven: the safer graph
-    assert load_fast_detector(folder) is None
+    assert info["measured_on"] == "calibration" and "auc_drop" not in info
+    assert info["precision"] == "fp32" and info["within_budget"] is True and info["input_conv"] is None
+    assert [a["input_conv"] for a in info["attempts"]] == ["graph"]   # no int8 made: nothing could prove it
+    _assert_fp32_graph_served(folder, images)
+
+
+@pytest.mark.slow
+def test_int8_over_budget_ships_the_fp32_graph(tmp_path, monkeypatch):
+    """An int8 graph that loses AUC (here: one whose logits are negated) is not shipped; the fp32 graph is."""
+    import fakeface.modeling.fastpath.export as export
+
+    def broken_int8(fp32_path, int8_path, *args, **kwargs):
+        shutil.copy(fp32_path, int8_path)
+        _scale_logits(int8_path, -1.0)
+        return Path(int8_path)
+
+    monkeypatch.setattr(export, "quantize_onnx", broken_int8)
+    folder = tmp_path / "over"
+    save_detector(load_detector(RELEASE), folder)
+    holdout, labels = load_inputs()
+    info = export_fast_path(load_detector(folder), folder, holdout[:8], holdout, labels)
+    assert [(a["input_conv"], a["within_budget"]) for a in info["attempts"]] == [
+        ("int8", False), ("fp32", False), ("graph", True)]
+    assert info["precision"] == "fp32" and abs(info["auc_drop"]) <= info["budget_auc"]
+    _assert_fp32_graph_served(folder, holdout[:8])
 
 
 def test_bad_export_arguments_write_nothing(tmp_path):

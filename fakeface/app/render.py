@@ -432,13 +432,14 @@ def render_model_cards(releases: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _fast_path_lines(fast: Mapping[str, Any] | None) -> list[str]:
-    """Why fp32 is served when the release ships an int8 graph that was refused (the refusal's own fields)."""
+    """Why the torch model serves when the release ships a graph that was refused (the refusal's own fields)."""
     if not fast or fast.get("served") or fast.get("code") in (None, "absent", "disabled"):
         return []
     check = fast.get("check") or {}
     measured = (f" (reference inputs: max |Δp| {_num(check.get('max_abs_dp'), 3)} here, tolerance "
-                f"{_num(check.get('tolerance'), 3)})" if check else "")
-    return [f"- **Why fp32:** the int8 fast path was refused (`{fast.get('code')}`): {fast.get('problem')}{measured}. "
+                f"{_num(check.get('tolerance'), 3)}; {_num(check.get('drift'), 3)} from where it was exported, "
+                f"tolerance {_num(check.get('drift_tolerance'), 3)})" if check else "")
+    return [f"- **Why torch:** the ONNX fast path was refused (`{fast.get('code')}`): {fast.get('problem')}{measured}. "
             f"{fast.get('fix') or ''}".rstrip()]
 
 

@@ -250,12 +250,11 @@ def _release_folder(model: Any) -> Path | None:
 def release_scorer(model: Any, own_scorer: Any = None, *, use_fast_path: bool = True) -> Any:
     """What scores photos for a loaded release: its panel, or its own model (``own_scorer``, default torch).
 
-    A panel's experts are served from their int8 graphs where those pass their load-time reference check
-    (:func:`fakeface.modeling.fastpath.load_fast_path`), else in torch fp32. Raises :class:`PanelError` when a
-    panel expert's folder is missing or unloadable.
+    A panel's experts are served from their ONNX graphs where those pass their load-time checks, without
+    building their torch models (nor importing torch) when the graph vouches for the expert's files
+    (:func:`fakeface.modeling.fastpath.load_fast_path_unbuilt`), else in torch fp32. Raises
+    :class:`PanelError` when a panel expert's folder is missing or unloadable.
     """
-    from fakeface.modeling.detector import DetectorLoadError, load_detector
-    from fakeface.modeling.fastpath import load_fast_path
     from fakeface.modeling.inference import Detector
 
     own = own_scorer if own_scorer is not None else Detector(model)
@@ -273,15 +272,28 @@ def release_scorer(model: Any, own_scorer: Any = None, *, use_fast_path: bool = 
             raise PanelError(f"the panel's {expert.name} expert is missing ({expert.folder} not in the release)",
                              "re-download the whole release (experts/ included) or re-build the panel",
                              expert.name)
-        try:
-            expert_model = load_detector(where)
-        except DetectorLoadError as error:
-            raise PanelError(f"the panel's {expert.name} expert cannot be loaded ({error.problem})", error.fix,
-                             expert.name) from error
-        fast = load_fast_path(expert_model) if use_fast_path else None   # never raises; a refusal serves fp32
-        scorers[expert.name] = fast.detector if fast is not None and fast.detector is not None else Detector(
-            expert_model)
+        scorers[expert.name] = _expert_scorer(expert, where, use_fast_path)
     return PanelScorer(spec, scorers, resolve_detector_config(model).decision)
+
+
+def _expert_scorer(expert: ExpertSpec, where: Path, use_fast_path: bool) -> Any:
+    """One expert folder's scorer: its vouched-for graph without torch, else its model and the graph checked
+    against it, else the model in torch fp32."""
+    from fakeface.modeling.detector import DetectorLoadError, fetch_detector_files, load_detector
+    from fakeface.modeling.fastpath import load_fast_path, load_fast_path_unbuilt
+    from fakeface.modeling.inference import Detector
+
+    try:
+        files = fetch_detector_files(str(where))
+        unbuilt = load_fast_path_unbuilt(files) if use_fast_path else None   # never raises
+        if unbuilt is not None:
+            return unbuilt.detector
+        expert_model = load_detector(where, files=files)
+    except DetectorLoadError as error:
+        raise PanelError(f"the panel's {expert.name} expert cannot be loaded ({error.problem})", error.fix,
+                         expert.name) from error
+    fast = load_fast_path(expert_model) if use_fast_path else None   # never raises; a refusal serves fp32
+    return fast.detector if fast is not None and fast.detector is not None else Detector(expert_model)
 
 
 def write_panel(release_dir: str | os.PathLike, spec: PanelSpec, experts: Mapping[str, Any],
@@ -289,6 +301,8 @@ def write_panel(release_dir: str | os.PathLike, spec: PanelSpec, experts: Mappin
     """Add trace experts (``name -> timm model``) and the panel entry and fused decision to a saved release."""
     from fakeface.modeling.detector import save_detector
     from fakeface.utils.fileio import write_atomic
+
+    from fakeface.modeling.fastpath import revouch_release_files
 
     release_dir = Path(release_dir)
     for expert in spec.experts:
@@ -300,5 +314,8 @@ def write_panel(release_dir: str | os.PathLike, spec: PanelSpec, experts: Mappin
     block.update(decision.to_cfg())
     block[PANEL_KEY] = spec.to_cfg()
     config[FAKEFACE_KEY] = block
-    write_atomic(config_path, (json.dumps(config, indent=2) + "\n").encode())
+    # Only the decision and the panel entry change: the content graph still holds these weights and this
+    # preprocessing, so its vouch (fastpath.json's file hashes) is carried over to the new config.json.
+    with revouch_release_files(release_dir):
+        write_atomic(config_path, (json.dumps(config, indent=2) + "\n").encode())
     return release_dir

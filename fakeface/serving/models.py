@@ -187,7 +187,8 @@ def describe_face_stage(model: Any) -> dict[str, Any]:
 
 
 def describe_fast_path(loaded: FastPathLoad | None, *, folder: Path | None = None) -> dict[str, Any]:
-    """Whether the int8 graph is served and, when not, why (the refusal's code, problem, fix and numbers).
+    """Whether the release's graph (int8 or fp32) is served and, when not, why (the refusal's code, problem, fix
+    and numbers).
 
     A runtime's error text quoted in ``problem`` can name the release's local
     folder: it is shown by name only, as everywhere in the status.
@@ -207,7 +208,8 @@ def describe_fast_path(loaded: FastPathLoad | None, *, folder: Path | None = Non
         "fix": None if refusal is None else refusal.fix,
         "check": None if check is None else {
             "images": check.images, "max_abs_dp": check.max_abs_dp, "export_max_abs_dp": check.export_max_abs_dp,
-            "tolerance": check.tolerance, "passed": check.passed, "cpu_flags": list(check.cpu_flags)},
+            "tolerance": check.tolerance, "drift": check.drift, "drift_tolerance": check.drift_tolerance,
+            "passed": check.passed, "cpu_flags": list(check.cpu_flags)},
     }
 
 

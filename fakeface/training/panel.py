@@ -191,4 +191,7 @@ def build_validation_panel(content_dir: str | Path, dataset: str, output_dir: st
     entry = {"fusion": fusion.to_cfg(), "temperature": temperature, "band": band.to_dict(), "trace_expert": facts,
              "expert_temperatures": {name: fit_temperature(np.stack([np.zeros(len(y)), margins[:, k]], 1), y)
                                      for k, name in enumerate(("content", "trace"))}}
-    return build_panel_release(content_dir, trace_model, entry, output_dir)
+    # The trace expert's graph: calibrated on train photos, its AUC cost measured on the validation split it was
+    # fitted on (what it will score), so the demo's panel also serves without torch.
+    return build_panel_release(content_dir, trace_model, entry, output_dir,
+                               fast_path_images=(images[:64], val_images, np.asarray(y)))

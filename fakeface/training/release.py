@@ -128,3 +128,37 @@ def export_release_fast_path(model: nn.Module, output_dir: Path, calibration_ima
     except Exception as error:  # an optional artefact: log and publish without it
         logger.warning("fast path export failed, publishing without it: %s: %s", type(error).__name__, error)
         return {"error": f"{type(error).__name__}: {error}"}
+
+
+def reexport_fast_path(release_dir: str | Path, dataset: str) -> dict[str, Any] | None:
+    """Export a saved release's fast path again (a newer exporter, a lost graph), as train.py would: calibrated
+    on ``dataset``'s validation split and measured on its test split, cut to faces where the release has a face
+    crop; the card's fast-path section and ``eval_results.json`` are brought up to date."""
+    import re
+
+    from fakeface.data.dataset import load_face_dataset
+    from fakeface.modeling.config import resolve_detector_config
+    from fakeface.training.card import fast_path_section
+    from fakeface.training.face_data import crop_split_to_faces
+
+    release_dir = Path(release_dir)
+    model = load_detector(release_dir)
+    splits = load_face_dataset(dataset)
+    validation, test = splits["validation"], splits["test"]
+    face_crop = resolve_detector_config(model).face_crop
+    if face_crop is not None:
+        validation, test = (crop_split_to_faces(s, face_crop) for s in (validation, test))
+    calibration = decode_split(validation)[0]
+    test_images, test_labels, _ = decode_split(test)
+    info = export_release_fast_path(model, release_dir, calibration, test_images, test_labels)
+    results = release_dir / EVAL_RESULTS_NAME
+    if results.is_file():
+        report = json.loads(results.read_text())
+        report["fast_path"] = info
+        results.write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    card = release_dir / "README.md"
+    if card.is_file():   # the section runs to the next heading of its level, or to the end
+        text = re.sub(r"\n## Fast path .*?(?=\n## |\Z)", lambda _: fast_path_section(info).rstrip("\n"),
+                      card.read_text(), count=1, flags=re.S)
+        card.write_text(text)
+    return info

@@ -3,6 +3,7 @@
 A release folder may carry, beside ``model.safetensors``::
 
     model.int8.onnx   crops (N, K, C, H, W) float32 -> crop-averaged logits (N, 2)
+                      (or model.fp32.onnx, the unquantized graph, where int8 missed its AUC budget)
     fastpath.json     how it was made and what it costs in accuracy
 
 The graph takes exactly what :meth:`fakeface.modeling.inference.Detector.prepare`
@@ -53,8 +54,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from fakeface.modeling.fastpath._common import (
-    CPU_FLAGS, FAST_INFO_NAME, FAST_MODEL_NAME, FAST_PATH_FORMAT, FAST_REFERENCE_NAME, INPUT_NAME, OUTPUT_NAME,
-    FastPathUnavailable, compute_weights_fingerprint, cpu_instruction_sets, release_files_sha256,
+    CPU_FLAGS, FAST_FP32_NAME, FAST_GRAPH_NAMES, FAST_INFO_NAME, FAST_MODEL_NAME, FAST_PATH_FORMAT,
+    FAST_REFERENCE_NAME, INPUT_NAME, OUTPUT_NAME, FastPathUnavailable, compute_weights_fingerprint,
+    cpu_instruction_sets, graph_precision, release_files_sha256, revouch_release_files,
 )
 from fakeface.modeling.fastpath.comparison import compare_detectors, score_timed
 from fakeface.modeling.fastpath.quantization import (
@@ -62,12 +64,12 @@ from fakeface.modeling.fastpath.quantization import (
     find_input_convs, quantize_onnx,
 )
 from fakeface.modeling.fastpath.reference import (
-    REFERENCE_IMAGES, REFERENCE_MAX_BYTES, REFERENCE_TOLERANCE_DP, ReferenceCheck, check_reference_inputs,
-    write_reference_inputs,
+    FP32_GRAPH_TOLERANCE_DP, REFERENCE_DRIFT_DP, REFERENCE_IMAGES, REFERENCE_MAX_BYTES, REFERENCE_TOLERANCE_DP,
+    ReferenceCheck, check_reference_inputs, write_reference_inputs,
 )
 from fakeface.modeling.fastpath.serving import (
-    ENV_THREADS, FastDetector, FastPathLoad, FastPathRefusal, RefusalCode, create_session, load_fast_detector,
-    load_fast_path, load_fast_path_unbuilt, read_fast_path_info, resolve_num_threads,
+    ENV_THREADS, FastDetector, FastPathLoad, FastPathRefusal, RefusalCode, create_session, graph_path,
+    load_fast_detector, load_fast_path, load_fast_path_unbuilt, read_fast_path_info, resolve_num_threads,
 )
 
 if TYPE_CHECKING:
@@ -77,14 +79,16 @@ _LAZY = {name: "fakeface.modeling.fastpath.export"
          for name in ("DEFAULT_BUDGET_AUC", "DEFAULT_OPSET", "export_fast_path", "export_onnx")}
 
 __all__ = [
-    "CPU_FLAGS", "DEFAULT_BUDGET_AUC", "DEFAULT_OPSET", "DEFAULT_QUANTIZATION", "ENV_THREADS", "FAST_INFO_NAME",
+    "CPU_FLAGS", "DEFAULT_BUDGET_AUC", "DEFAULT_OPSET", "DEFAULT_QUANTIZATION", "ENV_THREADS", "FAST_FP32_NAME",
+    "FAST_GRAPH_NAMES", "FAST_INFO_NAME", "FP32_GRAPH_TOLERANCE_DP", "REFERENCE_DRIFT_DP", "graph_path",
+    "graph_precision",
     "FAST_MODEL_NAME", "FAST_PATH_FORMAT", "FAST_REFERENCE_NAME", "INPUT_NAME", "OUTPUT_NAME", "QUANTIZATION_METHOD",
     "REFERENCE_IMAGES", "REFERENCE_MAX_BYTES", "REFERENCE_TOLERANCE_DP", "FastDetector", "FastPathLoad",
     "FastPathRefusal", "FastPathUnavailable", "QuantizationSettings", "ReferenceCheck", "RefusalCode",
     "SaturationCheck", "check_no_saturation", "check_reference_inputs", "compare_detectors",
     "compute_weights_fingerprint", "cpu_instruction_sets", "create_session", "export_fast_path", "export_onnx",
     "find_input_convs", "load_fast_detector", "load_fast_path", "load_fast_path_unbuilt", "quantize_onnx",
-    "read_fast_path_info", "release_files_sha256", "resolve_num_threads", "score_timed", "write_reference_inputs",
+    "read_fast_path_info", "release_files_sha256", "revouch_release_files", "resolve_num_threads", "score_timed", "write_reference_inputs",
 ]
 
 

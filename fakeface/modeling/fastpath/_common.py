@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 FAST_MODEL_NAME = "model.int8.onnx"
+# The exported fp32 graph, shipped instead of the int8 one when int8 cannot be proven within the AUC budget:
+# it scores as the torch model does (to float rounding) and still serves without torch, off the GIL.
+FAST_FP32_NAME = "model.fp32.onnx"
+FAST_GRAPH_NAMES = {"int8": FAST_MODEL_NAME, "fp32": FAST_FP32_NAME}
 FAST_INFO_NAME = "fastpath.json"
 FAST_REFERENCE_NAME = "fastpath_reference.npz"
 # 2: 7-bit weights (cannot saturate on AVX2), reference inputs checked at load.
@@ -30,6 +34,14 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 
 class FastPathUnavailable(RuntimeError):
     """The fast path cannot be built here (e.g. onnxruntime or onnx is not installed)."""
+
+
+def graph_precision(info: dict | None) -> str:
+    """``"int8"`` or ``"fp32"``: which graph a ``fastpath.json`` describes (releases before fp32 graphs: int8)."""
+    precision = (info or {}).get("precision", "int8")
+    if precision not in FAST_GRAPH_NAMES:
+        raise ValueError(f"unknown graph precision {precision!r}; this version reads {sorted(FAST_GRAPH_NAMES)}")
+    return precision
 
 
 def import_onnxruntime():
@@ -103,3 +115,33 @@ def release_files_sha256(folder: str | os.PathLike) -> dict[str, str] | None:
                 digest.update(block)
         hashes[path.name] = digest.hexdigest()
     return hashes
+
+
+@contextlib.contextmanager
+def revouch_release_files(folder: str | os.PathLike) -> Iterator[None]:
+    """Around a rewrite of a release's config.json that keeps its weights and preprocessing (a new decision, a
+    panel entry): a graph that vouched for the old files (``fastpath.json``'s ``files_sha256``) vouches for the
+    new ones. Nothing changes when it did not vouch before, or when the weights or preprocessing changed."""
+    import json
+
+    from fakeface.data.preprocess import resolve_preprocessing
+    from fakeface.modeling.detector import read_detector_config
+    from fakeface.utils.fileio import write_atomic
+
+    info_path = Path(folder) / FAST_INFO_NAME
+    try:
+        info = json.loads(info_path.read_text())
+        vouched = (info.get("source") or {}).get("files_sha256")
+        before = release_files_sha256(folder)
+        preprocessing = resolve_preprocessing(read_detector_config(folder))
+    except (OSError, ValueError, AttributeError):
+        info, vouched, before, preprocessing = None, None, None, None
+    yield
+    if not vouched or vouched != before:
+        return
+    after = release_files_sha256(folder)
+    if (after is None or after[WEIGHTS_NAME] != before[WEIGHTS_NAME]
+            or resolve_preprocessing(read_detector_config(folder)) != preprocessing):
+        return
+    info["source"]["files_sha256"] = after
+    write_atomic(info_path, (json.dumps(info, indent=2) + "\n").encode())

@@ -19,7 +19,7 @@ from torch import nn
 from fakeface.data.preprocess import resolve_preprocessing
 from fakeface.modeling.detector import DetectorLoadError, load_detector, read_detector_config
 from fakeface.modeling.fastpath._common import (
-    FAST_INFO_NAME, FAST_MODEL_NAME, FAST_PATH_FORMAT, FAST_REFERENCE_NAME, INPUT_NAME, OUTPUT_NAME,
+    FAST_GRAPH_NAMES, FAST_INFO_NAME, FAST_PATH_FORMAT, FAST_REFERENCE_NAME, INPUT_NAME, OUTPUT_NAME,
     FastPathUnavailable, compute_weights_fingerprint, cpu_instruction_sets, import_onnxruntime, quiet_exporter_logs,
     release_files_sha256,
 )
@@ -27,7 +27,9 @@ from fakeface.modeling.fastpath.comparison import compare_detectors, score_timed
 from fakeface.modeling.fastpath.quantization import (
     DEFAULT_QUANTIZATION, QUANTIZATION_METHOD, QuantizationSettings, check_no_saturation, quantize_onnx,
 )
-from fakeface.modeling.fastpath.reference import write_reference_inputs
+from fakeface.modeling.fastpath.reference import (
+    FP32_GRAPH_TOLERANCE_DP, REFERENCE_TOLERANCE_DP, write_reference_inputs,
+)
 from fakeface.modeling.fastpath.serving import FastDetector
 from fakeface.modeling.inference import Detector, logits_from_crops
 from fakeface.utils.fileio import write_atomic
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
 DEFAULT_BUDGET_AUC = 0.005
+FP32_GRAPH_METHOD = "onnxruntime fp32 (the exported graph, unquantized)"
 
 
 class _CropAveragingModel(nn.Module):
@@ -101,16 +104,17 @@ def export_fast_path(
     opset: int = DEFAULT_OPSET,
     quantization: QuantizationSettings = DEFAULT_QUANTIZATION,
 ) -> dict[str, Any]:
-    """Write ``model.int8.onnx`` + ``fastpath.json`` into ``release_dir`` and return the report.
+    """Write the release's graph + ``fastpath.json`` into ``release_dir`` and return the report.
 
     ``calibration_images`` (decoded validation images; a few dozen suffice)
     set the activation ranges. The accuracy cost is measured against the fp32
     model on ``holdout_images`` (the test split); with ``holdout_labels`` the
-    AUC drop decides ``within_budget`` (drop <= ``budget_auc``), and which
-    graph ships: every layer int8 when that is within budget, else the one
-    with the input convolution in fp32 (``input_conv`` in the report). Without
-    labels the AUC cannot be measured and ``within_budget`` is None, which
-    :func:`load_fast_detector` treats as "not proven": the app serves fp32.
+    AUC drop decides which graph ships: every layer int8 when that is within
+    ``budget_auc``, else int8 with the input convolution in fp32
+    (``input_conv`` in the report), else the fp32 graph itself
+    (``model.fp32.onnx``, ``precision`` "fp32"), which scores as the torch
+    model does and still serves without torch. Without labels int8 cannot be
+    proven, so the fp32 graph ships.
     """
     if not calibration_images:
         raise ValueError("export_fast_path needs at least one calibration image (decoded validation images)")
@@ -125,21 +129,25 @@ def export_fast_path(
     with tempfile.TemporaryDirectory(dir=release_dir, prefix=".fastpath-") as tmp:
         fp32_path = Path(tmp) / "model.fp32.onnx"
         exporter = export_onnx(model, fp32_path, opset=opset)
-        quantized = _quantize_within_budget(model, fp32_path, calibration_images, images, holdout_labels,
-                                            budget_auc, quantization)
+        quantized = _choose_graph(model, fp32_path, calibration_images, images, holdout_labels, budget_auc,
+                                  quantization)
+        int8 = quantized.precision == "int8"
         reference_path = Path(tmp) / FAST_REFERENCE_NAME
-        reference_info = write_reference_inputs(reference_path, model, FastDetector(model, quantized.path), images)
+        reference_info = write_reference_inputs(
+            reference_path, model, FastDetector(model, quantized.path, info={"precision": quantized.precision}),
+            images, tolerance=REFERENCE_TOLERANCE_DP if int8 else FP32_GRAPH_TOLERANCE_DP)
         described = _describe_graph(model, quantized, quantization, reference_info, release_dir)
         info: dict[str, Any] = {
             "format": FAST_PATH_FORMAT,
-            "file": FAST_MODEL_NAME,
-            "method": QUANTIZATION_METHOD,
+            "file": FAST_GRAPH_NAMES[quantized.precision],
+            "precision": quantized.precision,
+            "method": QUANTIZATION_METHOD if int8 else FP32_GRAPH_METHOD,
             "exporter": exporter,
             "opset": opset,
             "onnxruntime": ort.__version__,
             "torch": torch.__version__,
             "calibration_images": len(calibration_images),
-            "input_conv": quantized.attempts[-1]["input_conv"],
+            "input_conv": quantized.attempts[-1]["input_conv"] if int8 else None,
             "measured_on": "holdout" if holdout_images is not None else "calibration",
             **quantized.comparison,
             "budget_auc": budget_auc,
@@ -149,44 +157,54 @@ def export_fast_path(
             **described,
         }
         _install(release_dir, quantized.path, reference_path, info)
-    if quantized.within_budget is False:
-        logger.warning("int8 fast path loses %.4f AUC (budget %.4f): the app will serve fp32",
-                       quantized.comparison["auc_drop"], budget_auc)
+    if not int8:
+        logger.warning("int8 graph %s: the release ships its fp32 graph", "; ".join(
+            f"input conv {a['input_conv']} loses {a['auc_drop']:.4f} AUC (budget {budget_auc:.4f})"
+            for a in quantized.attempts if a["input_conv"] != "graph") or "not measured (no labelled holdout)")
     return info
 
 
 @dataclass(frozen=True)
 class _Quantized:
-    """The int8 graph that ships (in the temporary folder) and how it compared with fp32."""
+    """The graph that ships (in the temporary folder), its precision and how it compared with torch fp32."""
 
     path: Path
     comparison: dict[str, Any]
     attempts: list[dict[str, Any]]
     within_budget: bool | None
+    precision: str = "int8"
 
 
-def _quantize_within_budget(model: nn.Module, fp32_path: Path, calibration_images: Sequence[Image.Image],
-                            images: list[Image.Image], labels: Sequence[int] | None, budget_auc: float,
-                            quantization: QuantizationSettings) -> _Quantized:
-    """Fastest first: every layer int8. If that loses more AUC than the budget, keep the input
-    convolution fp32 (see :func:`find_input_convs`). Without labels nothing can be proven, so only
-    the safer graph is made."""
+def _choose_graph(model: nn.Module, fp32_path: Path, calibration_images: Sequence[Image.Image],
+                  images: list[Image.Image], labels: Sequence[int] | None, budget_auc: float,
+                  quantization: QuantizationSettings) -> _Quantized:
+    """Fastest first: every layer int8; if that loses more AUC than the budget, the input convolution
+    fp32 (see :func:`find_input_convs`); if that does too, or without labels (nothing can be proven), the
+    fp32 graph, which must match torch to float rounding."""
     reference = Detector(model)
     reference_scores = score_timed(reference, images)
     attempts: list[dict[str, Any]] = []
-    for keep_stem_fp32 in ((False, True) if labels is not None else (True,)):
+
+    def attempt(path: Path, name: str, precision: str) -> tuple[dict[str, Any], bool | None]:
+        comparison = compare_detectors(reference, FastDetector(model, path, info={"precision": precision}),
+                                       images, labels, reference_scores=reference_scores)
+        auc_drop = comparison.get("auc_drop")
+        within = None if auc_drop is None or np.isnan(auc_drop) else bool(auc_drop <= budget_auc)
+        if precision == "fp32":   # exact up to rounding, with or without labels to prove the AUC
+            within = bool(comparison["max_abs_dp"] <= FP32_GRAPH_TOLERANCE_DP and within is not False)
+        attempts.append({"input_conv": name, "within_budget": within,
+                         **{k: comparison.get(k) for k in ("auc_drop", "max_abs_dp", "mean_abs_dp")}})
+        return comparison, within
+
+    for keep_stem_fp32 in ((False, True) if labels is not None else ()):
         int8_path = fp32_path.with_name(f"input-conv-{'fp32' if keep_stem_fp32 else 'int8'}.onnx")
         quantize_onnx(fp32_path, int8_path, reference, list(calibration_images), keep_stem_fp32=keep_stem_fp32,
                       settings=quantization)
-        comparison = compare_detectors(reference, FastDetector(model, int8_path), images, labels,
-                                       reference_scores=reference_scores)
-        auc_drop = comparison.get("auc_drop")
-        within_budget = None if auc_drop is None or np.isnan(auc_drop) else bool(auc_drop <= budget_auc)
-        attempts.append({"input_conv": "fp32" if keep_stem_fp32 else "int8", "within_budget": within_budget,
-                         **{k: comparison.get(k) for k in ("auc_drop", "max_abs_dp", "mean_abs_dp")}})
-        if within_budget:
-            break
-    return _Quantized(int8_path, comparison, attempts, within_budget)
+        comparison, within = attempt(int8_path, "fp32" if keep_stem_fp32 else "int8", "int8")
+        if within:
+            return _Quantized(int8_path, comparison, attempts, within)
+    comparison, within = attempt(fp32_path, "graph", "fp32")
+    return _Quantized(fp32_path, comparison, attempts, within, precision="fp32")
 
 
 def saved_files_sha256(model: nn.Module, release_dir: Path) -> dict[str, str] | None:
@@ -214,7 +232,7 @@ def _describe_graph(model: nn.Module, quantized: _Quantized, quantization: Quant
     what the shipped one was made from."""
     return {
         "attempts": quantized.attempts,
-        "quantization": asdict(quantization),
+        "quantization": asdict(quantization) if quantized.precision == "int8" else None,
         "saturation": asdict(check_no_saturation(quantized.path)),
         "reference": reference_info,
         "exported_on_cpu": list(cpu_instruction_sets()),
@@ -232,6 +250,8 @@ def _install(release_dir: Path, int8_path: Path, reference_path: Path, info: dic
     """Move the files into the release. The JSON is written last: a folder with an ONNX file but no
     JSON (interrupted export) is never loaded."""
     (release_dir / FAST_INFO_NAME).unlink(missing_ok=True)
-    os.replace(int8_path, release_dir / FAST_MODEL_NAME)
+    for name in FAST_GRAPH_NAMES.values():   # a re-export may change the precision: no stale graph stays
+        (release_dir / name).unlink(missing_ok=True)
+    os.replace(int8_path, release_dir / FAST_GRAPH_NAMES[info["precision"]])
     os.replace(reference_path, release_dir / FAST_REFERENCE_NAME)
     write_atomic(release_dir / FAST_INFO_NAME, (json.dumps(json_safe(info), indent=2) + "\n").encode())

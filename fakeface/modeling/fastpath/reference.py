@@ -1,5 +1,5 @@
 """The load-time reference check: a few crops shipped in ``fastpath_reference.npz`` with their fp32
-and int8 logits, re-scored on the serving CPU before the int8 graph is used."""
+and graph (int8, or the fp32 graph) logits, re-scored on the serving CPU before the graph is used."""
 from __future__ import annotations
 
 import os
@@ -27,6 +27,14 @@ REFERENCE_MAX_BYTES = 4 * 2**20
 # docs/performance.md states for the int8 path. (Saturation on AVX2 moved p by
 # up to 0.31; 7-bit weights moved a trained MobileNetV2's worst image by 0.07.)
 REFERENCE_TOLERANCE_DP = 0.15
+# The same for an fp32 graph, which differs from torch by float rounding only.
+FP32_GRAPH_TOLERANCE_DP = 0.01
+# Or: this CPU computes the graph as the export CPU did, within this. The export measured that graph's AUC
+# against fp32 on held-out images and found it within budget, so the same arithmetic here is the same
+# accuracy, however far a reference image moved (a small model trained and exported on an EPYC moved one
+# by 0.187 and failed the absolute bound on the very CPU that exported it). A CPU whose kernels compute
+# otherwise (saturating int16 sums) moves the logits far more than this.
+REFERENCE_DRIFT_DP = 0.02
 
 
 class Int8Graph(Protocol):
@@ -50,7 +58,8 @@ def _crops_from_pixels(pixels: np.ndarray, mean: Sequence[float], std: Sequence[
 
 
 def write_reference_inputs(path: str | os.PathLike, model: nn.Module, fast: Int8Graph,
-                           images: Sequence[Image.Image]) -> dict[str, Any]:
+                           images: Sequence[Image.Image], *,
+                           tolerance: float = REFERENCE_TOLERANCE_DP) -> dict[str, Any]:
     """Save a few images' crops with their fp32 and (this CPU's) int8 logits; returns the JSON summary.
 
     The crops are stored as the uint8 pixels they are cut from (the eval
@@ -72,17 +81,23 @@ def write_reference_inputs(path: str | os.PathLike, model: nn.Module, fast: Int8
     logits_int8 = fast.run(inputs)
     with open(path, "wb") as handle:
         np.savez_compressed(handle, pixels=pixels, logits_fp32=logits_fp32, logits_int8=logits_int8)
-    return {"file": FAST_REFERENCE_NAME, "images": count, "tolerance_abs_dp": REFERENCE_TOLERANCE_DP,
+    return {"file": FAST_REFERENCE_NAME, "images": count, "tolerance_abs_dp": tolerance,
+            "tolerance_drift_dp": REFERENCE_DRIFT_DP,
             "bytes": Path(path).stat().st_size}
 
 
 @dataclass(frozen=True)
 class ReferenceCheck:
-    """The shipped reference inputs re-scored by the int8 graph on this CPU.
+    """The shipped reference inputs re-scored by the graph on this CPU.
 
-    ``max_abs_dp``: the largest |p_int8 - p_fp32| here, which must stay within
-    ``tolerance``; ``export_max_abs_dp``: the same where the release was
-    exported (so a user can see whether this CPU computes differently).
+    ``max_abs_dp``: the largest |p_graph - p_fp32| here; ``export_max_abs_dp``:
+    the same where the release was exported; ``drift``: the largest
+    |p_graph here - p_graph there|. It passes when the graph is within
+    ``tolerance`` of fp32 here, or computes as it did where its AUC was
+    measured (``drift`` within ``drift_tolerance``) and the shipped file agrees
+    with that measurement (``export_max_abs_dp`` within ``drift_tolerance`` of
+    ``measured_max_abs_dp``, the export's max |Δp| over its held-out images,
+    of which the reference images are the first).
     """
 
     images: int
@@ -90,14 +105,20 @@ class ReferenceCheck:
     export_max_abs_dp: float
     tolerance: float
     cpu_flags: tuple[str, ...]
+    drift: float = 0.0
+    drift_tolerance: float = REFERENCE_DRIFT_DP
+    measured_max_abs_dp: float | None = None
 
     @property
     def passed(self) -> bool:
-        return bool(self.max_abs_dp <= self.tolerance)
+        same_as_measured = (self.measured_max_abs_dp is not None and self.drift <= self.drift_tolerance
+                            and self.export_max_abs_dp <= self.measured_max_abs_dp + self.drift_tolerance)
+        return bool(self.max_abs_dp <= self.tolerance or same_as_measured)
 
 
-def check_reference_inputs(fast: Int8Graph, path: str | os.PathLike,
-                           tolerance: float = REFERENCE_TOLERANCE_DP) -> ReferenceCheck:
+def check_reference_inputs(fast: Int8Graph, path: str | os.PathLike, tolerance: float = REFERENCE_TOLERANCE_DP,
+                           drift_tolerance: float = REFERENCE_DRIFT_DP,
+                           measured_max_abs_dp: float | None = None) -> ReferenceCheck:
     """Score the release's reference crops with ``fast`` here and compare with the stored logits.
 
     Raises ``OSError``/``ValueError``/``KeyError`` for a file that cannot be read.
@@ -115,4 +136,6 @@ def check_reference_inputs(fast: Int8Graph, path: str | os.PathLike,
                              for x in (logits_fp32, logits_int8, here))
     return ReferenceCheck(images=len(pixels), max_abs_dp=float(np.abs(p8_here - p32).max()),
                           export_max_abs_dp=float(np.abs(p8_then - p32).max()), tolerance=float(tolerance),
-                          cpu_flags=cpu_instruction_sets())
+                          cpu_flags=cpu_instruction_sets(), drift=float(np.abs(p8_here - p8_then).max()),
+                          drift_tolerance=float(drift_tolerance), measured_max_abs_dp=(
+                              None if measured_max_abs_dp is None else float(measured_max_abs_dp)))

@@ -1,5 +1,6 @@
-"""Serving the int8 graph: the ONNX Runtime session, :class:`FastDetector`, and loading a release's
-fast path after every check, or the typed reason to serve fp32."""
+"""Serving the release's graph (int8, or fp32 where int8 missed its budget): the ONNX Runtime session,
+:class:`FastDetector`, and loading a release's fast path after every check, or the typed reason to serve
+the torch model."""
 from __future__ import annotations
 
 import json
@@ -16,10 +17,13 @@ from PIL import Image
 from fakeface.modeling.config import resolve_detector_config
 from fakeface.modeling.detector import DetectorFiles, ReleaseConfig, load_detector
 from fakeface.modeling.fastpath._common import (
-    FAST_INFO_NAME, FAST_MODEL_NAME, FAST_PATH_FORMAT, FAST_REFERENCE_NAME, VNNI_FLAGS, FastPathUnavailable,
-    compute_weights_fingerprint, cpu_instruction_sets, import_onnxruntime, release_files_sha256,
+    FAST_GRAPH_NAMES, FAST_INFO_NAME, FAST_PATH_FORMAT, FAST_REFERENCE_NAME, VNNI_FLAGS,
+    FastPathUnavailable, compute_weights_fingerprint, cpu_instruction_sets, graph_precision, import_onnxruntime,
+    release_files_sha256,
 )
-from fakeface.modeling.fastpath.reference import REFERENCE_TOLERANCE_DP, ReferenceCheck, check_reference_inputs
+from fakeface.modeling.fastpath.reference import (
+    REFERENCE_DRIFT_DP, REFERENCE_TOLERANCE_DP, ReferenceCheck, check_reference_inputs,
+)
 from fakeface.modeling.inference import Detector
 from fakeface.utils.formatting import json_safe
 from fakeface.utils.settings import ENV, Settings
@@ -65,13 +69,13 @@ class FastDetector(Detector):
     torch, and ``self.model`` builds the torch model on first use.
     """
 
-    runtime = "onnxruntime-int8"
-
     def __init__(self, model: nn.Module | ReleaseConfig, onnx_path: str | os.PathLike, *, threads: int | None = None,
                  info: dict[str, Any] | None = None):
         super().__init__(model)
         self.onnx_path = Path(onnx_path)
         self.info = dict(info or {})
+        self.precision = graph_precision(self.info)
+        self.runtime = f"onnxruntime-{self.precision}"
         self.reference_check: ReferenceCheck | None = None   # set by load_fast_path after checking on this CPU
         self.session = create_session(self.onnx_path, threads=threads)
         expected = [None, self.preprocessing.crops_per_image, *self.preprocessing.input_size]
@@ -112,6 +116,11 @@ class FastDetector(Detector):
     def run(self, crops: np.ndarray) -> np.ndarray:
         """The int8 graph on prepared crops: (N, K, C, H, W) float32 -> crop-averaged logits (N, 2) float32."""
         return self.session.run(None, {self._input_name: crops})[0].astype(np.float32)
+
+
+def graph_path(folder: str | os.PathLike, info: dict[str, Any] | None) -> Path:
+    """The graph a ``fastpath.json`` describes, in ``folder``; ``ValueError`` for an unknown precision."""
+    return Path(folder) / FAST_GRAPH_NAMES[graph_precision(info)]
 
 
 def read_fast_path_info(folder: str | os.PathLike) -> dict[str, Any] | None:
@@ -174,7 +183,7 @@ class FastPathLoad:
 
     @property
     def runtime(self) -> str:
-        return FastDetector.runtime if self.detector is not None else "torch-fp32"
+        return self.detector.runtime if self.detector is not None else "torch-fp32"
 
 
 def load_fast_path(folder_or_model: str | os.PathLike | nn.Module | Detector, *,
@@ -202,7 +211,7 @@ def load_fast_path(folder_or_model: str | os.PathLike | nn.Module | Detector, *,
         folder = Path(files.folder)
     else:
         folder, model = Path(model), None
-    if not (folder / FAST_INFO_NAME).exists() and not (folder / FAST_MODEL_NAME).exists():
+    if not (folder / FAST_INFO_NAME).exists() and not any((folder / n).exists() for n in FAST_GRAPH_NAMES.values()):
         logger.info("no fast path in %s; serving fp32", folder)
         return FastPathLoad(None, FastPathRefusal(RefusalCode.ABSENT, "the release has no int8 graph"))
     result = _load_checked(folder, model, threads)
@@ -233,7 +242,7 @@ def load_fast_path_unbuilt(files: DetectorFiles, *, threads: int | None = None) 
         preprocessing = resolve_detector_config(release).preprocessing
         if json_safe(preprocessing.as_dict()) != (info.get("source") or {}).get("preprocessing"):
             return None
-        loaded = _check_reference_here(FastDetector(release, folder / FAST_MODEL_NAME, threads=threads, info=info),
+        loaded = _check_reference_here(FastDetector(release, graph_path(folder, info), threads=threads, info=info),
                                        folder, info)
     except Exception as error:  # noqa: BLE001 - the full load decides and reports
         logger.info("fast path of %s not checked before its model (%s); loading the model first", folder,
@@ -258,14 +267,14 @@ def _load_checked(folder: Path, model: nn.Module | None, threads: int | None) ->
     if refusal is not None:
         return FastPathLoad(None, refusal)
     try:
-        fast = FastDetector(model, folder / FAST_MODEL_NAME, threads=threads, info=info)
+        fast = FastDetector(model, graph_path(folder, info), threads=threads, info=info)
     except FastPathUnavailable as error:
         return FastPathLoad(None, FastPathRefusal(RefusalCode.RUNTIME_MISSING, str(error),
                                                   "Install the pinned onnxruntime (requirements.txt)."))
     except Exception as error:  # corrupt or truncated file, incompatible opset: all mean "serve fp32"
         return FastPathLoad(None, FastPathRefusal(
             RefusalCode.GRAPH_UNLOADABLE,
-            f"{FAST_MODEL_NAME} cannot be loaded ({type(error).__name__}: {str(error)[:200]})"))
+            f"{graph_path(folder, info).name} cannot be loaded ({type(error).__name__}: {str(error)[:200]})"))
     return _check_reference_here(fast, folder, info)
 
 
@@ -273,8 +282,12 @@ def _check_files(folder: Path, info: dict[str, Any] | None) -> FastPathRefusal |
     """``fastpath.json`` readable, the graph present, a format this version reads, within the AUC budget."""
     if info is None:
         return FastPathRefusal(RefusalCode.INFO_UNREADABLE, f"{FAST_INFO_NAME} is missing or unreadable")
-    if not (folder / FAST_MODEL_NAME).is_file():
-        return FastPathRefusal(RefusalCode.GRAPH_MISSING, f"{FAST_MODEL_NAME} is missing")
+    try:
+        graph = graph_path(folder, info)
+    except ValueError as error:
+        return FastPathRefusal(RefusalCode.UNKNOWN_FORMAT, f"{FAST_INFO_NAME}: {error}")
+    if not graph.is_file():
+        return FastPathRefusal(RefusalCode.GRAPH_MISSING, f"{graph.name} is missing")
     if info.get("format") != FAST_PATH_FORMAT:
         return FastPathRefusal(RefusalCode.UNKNOWN_FORMAT,
                                f"{FAST_INFO_NAME} has format {info.get('format')!r}, this version reads "
@@ -317,9 +330,12 @@ def _check_reference_here(fast: FastDetector, folder: Path, info: dict[str, Any]
     if not reference_path.is_file():
         return FastPathLoad(None, FastPathRefusal(RefusalCode.REFERENCE_MISSING,
                                                   f"{FAST_REFERENCE_NAME} (its reference inputs) is missing"))
-    tolerance = float((info.get("reference") or {}).get("tolerance_abs_dp", REFERENCE_TOLERANCE_DP))
+    reference = info.get("reference") or {}
+    tolerance = float(reference.get("tolerance_abs_dp", REFERENCE_TOLERANCE_DP))
     try:
-        check = check_reference_inputs(fast, reference_path, tolerance)
+        check = check_reference_inputs(fast, reference_path, tolerance,
+                                       float(reference.get("tolerance_drift_dp", REFERENCE_DRIFT_DP)),
+                                       info.get("max_abs_dp") if "tolerance_drift_dp" in reference else None)
     except Exception as error:  # noqa: BLE001 - truncated, wrong arrays, wrong shapes: all mean "serve fp32"
         return FastPathLoad(None, FastPathRefusal(
             RefusalCode.REFERENCE_UNREADABLE,
@@ -329,7 +345,8 @@ def _check_reference_here(fast: FastDetector, folder: Path, info: dict[str, Any]
             RefusalCode.REFERENCE_MISMATCH,
             f"on this CPU ({', '.join(check.cpu_flags) or 'flags unknown'}) its reference inputs differ "
             f"from fp32 by up to {check.max_abs_dp:.3f} in p(fake) (tolerance {check.tolerance:.3f}; "
-            f"{check.export_max_abs_dp:.3f} where it was exported)",
+            f"{check.export_max_abs_dp:.3f} where it was exported, so it computes {check.drift:.3f} away from "
+            f"there, tolerance {check.drift_tolerance:.3f})",
             "Serve fp32 on this machine, and report the CPU: the int8 graph is not faithful here.", check)
         return FastPathLoad(None, refusal, check)
     fast.reference_check = check
