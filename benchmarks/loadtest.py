@@ -187,15 +187,22 @@ def stop_server(process: subprocess.Popen) -> None:
 
 def save_load_model(folder: str | os.PathLike, *, arch: str = "mobilenetv2_100", input_size: int = 128,
                     seed: int = 0) -> Path:
-    """A random-weight detector at the demo's input size (speed does not depend on what it learned)."""
+    """A random-weight detector at the demo's input size (speed does not depend on what it learned), with the
+    ONNX graph every release from train.py carries: fp32 here, as int8 cannot be proven without labels."""
     import torch
 
-    from fakeface.modeling.detector import create_detector, save_detector
     from fakeface.data.preprocess import Preprocessing
+    from fakeface.data.synthetic import generate_synthetic_sample
+    from fakeface.data.images import load_image
+    from fakeface.modeling.detector import create_detector, load_detector, save_detector
+    from fakeface.modeling.fastpath import export_fast_path
 
     torch.manual_seed(seed)
     model = create_detector(arch, preprocessing=Preprocessing(input_size=(3, input_size, input_size)))
-    return save_detector(model, folder)
+    folder = save_detector(model, folder)
+    calibration = [load_image(generate_synthetic_sample(i, seed=seed, size=input_size).data).image for i in range(8)]
+    export_fast_path(load_detector(folder), folder, calibration)
+    return folder
 
 
 def build_load_images(folder: str | os.PathLike, *, n: int = 6, seed: int = 0) -> list[Path]:
@@ -237,6 +244,11 @@ class MemoryWatch:
     def rss_mb(self) -> float:
         return self._process.memory_info().rss / 2**20
 
+    def cpu_s(self) -> float:
+        """The watched process's CPU seconds so far (user + system, all threads)."""
+        times = self._process.cpu_times()
+        return times.user + times.system
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
@@ -269,6 +281,8 @@ class PhaseResult:
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     calls: dict[str, int] = field(default_factory=dict)
     rss_mb: list[tuple[float, float]] = field(default_factory=list, repr=False)
+    server_cpu_s: float | None = None     # the app's process CPU time (user + system) over the phase
+    client_cpu_s: float | None = None     # this process's (the clients') CPU time over the phase
 
     @property
     def throughput_rps(self) -> float:
@@ -299,12 +313,18 @@ class PhaseResult:
                 "end": round(statistics.fmean(tail), 1), "peak": round(max(m for _, m in self.rss_mb), 1),
                 "growth_after_warmup": round(statistics.fmean(tail) - warm[-1], 1)}
 
+    def cpu_per_request(self) -> dict[str, float]:
+        """CPU milliseconds per answered request: the server's and the clients' (which share the cores)."""
+        if not self.ok or self.server_cpu_s is None or self.client_cpu_s is None:
+            return {}
+        return {"server": round(1e3 * self.server_cpu_s / self.ok, 1), "clients": round(1e3 * self.client_cpu_s / self.ok, 1)}
+
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "clients": self.clients, "requests_per_client": self.requests_per_client,
                 "ok": self.ok, "errors": len(self.errors), "error_examples": sorted(set(self.errors))[:5],
                 "wall_s": round(self.wall_s, 2), "throughput_rps": round(self.throughput_rps, 2),
                 "latency_ms": self.latency_summary(), "calls": dict(sorted(self.calls.items())),
-                "rss_mb": self.memory_summary(),
+                "rss_mb": self.memory_summary(), "cpu_ms_per_request": self.cpu_per_request(),
                 "rss_trace_mb": [(round(t, 1), round(m, 1)) for t, m in self.rss_mb[::max(1, len(self.rss_mb) // 60)]]}
 
 
@@ -381,13 +401,22 @@ def run_phase(url: str, name: str, *, clients: int, requests_per_client: int,
         thread.start()
     start_gate.wait()
     first_sample = len(watch.samples) if watch else 0
+    cpu_before = (watch.cpu_s() if watch else None, _own_cpu_s())
     started = time.perf_counter()
     for thread in threads:
         thread.join()
     result.wall_s = time.perf_counter() - started
     if watch is not None:
         result.rss_mb = list(watch.samples[first_sample:])
+        result.server_cpu_s = watch.cpu_s() - cpu_before[0]
+    result.client_cpu_s = _own_cpu_s() - cpu_before[1]
     return result
+
+
+def _own_cpu_s() -> float:
+    """This process's CPU seconds: the client threads (the memory watch's samples are a rounding error)."""
+    times = os.times()
+    return times.user + times.system
 
 
 def detect_caller(images: Sequence[Path], *, every_kind_first: bool = False) -> Callable[[Any, random.Random], str]:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from benchmarks.loadtest import NOOP_API, VERDICT_API, LoadReport
+from benchmarks.loadtest import NOOP_API, VERDICT_API, VERDICT_VS_NOOP_TARGET as TARGET_RATIO, LoadReport
 
 __all__ = ["render_report_markdown", "save_report"]
 
@@ -19,6 +19,27 @@ def _phase_table(phases: Sequence[dict[str, Any]]) -> list[str]:
         cells = [lat.get(k, "") for k in ("mean", "p50", "p90", "p95", "p99", "max")]
         lines.append(f"| {phase['name']} | {phase['ok']} | {phase['errors']} | {phase['wall_s']} | "
                      f"{phase['throughput_rps']} | " + " | ".join(str(c) for c in cells) + " |")
+    return lines
+
+
+def _cpu_lines(phases: dict[str, dict[str, Any]]) -> list[str]:
+    """Where the time goes: CPU per request on each side, and the ratio these clients allow at best."""
+    cpu = {name: p.get("cpu_ms_per_request") or {} for name, p in phases.items()}
+    if not all(cpu.get(name) for name in (VERDICT_API, NOOP_API)):
+        return []
+    lines = ["## Where the time goes", "", "CPU milliseconds per answered request (user + system, all threads), on the "
+             "same cores: the app's process and the `gradio_client` clients driving it.", "",
+             "| phase | server CPU ms | clients CPU ms | total |", "|---|---|---|---|"]
+    lines += [f"| {name} | {c['server']} | {c['clients']} | {round(c['server'] + c['clients'], 1)} |"
+              for name, c in cpu.items() if c]
+    v, n = cpu[VERDICT_API], cpu[NOOP_API]
+    ceiling = (n["server"] + n["clients"]) / (n["server"] + v["clients"])
+    allowed = (n["server"] + n["clients"]) / TARGET_RATIO - v["clients"]
+    lines += ["", f"A verdict costs the server {round(v['server'] - n['server'], 1)} ms more CPU than the no-op, and the "
+              f"clients {round(v['clients'] - n['clients'], 1)} ms more (the photo's upload). For {TARGET_RATIO:.0%} of "
+              f"the no-op's pace, the server may spend at most {round(allowed, 1)} ms per verdict with these clients "
+              f"(it spent {v['server']}); a verdict costing the server no more than the no-op would reach "
+              f"{ceiling:.0%}.", ""]
     return lines
 
 
@@ -54,6 +75,7 @@ def render_report_markdown(report: LoadReport) -> str:
         f"<= {report.rss_bound_mb:.0f} MiB).", "",
         *_phase_table(data["phases"]), "",
         *_targets_lines(data["targets"], phases),
+        *_cpu_lines(phases),
     ]
     if "detect" in phases:
         detect = phases["detect"]

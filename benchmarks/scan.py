@@ -87,14 +87,14 @@ def ensure_release(work: Path) -> str:
     from fakeface.data.dataset import load_face_dataset
     from fakeface.evaluation.metrics import decode_split
     from fakeface.modeling.detector import load_detector
-    from fakeface.modeling.fastpath import RefusalCode, export_fast_path, load_fast_path
+    from fakeface.modeling.fastpath import export_fast_path, load_fast_path
 
     models, (data_dir, _) = prepare_trained_releases(work, [ARCH])
     release = models[ARCH]
     loaded = load_fast_path(release)
-    # Made by an older export: measure what a release ships now. (A graph this CPU computes differently from
-    # the reference would be refused again: then the scan runs fp32, as it would for a user here.)
-    if loaded.detector is None and getattr(loaded.refusal, "code", None) is not RefusalCode.REFERENCE_MISMATCH:
+    # Made by an older export: measure what a release ships now (its int8 graph, or its fp32 graph where int8
+    # misses the budget). A graph re-exported here and still refused runs the scan in torch, as for a user.
+    if loaded.detector is None:
         data = load_face_dataset(data_dir)
         calibration, _, _ = decode_split(data["validation"], max_images=64)
         holdout, labels, _ = decode_split(data["test"])
@@ -139,10 +139,12 @@ def _cpu_ms_per_image(records: list[dict[str, Any]], images: int) -> float | Non
 
 
 def run_scan_benchmark(work: Path, *, images: int = 400, rounds: int = 3, source: Path | None = None,
-                       faces: bool = False, prefetch: int | None = None) -> dict[str, Any]:
+                       faces: bool = False, prefetch: int | None = None, release: str | None = None) -> dict[str, Any]:
+    """``release``: scan with this release as it is (e.g. the panel ``make release`` builds), else train one."""
     environment = collect_environment()
-    release = ensure_release(work)
-    if faces:
+    given = release is not None
+    release = release or ensure_release(work)
+    if faces and not given:
         release = face_stage_release(release, work)
     folder = (make_scan_folder(work / "scan-images", images) if source is None
               else link_source_subset(source, work / "scan-source", images))
@@ -159,7 +161,8 @@ def run_scan_benchmark(work: Path, *, images: int = 400, rounds: int = 3, source
     return {
         "setup": {"images": runs[0]["images"], "source": os.fspath(source) if source else None,
                   "image_size": None if source else 512,
-                  "formats": _formats(folder) if source else "2/3 JPEG q90, 1/3 PNG", "architecture": ARCH,
+                  "formats": _formats(folder) if source else "2/3 JPEG q90, 1/3 PNG",
+                  "architecture": release if given else ARCH,
                   "faces": faces, "prefetch": "batch size (16)" if prefetch is None else prefetch,
                   "rounds": rounds, "threads_per_process": 1, "batch_size": 16,
                   "command": "python -m fakeface.scan.cli / torchrun --standalone --nproc_per_node 2 -m fakeface.scan.cli"},
@@ -209,10 +212,20 @@ def _reading(results: dict[str, Any]) -> list[str]:
         one, two = float(np.median(cpu[1])), float(np.median(cpu[2]))
         lines += [f"CPU time per image (every thread of every process): {one:.1f} ms with one process, {two:.1f} ms "
                   f"with two ({two / one:.2f}x). " + (
-                      "Two processes cost about the same CPU per image as one: they do not get in each other's way, "
-                      "and images/s falls short of 2x by the CPU time they were not given." if two / one < 1.15 else
+                      "Two processes cost about the same CPU per image as one: they do not get in each other's way."
+                      if two / one < 1.15 else
                       "Each image costs more CPU when two processes run: they contend (caches, memory bandwidth, or "
                       "two vCPUs sharing one physical core), beyond any CPU time other work took."), ""]
+        # The one-process baseline is not one core: its read-ahead thread decodes on the other core while the
+        # main thread scores, so two processes on two cores can gain at most cores / (what one process used).
+        singles = [r for r in runs if r["processes"] == 1 and r.get("cpu_ms_per_image") and r.get("scan_seconds")]
+        if singles:
+            used = float(np.median([r["cpu_ms_per_image"] * r["images"] / 1e3 / r["scan_seconds"] for r in singles]))
+            ceiling = env["cpus_available"] / used * one / two
+            lines += [f"One process used {used:.2f} cores (its read-ahead thread decodes the next files on the other "
+                      f"core while the batch is scored), so {env['cpus_available']} processes on "
+                      f"{env['cpus_available']} cores can reach at most about {ceiling:.2f}x at the CPU per image "
+                      "they measured; that, not the scan's scaling, bounds the ratio.", ""]
     if max(r["load_before"] for r in runs) > env["cpus_available"]:
         lines += [f"The load average was above the {env['cpus_available']} cores during the runs: other work "
                   "shared the CPU, so images/s measures the share the scan was given as much as the scan, and the "
@@ -268,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", default=None, help="a folder to scan (e.g. ../shared/data/faces-dev)")
     parser.add_argument("--faces", action="store_true", help="scan with the face stage (a copy of the release)")
     parser.add_argument("--prefetch", type=int, default=None, help="the scan's --prefetch (default: its own)")
+    parser.add_argument("--release", default=None, help="scan with this release as it is (default: train one)")
     parser.add_argument("--work-dir", default=None, help="keep the release and images here (reused)")
     parser.add_argument("--output", default="results/scan", help="path prefix of the .json and .md")
     parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the existing .json")
@@ -281,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         results = run_scan_benchmark(work, images=args.images, rounds=args.rounds, faces=args.faces,
                                      source=Path(args.source).resolve() if args.source else None,
-                                     prefetch=args.prefetch)
+                                     prefetch=args.prefetch, release=args.release)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output + ".json").write_text(json.dumps(results, indent=2) + "\n")
     Path(args.output + ".md").write_text(render_scan_markdown(results))

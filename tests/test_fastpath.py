@@ -545,3 +545,25 @@ def test_saturation_check_catches_full_range_weights(tmp_path):
                         settings=QuantizationSettings(reduce_range=False))
     check = check_no_saturation(old)
     assert not check.ok and check.worst_pair_sum > 32767 and check.worst_layer, check
+
+
+@pytest.mark.slow
+def test_a_saved_release_is_exported_again_with_its_card_and_results(tmp_path):
+    """scripts/export_fast_path.py: a release saved without a usable graph gets one from its dataset (validation to
+    calibrate, test to measure), and its card's fast-path section and eval_results.json say what now ships."""
+    from fakeface.training.release import reexport_fast_path
+    from tests.test_training import make_tiny_dataset, write_dataset_folder
+
+    data = write_dataset_folder(make_tiny_dataset(n_train=8, n_validation=12, n_test=16), tmp_path / "data")
+    folder = tmp_path / "release"
+    save_detector(create_detector(ARCH, preprocessing=PREPROCESSING), folder)
+    (folder / "README.md").write_text("# card\n\n## Fast path (int8 ONNX)\n\nstale words\n\n## Limits\n\nkept\n")
+    (folder / "eval_results.json").write_text(json.dumps({"auc": 0.5, "fast_path": {"error": "old"}}))
+    info = reexport_fast_path(folder, str(data))
+    assert info["measured_on"] == "holdout" and info["images"] == 16 and info["calibration_images"] == 12
+    assert (folder / info["file"]).is_file() and load_fast_path(folder).detector is not None
+    card = (folder / "README.md").read_text()
+    assert "stale words" not in card and card.count("## Fast path") == 1 and card.endswith("## Limits\n\nkept\n")
+    assert f"| precision | {info['precision']} |" in card
+    results = json.loads((folder / "eval_results.json").read_text())
+    assert results["auc"] == 0.5 and results["fast_path"]["file"] == info["file"]

@@ -67,3 +67,7 @@ def test_noop_baseline_and_report(report):
     assert ("PASS" if report.passed else "FAIL") in text and "no-op" in text
     assert f"| {VERDICT_API} | 40 | 0 |" in text and "verdict-only throughput vs the no-op endpoint" in text
     assert "p95" in text and "load average" in text
+    # Where the time goes: each side's CPU per request; a verdict (decode + model) costs the server more than nothing.
+    verdict, noop = (report.phase(n).cpu_per_request() for n in (VERDICT_API, NOOP_API))
+    assert verdict["server"] > noop["server"] > 0 and verdict["clients"] > 0 and noop["clients"] > 0
+    assert "## Where the time goes" in text and f"| {VERDICT_API} | {verdict['server']} |" in text
