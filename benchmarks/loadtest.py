@@ -9,7 +9,10 @@ same server, each with the same clients:
   share model calls, :mod:`fakeface.serving.verdicts`);
 * ``noop``: a no-op endpoint added to the same server (:func:`add_noop_endpoint`),
   the server and client machinery alone: the baseline of the target
-  (verdicts at >= 80 % of its requests per second).
+  (verdicts at >= 80 % of its requests per second);
+* ``noop_upload``: a no-op that takes the photo as ``/verdict`` does (the same
+  component, uploaded the same way) and returns "ok": what the transport of
+  a photo costs, so the report can tell it from what the verdict itself costs.
 
 Used by ``scripts/load_test.py`` (the full 8 clients x 200 requests run) and
 ``tests/test_load.py`` (a short one); the report's Markdown is :mod:`benchmarks.loadtest_report`.
@@ -36,12 +39,14 @@ from typing import Any, Callable, Sequence
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "LoadReport", "MemoryWatch", "PhaseResult", "add_noop_endpoint", "build_load_images", "describe_machine",
+    "NOOP_UPLOAD_API", "LoadReport", "MemoryWatch", "PhaseResult", "add_noop_endpoint", "build_load_images",
+    "describe_machine",
     "describe_queue", "free_port", "launch_local_app", "run_load_test", "run_phase",
     "save_load_model", "start_server", "stop_server", "verdict_caller", "wait_until_ready",
 ]
 
 NOOP_API = "noop"
+NOOP_UPLOAD_API = "noop_upload"
 VERDICT_API = "verdict"
 # Issue 14: with 8 concurrent users, verdict-only requests at >= 80 % of the
 # no-op endpoint's requests per second on the same server.
@@ -71,6 +76,8 @@ def add_noop_endpoint(demo: Any) -> Any:
     """
     import gradio as gr
 
+    from fakeface.app.components import OriginalImage
+
     names = {getattr(fn, "api_name", None) for fn in getattr(demo, "fns", {}).values()}
     if NOOP_API in names:
         return demo
@@ -78,6 +85,11 @@ def add_noop_endpoint(demo: Any) -> Any:
         box = gr.Textbox(visible=False)
         trigger = gr.Button(visible=False)
         trigger.click(lambda: "ok", None, box, api_name=NOOP_API, concurrency_limit=None)
+        # The verdict's own input component: the upload and Gradio's handling of it, then nothing.
+        photo = OriginalImage(type="filepath", visible=False)
+        upload_trigger = gr.Button(visible=False)
+        upload_trigger.click(lambda path: "ok" if path else "no file", photo, box, api_name=NOOP_UPLOAD_API,
+                             concurrency_limit=None)
     return demo
 
 
@@ -460,6 +472,18 @@ def noop_call(client: Any, rng: random.Random) -> str:
     return NOOP_API
 
 
+def noop_upload_caller(images: Sequence[Path]) -> Callable[[Any, random.Random], str]:
+    """One upload no-op per call, on a random image of ``images`` (as :func:`verdict_caller` sends it)."""
+    from gradio_client import handle_file
+
+    def call(client: Any, rng: random.Random) -> str:
+        if client.predict(handle_file(str(rng.choice(images))), api_name=f"/{NOOP_UPLOAD_API}") != "ok":
+            raise AssertionError("the upload no-op did not answer 'ok'")
+        return NOOP_UPLOAD_API
+
+    return call
+
+
 # --------------------------------------------------------------------------- the whole test
 
 @dataclass
@@ -482,7 +506,8 @@ class LoadReport:
 
     def memory_growth_mb(self) -> float:
         """The largest RSS growth after warm-up over the phases that do model work."""
-        growths = [p.memory_summary().get("growth_after_warmup", 0.0) for p in self.phases if p.name != NOOP_API]
+        growths = [p.memory_summary().get("growth_after_warmup", 0.0) for p in self.phases
+                   if p.name not in (NOOP_API, NOOP_UPLOAD_API)]
         return max(growths, default=0.0)
 
     def targets(self) -> dict[str, Any]:
@@ -497,6 +522,10 @@ class LoadReport:
             ratio = self.phase(VERDICT_API).throughput_rps / self.phase(NOOP_API).throughput_rps
             out["verdict_vs_noop"] = {"ratio": round(ratio, 3), "target": VERDICT_VS_NOOP_TARGET,
                                       "met": ratio >= VERDICT_VS_NOOP_TARGET}
+        if self.has_phase(VERDICT_API) and self.has_phase(NOOP_UPLOAD_API) and self.phase(NOOP_UPLOAD_API).throughput_rps:
+            # Not the target (that is the plain no-op's): the share of the gap the verdict's own work makes.
+            out["verdict_vs_noop_upload"] = {"ratio": round(self.phase(VERDICT_API).throughput_rps
+                                                            / self.phase(NOOP_UPLOAD_API).throughput_rps, 3)}
         return out
 
     @property
@@ -558,7 +587,7 @@ def _run_phases(url: str, watch: MemoryWatch, images: Sequence[Path], *, clients
     # so the ratio compares two phases under the same background load.
     plan = [("detect", detect_caller(images)), (VERDICT_API, verdict_caller(images))]
     if noop:
-        plan.append((NOOP_API, noop_call))
+        plan += [(NOOP_API, noop_call), (NOOP_UPLOAD_API, noop_upload_caller(images))]
     phases = []
     for name, call in plan:
         say(f"{name}: {clients} clients x {requests_per_client} requests")

@@ -201,7 +201,7 @@ def test_disagreeing_reference_serves_fp32_with_the_reason(tmp_path, tamper):
     assert refusal.code is RefusalCode.REFERENCE_MISMATCH
     assert refusal.check is loaded.check and not refusal.check.passed
     assert refusal.check.max_abs_dp > refusal.check.tolerance == REFERENCE_TOLERANCE_DP
-    assert f"{refusal.check.max_abs_dp:.3f}" in refusal.problem and refusal.message.startswith("int8 fast path not used")
+    assert f"{refusal.check.max_abs_dp:.3f}" in refusal.problem and refusal.message.startswith("ONNX fast path not used")
 
 
 def test_a_graph_far_from_fp32_serves_where_it_computes_as_measured(tmp_path):

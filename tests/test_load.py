@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.loadtest import NOOP_API, RSS_GROWTH_BOUND_MB, VERDICT_API, run_load_test
+from benchmarks.loadtest import NOOP_API, NOOP_UPLOAD_API, RSS_GROWTH_BOUND_MB, VERDICT_API, run_load_test
 from benchmarks.loadtest_report import render_report_markdown
 
 # 40 requests are too few to tell a leak from lazy first-use allocations (a
@@ -71,3 +71,7 @@ def test_noop_baseline_and_report(report):
     verdict, noop = (report.phase(n).cpu_per_request() for n in (VERDICT_API, NOOP_API))
     assert verdict["server"] > noop["server"] > 0 and verdict["clients"] > 0 and noop["clients"] > 0
     assert "## Where the time goes" in text and f"| {VERDICT_API} | {verdict['server']} |" in text
+    # The upload no-op carries the same photo and does nothing with it: the verdict's own work is the difference.
+    upload = report.phase(NOOP_UPLOAD_API)
+    assert upload.errors == [] and upload.ok == 4 * 10 and upload.calls == {NOOP_UPLOAD_API: 40}
+    assert "verdict-only throughput vs the upload no-op" in text and "the verdict's own work is" in text

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_split_arguments(p)
     p.add_argument("--no-robustness", action="store_true")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--fast-path", action="store_true", help="score with the int8 ONNX fast path if the model has one")
+    p.add_argument("--fast-path", action="store_true", help="score with the ONNX fast path (int8, or fp32 where int8 missed its budget) if the model has one")
     p.add_argument("--recalibrate", metavar="SPLIT", default=None,
                    help="refit temperature and thresholds on SPLIT first (saves the model into --output-dir)")
     p.add_argument("--target-fpr", type=float, default=0.05, help="with --recalibrate")
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fast_path:
         fast = load_fast_detector(model.fakeface_files.folder if not args.recalibrate else output_dir)
         if fast is None:
-            print("error: the model has no usable int8 fast path (see the log above)", file=sys.stderr)
+            print("error: the model has no usable ONNX fast path (see the log above)", file=sys.stderr)
             return 2
         detector = fast
     decoded = decode_split(data[args.split], max_images=args.limit)

@@ -245,7 +245,7 @@ NO_MODEL_CONFIGURED = LoadFailure(
 
 
 def load_model(source: str, *, token: str | None = None, use_fast_path: bool = True) -> LoadedModel | LoadFailure:
-    """Load one detector (and its int8 fast path when valid); never raises.
+    """Load one detector (and its ONNX fast path, int8 or fp32, when valid); never raises.
 
     A release whose int8 graph passes its checks on the release's files alone (:func:`load_fast_path_unbuilt`)
     serves verdicts at once; its torch model (Grad-CAM) is built on first use. Otherwise the torch model is

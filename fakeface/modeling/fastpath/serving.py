@@ -170,7 +170,7 @@ class FastPathRefusal:
 
     @property
     def message(self) -> str:
-        return f"int8 fast path not used: {self.problem}. {self.fix}"
+        return f"ONNX fast path not used: {self.problem}. {self.fix}"
 
 
 @dataclass(frozen=True)
