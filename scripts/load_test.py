@@ -24,7 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-log", default=None, help="file for the app's own output")
     p.add_argument("--no-noop", action="store_true", help="skip the no-op baseline")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--render-only", action="store_true", help="rewrite load_test.md from the existing load_test.json")
     args = p.parse_args(argv)
+    if args.render_only:
+        import json
+        from pathlib import Path
+
+        from benchmarks.loadtest_report import render_report_markdown
+
+        folder = Path(args.output_dir)
+        (folder / "load_test.md").write_text(render_report_markdown(json.loads((folder / "load_test.json").read_text())))
+        return 0
 
     from benchmarks.loadtest import run_load_test
     from benchmarks.loadtest_report import render_report_markdown, save_report

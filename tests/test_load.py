@@ -75,3 +75,7 @@ def test_noop_baseline_and_report(report):
     upload = report.phase(NOOP_UPLOAD_API)
     assert upload.errors == [] and upload.ok == 4 * 10 and upload.calls == {NOOP_UPLOAD_API: 40}
     assert "verdict-only throughput vs the upload no-op" in text and "the verdict's own work is" in text
+    # --render-only rewrites the Markdown from the JSON alone: the same text
+    import json
+
+    assert render_report_markdown(json.loads(json.dumps(report.to_dict()))) == text
