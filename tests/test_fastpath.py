@@ -399,6 +399,8 @@ def test_thread_count_from_env(monkeypatch):
     fast = load_fast_detector(RELEASE)
     assert fast.session.get_session_options().intra_op_num_threads == 1
     assert fast.session.get_session_options().inter_op_num_threads == 1
+    # no CPU memory arena: it grew with every new batch shape under load (the load test's memory)
+    assert fast.session.get_session_options().enable_cpu_mem_arena is False
     for bad in ("0", "two", "-3"):
         monkeypatch.setenv(ENV_THREADS, bad)
         with pytest.raises(ValueError, match=ENV_THREADS):

@@ -107,6 +107,7 @@ def create_face_session(threads: int | None = None, graph: FaceGraph | None = No
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Idle workers that spin steal the two cores from decoding, the classifier and the web server.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = False   # as the detectors' sessions: the arena grew under varying photo sizes
     options.log_severity_level = 3
     graph = graph or resolve_face_graph(None, None)
     return ort.InferenceSession(graph.read_bytes(), options, providers=["CPUExecutionProvider"])
