@@ -138,6 +138,25 @@ def panel_release(release, tmp_path_factory):
     return folder
 
 
+def test_a_rewrite_that_changes_the_weights_is_not_vouched_for(release, tmp_path):
+    """revouch_release_files carries the graph's vouch over a config rewrite only: new weights written inside it
+    leave the old hashes, so the release is loaded the full way (and its graph refused as other weights)."""
+    import torch
+
+    from fakeface.modeling.fastpath import revouch_release_files
+
+    folder = tmp_path / "release"
+    shutil.copytree(release, folder)
+    before = read_fast_path_info(folder)["source"]["files_sha256"]
+    assert before == release_files_sha256(folder)
+    model = load_detector(folder)
+    with torch.no_grad(), revouch_release_files(folder):
+        next(model.parameters()).add_(1.0)
+        save_detector(model, folder)
+    assert read_fast_path_info(folder)["source"]["files_sha256"] == before != release_files_sha256(folder)
+    assert load_fast_path_unbuilt(fetch_detector_files(str(folder))) is None
+
+
 def test_a_panel_release_serves_its_first_verdict_without_torch(panel_release, tmp_path, monkeypatch):
     """Every expert of a panel is served from its vouched-for graph: the page, the load and the first verdict
     import no heavy package, and the fused answer is the one the panel gives when every model is built first."""
