@@ -49,6 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPACE_VENV = REPO / ".cache" / "space-venv"
 GROUP_PHOTO = REPO.parent / "shared" / "data" / "faces-dev" / "real" / "group-photos-ulfd" / "ulfd_2.jpg"
 TARGET_S = 5.0
+SPACE_VENV_DISK_GB = 8.0     # what `pip install -r requirements.txt` takes (6.8 GB measured), with room
 # Packages the first verdict does not need: they load on first use (training, datasets, plots, generation,
 # evaluation, the torch model for Grad-CAM, C2PA provenance). tests/test_cold_start.py checks that the page and
 # the first verdict leave them unloaded.
@@ -71,6 +72,12 @@ def space_python(venv: Path = SPACE_VENV) -> Path:
     if python.exists() and stamp.is_file() and stamp.read_text().strip() == requirements_digest():
         return python
     shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    free_gb = shutil.disk_usage(venv.parent).free / 1e9
+    if free_gb < SPACE_VENV_DISK_GB:
+        # pip would fail half-way with "No space left on device" (a CUDA torch alone is 5 GB); say it first.
+        raise OSError(f"the Space venv ({venv}) needs about {SPACE_VENV_DISK_GB:.0f} GB of disk; "
+                      f"{free_gb:.1f} GB free there (old clones or venvs?)")
     # The interpreter behind the running venv: Python 3.11, as the README's front matter asks of the Space.
     subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(venv)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "-r", str(REPO / "requirements.txt")],
