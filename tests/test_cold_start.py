@@ -266,3 +266,16 @@ def test_image_model_choices_read_from_the_sdk_source_are_the_sdks():
     assert client._sdk_choices("models") == typing.get_args(ImageModel)
     assert client._sdk_choices("qualities") == typing.get_args(next(a for a in typing.get_args(quality)
                                                                      if typing.get_args(a)))
+
+
+def test_the_space_venv_says_it_lacks_disk_before_pip_starts(tmp_path, monkeypatch):
+    # The CI run that filled its disk failed half-way through pip; the Space venv now refuses first, saying why.
+    from benchmarks import cold_start
+
+    venv = tmp_path / "space-venv"
+    one_gb_free = shutil._ntuple_diskusage(total=10**12, used=10**12 - 10**9, free=10**9)
+    monkeypatch.setattr(cold_start.shutil, "disk_usage", lambda path: one_gb_free)
+    monkeypatch.setattr(cold_start.subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a[0]} without the disk"))
+    with pytest.raises(OSError, match=r"needs about 8 GB of disk; 1\.0 GB free"):
+        cold_start.space_python(venv)
+    assert not (venv / "bin").exists()
