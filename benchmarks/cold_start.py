@@ -400,7 +400,7 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def run_cold_start_benchmark(config: ColdStartConfig, *, command: str | None = None) -> dict[str, Any]:
     """Warm-up and import profile per checkout, then the timed runs; JSON-ready results."""
-    from benchmarks.inference import collect_environment
+    from benchmarks.measure import collect_environment
 
     logging.getLogger("httpx").setLevel(logging.WARNING)   # the client's request lines
     checkouts = parse_checkouts(config.checkouts)

@@ -25,7 +25,7 @@ from PIL import Image
 
 import fakeface.data.images as images
 from benchmarks.face_stage import cpu_ms_per_call
-from benchmarks.inference import collect_environment, time_interleaved
+from benchmarks.measure import collect_environment, time_interleaved
 from fakeface.utils.formatting import format_number, json_safe, markdown_table
 
 REPO = Path(__file__).resolve().parents[1]

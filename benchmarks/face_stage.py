@@ -33,7 +33,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from benchmarks.inference import collect_environment, time_interleaved
+from benchmarks.measure import collect_environment, time_interleaved
 from fakeface.data.images import load_image
 from fakeface.evaluation.metrics import json_safe
 from fakeface.faces import FaceCrop, crop_faces

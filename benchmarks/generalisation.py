@@ -46,9 +46,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from benchmarks.pack import FAMILIES, PAIR_140K, ImageItem, is_in_the_wild, load_manifest
+from benchmarks.protocols import grouped_folds, validation_part
+from benchmarks.real_faces import control_view
 from benchmarks.recipe_fit import fit_product_recipe
-from benchmarks.real_faces import (FAMILIES, PAIR_140K, ImageItem, _validation_part, control_view, grouped_folds,
-                                   is_in_the_wild, load_manifest)
 from fakeface.evaluation.abstention import abstention_rates, choose_abstention_band
 from fakeface.evaluation.calibration import choose_thresholds, fit_temperature
 from fakeface.evaluation.metrics import expected_calibration_error
@@ -249,7 +250,7 @@ def fit_and_score(spec: RowSpec, images: Images, train_idx: np.ndarray, test_idx
     """Train on train minus a grouped validation part (+ twins of the fit reals); calibrate on the validation part;
     score the test images clean and through the control view."""
     items = images.items
-    fit_idx, val_idx = _validation_part(train_idx, items, settings.seed)
+    fit_idx, val_idx = validation_part(train_idx, items, settings.seed)
     twin_of = [i for i in fit_idx if i in images.twin_paths] if spec.twins else []
     train = [images.clean(i) for i in fit_idx] + [images.twin(i) for i in twin_of]
     labels = np.array([items[i].label for i in fit_idx] + [1] * len(twin_of), np.int64)
@@ -414,7 +415,7 @@ def run_generalisation(settings: GeneralisationSettings, *, command: str = "",
     from threadpoolctl import threadpool_limits
 
     from benchmarks.generalisation_report import finish
-    from benchmarks.inference import collect_environment
+    from benchmarks.measure import collect_environment
 
     start = time.perf_counter()
     items = load_manifest(settings.data_dir, limit=settings.limit)

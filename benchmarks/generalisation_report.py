@@ -216,7 +216,7 @@ def render_generalisation(data: dict[str, Any]) -> str:
                                                          for r in rows.values()]] for src in sources]), ""]
     dropped = {**data.get("dropped", {}), **NOT_RUN}
     lines += ["## Dropped or not run", "", *[f"- {n}: {why}" for n, why in dropped.items()], ""]
-    lines += [f"- Descriptions: " + "; ".join(f"`{n}`: {r['facts'].get('description')}" for n, r in rows.items()), ""]
+    lines += ["- Descriptions: " + "; ".join(f"`{n}`: {r['facts'].get('description')}" for n, r in rows.items()), ""]
     return "\n".join(lines)
 
 

@@ -26,22 +26,18 @@ Sections of the result:
 """
 from __future__ import annotations
 
-import contextlib
 import io
-import json
 import logging
-import math
 import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
-import numpy as np
+from benchmarks.inference_cold_start import benchmark_cold_start
+from benchmarks.measure import (Timing, collect_environment, count_forward_flops, create_benchmark_images,
+                                encode_images, json_ready, measure_matmul_ceiling, time_interleaved)
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +57,6 @@ TARGETS = {
     "auc_drop": 0.005,
     "cold_start_s": 8.0,
 }
-_CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-              "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 
 
 @dataclass
@@ -97,44 +91,7 @@ class BenchmarkConfig:
         return cls(**values)
 
 
-# --------------------------------------------------------------------------- timing
-
-@dataclass
-class Timing:
-    samples_ms: list[float]
-
-    def as_dict(self, batch: int) -> dict[str, float]:
-        samples = np.asarray(self.samples_ms)
-        median = float(np.median(samples))
-        return {"median_ms": median, "p90_ms": float(np.percentile(samples, 90)), "min_ms": float(samples.min()),
-                "calls": int(samples.size), "images_per_s": 1000.0 * batch / median if median > 0 else float("nan")}
-
-
-def time_interleaved(variants: Mapping[str, Callable[[], Any]], *, rounds: int, min_round_seconds: float,
-                     warmup_calls: int = 2) -> dict[str, Timing]:
-    """Time each callable in interleaved rounds; round r starts at variant r (mod n).
-
-    Each variant gets enough calls per round to fill ``min_round_seconds``
-    (at least one), estimated from its warm-up calls.
-    """
-    names = list(variants)
-    calls: dict[str, int] = {}
-    for name in names:
-        start = time.perf_counter()
-        for _ in range(max(1, warmup_calls)):
-            variants[name]()
-        per_call = (time.perf_counter() - start) / max(1, warmup_calls)
-        calls[name] = max(1, min(200, math.ceil(min_round_seconds / per_call))) if per_call > 0 else 1
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            fn = variants[name]
-            for _ in range(calls[name]):
-                start = time.perf_counter()
-                fn()
-                samples[name].append(1000.0 * (time.perf_counter() - start))
-    return {name: Timing(samples[name]) for name in names}
-
+# --------------------------------------------------------------------------- rows
 
 def _rows(group: dict[str, Any], timings: Mapping[str, Timing], batch: int, baseline: str | None) -> list[dict]:
     rows = []
@@ -147,128 +104,6 @@ def _rows(group: dict[str, Any], timings: Mapping[str, Timing], batch: int, base
                      "speedup": (base["median_ms"] / stats["median_ms"]) if base else None,
                      "speedup_min": (base["min_ms"] / stats["min_ms"]) if base else None})
     return rows
-
-
-# --------------------------------------------------------------------------- environment
-
-def collect_environment() -> dict[str, Any]:
-    """CPU, cores, load and library versions, as the results file records them."""
-    import importlib.metadata as md
-
-    cpu, flags = platform.processor() or "", set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.processor()):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    versions = {}
-    for name in ("torch", "timm", "onnxruntime", "onnx", "onnxscript", "numpy", "pillow", "gradio"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            versions[name] = None
-    import torch
-
-    return {
-        "cpu": cpu,
-        "cpu_flags": [f for f in _CPU_FLAGS if f in flags],
-        "logical_cpus": os.cpu_count(),
-        "cpus_available": affinity,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-        "torch_parallel": torch.__config__.parallel_info().splitlines()[:6],
-        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "FAKEFACE_THREADS", "OMP_WAIT_POLICY")},
-    }
-
-
-def measure_matmul_ceiling(threads: int, *, n: int = 1024, rounds: int = 7) -> dict[str, float]:
-    """Best-of-rounds GEMM throughput: fp32 (torch) and u8 x s8 -> s32 (ONNX Runtime MatMulInteger)."""
-    import onnx
-    import torch
-    from onnx import TensorProto, helper, numpy_helper
-
-    from fakeface.modeling.fastpath import create_session
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    rng = np.random.default_rng(0)
-    weights = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "B")
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "gemm_int8",
-        [helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n])],
-        [helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])], [weights],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "gemm_int8.onnx"
-        onnx.save(model, path)
-        session = create_session(path, threads=threads)
-    activations = rng.integers(0, 256, (n, n), dtype=np.uint8)
-    timings = time_interleaved(
-        {"fp32": lambda: torch.mm(a, b), "int8": lambda: session.run(None, {"A": activations})},
-        rounds=rounds, min_round_seconds=0.05, warmup_calls=2,
-    )
-    ops = 2.0 * n ** 3
-    return {"threads": threads, "n": n,
-            "fp32_gflops": ops / (min(timings["fp32"].samples_ms) / 1000) / 1e9,
-            "int8_gops": ops / (min(timings["int8"].samples_ms) / 1000) / 1e9}
-
-
-def count_forward_flops(model: Any, input_size: Sequence[int]) -> float:
-    """FLOPs (2 x multiply-adds) of one forward pass of one input, by torch's flop counter."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_size))
-    return float(counter.get_total_flops())
-
-
-# --------------------------------------------------------------------------- inputs
-
-def create_benchmark_images(size: int, count: int, seed: int = 0) -> list[Any]:
-    """Deterministic face-sized test images: smooth shading, blobs and sensor-like noise.
-
-    Their PNG files compress like photographs (about 1.6 MB at 1024²), which
-    is what decode time depends on; the content is irrelevant to speed.
-    """
-    from PIL import Image
-
-    images = []
-    for index in range(count):
-        rng = np.random.default_rng(seed + index)
-        yy, xx = np.mgrid[0:size, 0:size] / size
-        pixels = np.zeros((size, size, 3), np.float32)
-        for c in range(3):
-            pixels[..., c] = 120 + 60 * np.sin(3 * xx + c + index) + 40 * np.cos(4 * yy - c)
-        for _ in range(12):
-            cx, cy = rng.uniform(0.2, 0.8, 2)
-            radius = rng.uniform(0.05, 0.25)
-            mask = np.exp(-3 * ((xx - cx) ** 2 + (yy - cy) ** 2) / radius ** 2)
-            pixels += mask[..., None] * rng.uniform(-60, 60, 3)
-        pixels += rng.normal(0, 3, pixels.shape)
-        images.append(Image.fromarray(pixels.clip(0, 255).astype(np.uint8)))
-    return images
-
-
-def encode_images(images: Sequence[Any], image_format: str) -> list[bytes]:
-    out = []
-    for image in images:
-        buffer = io.BytesIO()
-        if image_format == "JPEG":
-            image.save(buffer, format="JPEG", quality=90)
-        else:
-            image.save(buffer, format="PNG")
-        out.append(buffer.getvalue())
-    return out
 
 
 APP_DECODER = "fakeface.data.images.load_image"
@@ -284,7 +119,7 @@ def _decode(data: bytes) -> Any:
 # --------------------------------------------------------------------------- models
 
 @dataclass
-class _Variants:
+class Variants:
     """The models of one architecture, built once, shared by all sections."""
 
     architecture: str
@@ -301,7 +136,7 @@ class _Variants:
     fast_by_threads: dict = field(default_factory=dict)   # threads -> FastDetector
 
 
-def _build_variants(arch: str, config: BenchmarkConfig, work: Path, calibration_images: list) -> _Variants:
+def _build_variants(arch: str, config: BenchmarkConfig, work: Path, calibration_images: list) -> Variants:
     """Speed is measured on random weights at the benchmark's input size (speed does not depend
     on the weights); a trained release, when given, is what cold start and accuracy use."""
     import timm
@@ -354,7 +189,7 @@ def _build_variants(arch: str, config: BenchmarkConfig, work: Path, calibration_
             if path.exists():
                 sessions[(kind, threads)] = create_session(path, threads=threads)
     flops = count_forward_flops(baseline, (3, config.input_size, config.input_size))
-    return _Variants(arch, baseline, baseline_transform, detector, fast, sessions, folder, release, input_conv, flops,
+    return Variants(arch, baseline, baseline_transform, detector, fast, sessions, folder, release, input_conv, flops,
                      notes)
 
 
@@ -367,7 +202,7 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _fast_for_threads(variants: _Variants, threads: int) -> Any:
+def _fast_for_threads(variants: Variants, threads: int) -> Any:
     from fakeface.modeling.fastpath import FastDetector
 
     if threads not in variants.fast_by_threads:
@@ -376,7 +211,7 @@ def _fast_for_threads(variants: _Variants, threads: int) -> Any:
     return variants.fast_by_threads[threads]
 
 
-def benchmark_forward(variants: _Variants, config: BenchmarkConfig) -> list[dict]:
+def benchmark_forward(variants: Variants, config: BenchmarkConfig) -> list[dict]:
     """Tensor -> logits for B crops of 224² (or the configured size)."""
     import copy
 
@@ -421,7 +256,7 @@ def benchmark_forward(variants: _Variants, config: BenchmarkConfig) -> list[dict
     return rows
 
 
-def _app_models(variants: _Variants, threads: int) -> tuple[Any, Any]:
+def _app_models(variants: Variants, threads: int) -> tuple[Any, Any]:
     """The app's fp32 and int8 ``LoadedModel`` of this release, loaded as the app loads them.
 
     With random weights the release's fast path is (rightly) refused by the
@@ -442,7 +277,7 @@ def _app_models(variants: _Variants, threads: int) -> tuple[Any, Any]:
     return variants.fast_by_threads[key]
 
 
-def benchmark_end_to_end(variants: _Variants, config: BenchmarkConfig, files: Mapping[str, list[bytes]]) -> list[dict]:
+def benchmark_end_to_end(variants: Variants, config: BenchmarkConfig, files: Mapping[str, list[bytes]]) -> list[dict]:
     """File bytes -> verdicts: the baseline beside the app's fp32 and int8 paths.
 
     The app's path is ``fakeface.serving.analysis.analyze_bytes`` with only the
@@ -501,7 +336,7 @@ def benchmark_end_to_end(variants: _Variants, config: BenchmarkConfig, files: Ma
     return rows
 
 
-def benchmark_decode(variants: _Variants, config: BenchmarkConfig, files: Mapping[str, list[bytes]]) -> list[dict]:
+def benchmark_decode(variants: Variants, config: BenchmarkConfig, files: Mapping[str, list[bytes]]) -> list[dict]:
     """Decode (+ preprocess) of one file, at the largest thread count."""
     from PIL import Image
 
@@ -538,73 +373,7 @@ def benchmark_decode(variants: _Variants, config: BenchmarkConfig, files: Mappin
     return rows
 
 
-_COLD_START_CHILD = r"""
-import json, sys, time
-folder, image_path, mode, onnx_path = sys.argv[1:5]
-t0 = time.time()
-if mode.endswith("+gradio"):
-    import gradio  # the Space's process imports it before the first request can arrive
-from fakeface.serving.analysis import analyze_bytes
-from fakeface.serving.models import load_model
-t_import = time.time()
-fast = not mode.startswith("fp32")
-loaded = load_model(folder, use_fast_path=fast)
-detector = loaded.scorer
-if fast and onnx_path != "-":   # random weights: the loader refuses their fast path; attach the exported one
-    from dataclasses import replace
-    from fakeface.modeling.fastpath import FastDetector
-    detector = FastDetector(detector.model, onnx_path)
-    loaded = replace(loaded, scorer=detector)
-runtime = getattr(detector, "runtime", "torch-fp32")
-assert runtime.startswith("onnxruntime-") == fast, f"{mode} asked, {runtime} loaded"
-t_load = time.time()
-with open(image_path, "rb") as handle:
-    data = handle.read()
-verdict = analyze_bytes(data, "upload.png", [loaded], explain=False, robustness=False, provenance=False)["verdict"]
-t_verdict = time.time()
-print(json.dumps({"verdict_at": t_verdict, "import_s": t_import - t0, "load_s": t_load - t_import,
-                  "first_verdict_s": t_verdict - t_load, "verdict": verdict, "runtime": runtime,
-                  "path": "fakeface.serving"}))
-"""
-COLD_START_MODES = ("int8", "fp32", "int8+gradio")
-
-
-def benchmark_cold_start(variants: _Variants, config: BenchmarkConfig, png_path: Path) -> list[dict]:
-    """Process start -> first verdict, in a fresh interpreter, weights already on local disk.
-
-    Modes: the int8 fast path, fp32, and int8 after importing gradio as the
-    Space's process does, all through the app's own ``fakeface.serving``.
-    """
-    rows = []
-    repo_root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")]))}
-    # A trained release goes through the app's loader unaided; random weights
-    # get the graph exported here attached (their fast path is never trusted).
-    folder = variants.release or variants.folder
-    onnx_arg = "-" if variants.release else os.fspath(variants.fast.onnx_path)
-    for mode in COLD_START_MODES if not config.quick else COLD_START_MODES[:2]:
-        runs = []
-        for _ in range(max(1, config.cold_start_runs)):
-            started = time.time()
-            done = subprocess.run(
-                [sys.executable, "-c", _COLD_START_CHILD, os.fspath(folder), os.fspath(png_path), mode, onnx_arg],
-                capture_output=True, text=True, env=env, timeout=300,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"cold-start child failed: {done.stderr.strip().splitlines()[-1:]}")
-            child = json.loads(done.stdout.strip().splitlines()[-1])
-            runs.append({"to_first_verdict_s": child["verdict_at"] - started, **child})
-        median = sorted(runs, key=lambda r: r["to_first_verdict_s"])[len(runs) // 2]
-        rows.append({"architecture": variants.architecture, "mode": mode, "runs": len(runs), "path": median["path"],
-                     "weights": "trained release" if variants.release else "random",
-                     "to_first_verdict_s": median["to_first_verdict_s"], "import_s": median["import_s"],
-                     "load_s": median["load_s"], "first_verdict_s": median["first_verdict_s"],
-                     "interpreter_start_s": median["to_first_verdict_s"] - median["import_s"] - median["load_s"]
-                     - median["first_verdict_s"], "all_runs_s": [r["to_first_verdict_s"] for r in runs]})
-    return rows
-
-
-def benchmark_accuracy(variants: _Variants, config: BenchmarkConfig) -> list[dict]:
+def benchmark_accuracy(variants: Variants, config: BenchmarkConfig) -> list[dict]:
     """int8 against fp32 for a trained release: its own record, and re-measured on each ``config.datasets``."""
     if variants.release is None:
         return []
@@ -635,47 +404,6 @@ def benchmark_accuracy(variants: _Variants, config: BenchmarkConfig) -> list[dic
                          "input_size": fast.preprocessing.input_size[-1],
                          **compare_detectors(reference, fast, images, labels)})
     return rows
-
-
-# --------------------------------------------------------------------------- trained releases
-
-TRAINED_EPOCHS = {"mobilenetv2_100": 4, "resnet50": 3}
-
-
-def prepare_trained_releases(
-    work_dir: str | os.PathLike,
-    architectures: Sequence[str],
-    *,
-    images: int = 600,
-    input_size: int = 128,
-    seed: int = 0,
-) -> tuple[dict[str, str], tuple[str, ...]]:
-    """Small trained releases for the accuracy and cold-start sections, all offline and cached.
-
-    Builds the synthetic dataset (``images``, ``seed``) and a second,
-    independent one (``seed + 1``, every split held out) in ``work_dir``,
-    then trains each architecture with ``fakeface.training.loop.train`` (the
-    robust recipe, ``TRAINED_EPOCHS``) whose release step exports the int8
-    fast path on the test split. Anything already complete in ``work_dir``
-    is reused. Returns (``--models``, ``--dataset`` values).
-    """
-    from fakeface.data.dataset import ensure_synthetic_dataset
-    from fakeface.training.loop import TrainingConfig, train
-
-    work = Path(work_dir)
-    data = ensure_synthetic_dataset(work / "data", images, seed)
-    holdout = ensure_synthetic_dataset(work / "holdout", images, seed + 1)
-    models = {}
-    for arch in architectures:
-        release = work / arch
-        if not ((release / "model.safetensors").is_file() and (release / "fastpath.json").is_file()):
-            logger.info("training %s on %s (input %d, %d epochs)", arch, data, input_size, TRAINED_EPOCHS.get(arch, 3))
-            train(TrainingConfig(dataset=os.fspath(data), output_dir=os.fspath(release), model=arch,
-                                 recipe="robust", face_crop=False,  # the synthetic set's recipe; no faces in it
-                                 epochs=TRAINED_EPOCHS.get(arch, 3), input_size=input_size, seed=seed,
-                                 log_with=None, plots=False, fast_path=True))
-        models[arch] = os.fspath(release)
-    return models, (os.fspath(data), f"{holdout}:all")
 
 
 # --------------------------------------------------------------------------- run
@@ -734,7 +462,7 @@ def run_benchmark(config: BenchmarkConfig) -> dict[str, Any]:
         torch.set_num_threads(max(config.threads))
     environment["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results["seconds"] = round(time.time() - started, 1)
-    return _json_ready(results)
+    return json_ready(results)
 
 
 def _note_load(results: dict, section: str) -> None:
@@ -790,124 +518,3 @@ def evaluate_targets(results: Mapping[str, Any]) -> list[dict]:
                         "limit": f"<= {TARGETS['cold_start_s']} s", "measured": f"{row['to_first_verdict_s']:.2f} s",
                         "met": row["to_first_verdict_s"] <= TARGETS["cold_start_s"]})
     return out
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        return round(value, 4) if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return value.name
-    return value
-
-
-# --------------------------------------------------------------------------- report
-
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "**NO**"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def render_benchmark_markdown(results: Mapping[str, Any], *, command: str | None = None) -> str:
-    """The results as Markdown tables (generated, never edited by hand)."""
-    env = results["environment"]
-    parts = ["# fakeface CPU inference benchmark", ""]
-    parts.append("Generated by `scripts/benchmark.py`" + (f" (`{command}`)" if command else "") + "; do not edit.")
-    parts.append("")
-    parts.append(f"- CPU: {env['cpu']} — {env['cpus_available']} cores available, flags: {', '.join(env['cpu_flags'])}")
-    parts.append(f"- load average before / after: {env['load_average']} / {env.get('load_average_after')}")
-    parts.append("- " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v))
-    parts.append(f"- inputs: {results['inputs']['size']}² images, PNG {results['inputs']['png_bytes'][0]:,} bytes, "
-                 f"JPEG q90 {results['inputs']['jpeg_bytes'][0]:,} bytes; app decoder: {results['inputs']['decoder']}")
-    parts.append(f"- timing: {results['config']['rounds']} interleaved rounds per group, median and p90 over all calls; "
-                 f"speed-up = baseline median / variant median, same group, same run; speed-up (min) = the same "
-                 f"ratio of the fastest calls, which work on other cores disturbs least")
-    loads = results.get("section_load") or {}
-    if loads:
-        parts.append("- 1-minute load average at the start of each section: "
-                     + ", ".join(f"{k} {v:.1f}" for k, v in loads.items()))
-    for note in results.get("notes") or []:
-        parts.append(f"- note: {note}")
-    parts += ["", "## Targets (2 threads, batch 1)", ""]
-    parts.append(_table(["target", "limit", "measured", "met"],
-                        [[t["target"], t["limit"], t["measured"], t["met"]] for t in results["targets"]]))
-    parts += ["", "## Matrix-multiply ceiling and model floors", ""]
-    parts.append(_table(["threads", "fp32 GEMM GFLOP/s", "int8 GEMM GOP/s"],
-                        [[c["threads"], c["fp32_gflops"], c["int8_gops"]] for c in results["ceiling"]]))
-    parts.append("")
-    floor_cols = sorted({k for f in results["flops"].values() for k in f if k != "gflops"})
-    parts.append(_table(["architecture", "GFLOP per crop", *floor_cols],
-                        [[a, f["gflops"], *[f.get(k) for k in floor_cols]] for a, f in results["flops"].items()]))
-    parts += ["", "## Forward pass (tensor -> logits), B crops per call", "",
-              "**(fast path)** marks the graph a release of that architecture ships: every layer int8 when that kept "
-              "the AUC within budget on its test split, else the input convolution in fp32 (without a trained "
-              "release, the latter).", ""]
-    parts.append(_table(["architecture", "threads", "batch", "variant", "median ms", "p90 ms", "min ms", "images/s",
-                         "speed-up", "speed-up (min)"],
-                        [[r["architecture"], r["threads"], r["batch"],
-                          r["variant"] + (" **(fast path)**" if r.get("fast_path") else ""), r["median_ms"],
-                          r["p90_ms"], r["min_ms"], r["images_per_s"], r["speedup"], r["speedup_min"]]
-                         for r in results["forward"]]))
-    parts += ["", "## End to end (file bytes -> verdicts), server side", "",
-              "The baseline decodes with PIL, applies timm's standard eval transform (one resized, centre-cropped "
-              "view) and runs eager fp32. The app path decodes with the app's decoder and scores the detector's own "
-              "native-resolution crops (averaged), with its calibration and thresholds, through "
-              f"`{(results['end_to_end'] or [{}])[0].get('app_path')}` (verdict only, one call per file; the "
-              "full-analysis row adds Grad-CAM, the robustness re-check and provenance).", ""]
-    parts.append(_table(["architecture", "format", "threads", "batch", "crops/image", "variant", "median ms", "p90 ms",
-                         "min ms", "images/s", "speed-up", "speed-up (min)"],
-                        [[r["architecture"], r["format"], r["threads"], r["batch"], r["crops_per_image"], r["variant"],
-                          r["median_ms"], r["p90_ms"], r["min_ms"], r["images_per_s"], r["speedup"], r["speedup_min"]]
-                         for r in results["end_to_end"]]))
-    parts += ["", "## Decode and preprocess (one file)", ""]
-    parts.append(_table(["format", "bytes", "variant", "median ms", "p90 ms"],
-                        [[r["format"], r["bytes"], r["variant"], r["median_ms"], r["p90_ms"]] for r in results["decode"]]))
-    parts += ["", "## Cold start (process start -> first verdict, weights on local disk)", "",
-              "A fresh interpreter per run: imports, model load (and fast-path checks), one verdict through "
-              f"`{(results['cold_start'] or [{}])[0].get('path')}`. `+gradio` imports gradio first, as the Space "
-              "does. The median run is shown.", ""]
-    parts.append(_table(["architecture", "weights", "runtime", "total s", "interpreter s", "imports s", "load s",
-                         "first verdict s", "runs (s)"],
-                        [[r["architecture"], r["weights"], r["mode"], r["to_first_verdict_s"], r["interpreter_start_s"],
-                          r["import_s"], r["load_s"], r["first_verdict_s"],
-                          ", ".join(f"{v:.2f}" for v in r["all_runs_s"])] for r in results["cold_start"]]))
-    parts += ["", "## Accuracy of the int8 fast path against fp32", ""]
-    if results.get("accuracy"):
-        keys = ["images", "auc_fp32", "auc_int8", "auc_drop", "max_abs_dp", "mean_abs_dp", "verdict_agreement"]
-        parts.append(_table(["architecture", "crop size", "measured on", *keys],
-                            [[a["architecture"], a.get("input_size"), a["measured_on"], *[a.get(k) for k in keys]]
-                             for a in results["accuracy"]]))
-    else:
-        parts.append("Not measured in this run: no trained release was given (`--models`); random weights measure "
-                     "speed only.")
-    parts += ["", f"Run time: {results['seconds']} s.", ""]
-    return "\n".join(parts)
-
-
-def write_benchmark_results(results: Mapping[str, Any], json_path: str | os.PathLike, md_path: str | os.PathLike,
-                            *, command: str | None = None) -> None:
-    """Write the JSON and the Markdown table."""
-    json_path, md_path = Path(json_path), Path(md_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    md_path.parent.mkdir(parents=True, exist_ok=True)
-    payload = dict(results)
-    if command:
-        payload["command"] = command
-    json_path.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
-    md_path.write_text(render_benchmark_markdown(results, command=command))

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.inference import collect_environment, prepare_trained_releases, time_interleaved
+from benchmarks.measure import collect_environment, prepare_trained_releases, time_interleaved
 
 CANDIDATES = {
     "u8s8": dict(activation_type="QUInt8", weight_type="QInt8", reduce_range=False),

@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import os
-import random
 import socket
 import subprocess
 import sys

@@ -79,7 +79,7 @@ def run_offline_benchmark(settings: OfflineBenchmarkSettings, *, command: str) -
     # torch, accelerate and the training stack: imported only to run, never to re-render (--render-only)
     import torch
 
-    from benchmarks.inference import collect_environment
+    from benchmarks.measure import collect_environment
     from fakeface.data.dataset import ensure_synthetic_dataset, load_face_dataset
     from fakeface.training.loop import RECIPES, TrainingConfig, train
 

@@ -148,7 +148,7 @@ def run_panel(settings: PanelSettings, *, command: str = "") -> dict[str, Any]:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from benchmarks.inference import collect_environment
+    from benchmarks.measure import collect_environment
 
     start = time.perf_counter()
     items = load_manifest(settings.data_dir, limit=settings.limit)

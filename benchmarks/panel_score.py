@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from benchmarks.pack import PAIR_140K, ImageItem, is_in_the_wild
-from benchmarks.real_faces import grouped_folds
+from benchmarks.protocols import grouped_folds
 from fakeface.evaluation.abstention import abstention_rates, choose_confident_band
 from fakeface.evaluation.calibration import fit_temperature
 from fakeface.evaluation.metrics import expected_calibration_error

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.face_stage import cpu_ms_per_call
-from benchmarks.inference import collect_environment, time_interleaved
+from benchmarks.measure import collect_environment, time_interleaved
 from fakeface.modeling.config import FACE_CROP_KEY, FAKEFACE_KEY
 from fakeface.modeling.panel import PANEL_KEY, panel_spec
 from fakeface.serving.analysis import analyze_bytes

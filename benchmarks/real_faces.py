@@ -29,9 +29,10 @@ app's rule), metrics from scikit-learn. Protocols: pooled grouped 5-fold
 cross-validation (per source and per generator), leave one generator family
 out (GAN / Stable Diffusion / pixel-space diffusion / FLUX and the closed
 services, see ``FAMILIES``; train without it, test on it against held-out
-reals), and the format-matched 140K pair alone. Every source of the pack must
-be listed here (``FAMILIES``, ``IN_THE_WILD``, ``ALIGNED_OR_STUDIO``):
-``load_manifest`` checks that before anything else runs.
+reals), and the format-matched 140K pair alone (the protocols are
+:mod:`benchmarks.protocols`, the report :mod:`benchmarks.real_faces_report`). Every
+source of the pack must be listed in ``benchmarks/faces_dev_sources.toml`` (``FAMILIES``,
+``IN_THE_WILD``, ``ALIGNED_OR_STUDIO``): ``load_manifest`` checks that before anything else runs.
 """
 from __future__ import annotations
 
@@ -44,34 +45,29 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from benchmarks.inference import collect_environment
+from benchmarks.measure import collect_environment
 from benchmarks.pack import (ALIGNED_OR_STUDIO, DEFAULT_REAL_KIND, FAMILIES, IN_THE_WILD, MIN_FAMILY_FAKES, PAIR_140K,
                              SOURCES, ImageItem, UnknownRealSourceWarning, UnknownSourcesError, UnknownSourceWarning,
-                             check_sources, family_of, is_in_the_wild, load_manifest, real_kind_of)
+                             check_sources, load_manifest, real_kind_of)
+from benchmarks.protocols import VIEWS, grouped_folds, lofo, pooled_cv, run_split, summarize
 from fakeface.data.images import load_image
 from fakeface.data.preprocess import Preprocessing, build_eval_transform, jpeg_roundtrip
-from fakeface.evaluation.calibration import choose_thresholds, fit_temperature
-from fakeface.evaluation.metrics import expected_calibration_error, json_safe
 from fakeface.faces import FaceCrop, crop_faces
-from fakeface.training.card import format_number, markdown_table
-from fakeface.training.card import REAL_FACES_SUMMARY
-from fakeface.utils.fileio import write_atomic
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALIGNED_OR_STUDIO", "FAMILIES", "IN_THE_WILD", "MIN_FAMILY_FAKES", "TARGETS", "RealBenchmarkSettings", "ImageItem",
     "UnknownRealSourceWarning", "UnknownSourceWarning", "UnknownSourcesError", "check_sources", "load_manifest",
-    "control_view", "run_real_benchmark", "render_real_benchmark", "write_real_benchmark",
+    "control_view", "run_real_benchmark",
 ]
 
 TARGETS = {"lofo_auc_min": 0.90, "pair_140k_auc": 0.95, "in_the_wild_fp_max": 0.10, "ece_after_ts_max": 0.05}
-VIEWS = ("clean", "control")
 INPUTS = {"resize": Preprocessing(crop_protocol="resize", num_test_crops=1),        # whole region squashed to 224²
           "native": Preprocessing(crop_protocol="native-crops", num_test_crops=1)}  # centre 224² at native pixels
 _CACHE_VERSION = 3
@@ -233,30 +229,6 @@ def build_cache(items: Sequence[ImageItem], settings: RealBenchmarkSettings) -> 
     return cache
 
 
-# --------------------------------------------------------------------------- splits
-
-def grouped_folds(groups: Sequence[str], labels: Sequence[int], k: int, seed: int) -> np.ndarray:
-    """(N,) fold index per image; a group never spans two folds (StratifiedGroupKFold)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    counts = np.bincount(np.asarray(labels, np.int64))
-    k = int(min(k, counts[counts > 0].min()))  # tiny runs (tests): fewer folds than asked
-    if k < 2:
-        raise ValueError(f"cannot split {len(groups)} images into grouped folds: a class has fewer than 2 images")
-    fold = np.full(len(groups), -1, np.int64)
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    for i, (_, test) in enumerate(splitter.split(np.zeros(len(groups)), labels, groups)):
-        fold[test] = i
-    return fold
-
-
-def _validation_part(train_idx: np.ndarray, items: Sequence[ImageItem], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split training images into fit / validation (about 1/5, grouped) for temperature and thresholds."""
-    labels = [items[i].label for i in train_idx]
-    fold = grouped_folds([items[i].group for i in train_idx], labels, 5, seed)
-    return train_idx[fold != 0], train_idx[fold == 0]
-
-
 # --------------------------------------------------------------------------- scorers
 
 Scorer = Callable[[np.ndarray, np.ndarray, Sequence[np.ndarray]], list[np.ndarray]]
@@ -300,114 +272,6 @@ def make_probe_scorer(cache: Cache, stage: str, input_name: str, feat: str, trai
         return out
 
     return fit_and_score
-
-
-def _calibrated(val_logit: np.ndarray, val_y: np.ndarray, test_logit: np.ndarray, target_fpr: float) -> dict[str, Any]:
-    """Temperature and thresholds from the validation part, applied to the test logits (binary logit z)."""
-    two = lambda z: np.stack([np.zeros_like(z), z], 1)  # noqa: E731 - softmax([0, z])[1] = sigmoid(z)
-    t = fit_temperature(two(val_logit), val_y)
-    p_val = 1 / (1 + np.exp(-val_logit / t))
-    th = choose_thresholds(val_y, p_val, target_fpr=target_fpr)
-    return {"temperature": t, "threshold": th.threshold_fake,
-            "p_raw": 1 / (1 + np.exp(-test_logit)), "p": 1 / (1 + np.exp(-test_logit / t))}
-
-
-def run_split(fit_and_score, items, train_idx, test_idx, settings) -> dict[str, dict[str, np.ndarray]]:
-    """Fit on train minus a grouped validation part; per test view: raw p, calibrated p, called-fake."""
-    fit_idx, val_idx = _validation_part(train_idx, items, settings.seed)
-    scores = fit_and_score(fit_idx, {"val": val_idx, "test": test_idx})
-    val_y = np.array([items[i].label for i in val_idx])
-    out = {}
-    for view, s in scores.items():
-        cal = _calibrated(s["val"], val_y, s["test"], settings.target_fpr)
-        out[view] = {"p_raw": cal["p_raw"], "p": cal["p"], "fake": cal["p"] >= cal["threshold"],
-                     "temperature": np.full(test_idx.size, cal["temperature"])}
-    return out
-
-
-# --------------------------------------------------------------------------- protocols
-
-def _metrics(y: np.ndarray, p: np.ndarray, called: np.ndarray) -> dict[str, Any]:
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    both = len(set(y.tolist())) == 2
-    return {"n": int(y.size), "n_fake": int(y.sum()),
-            "auc": float(roc_auc_score(y, p)) if both else None,
-            "ap": float(average_precision_score(y, p)) if both else None,
-            "accuracy": float(np.mean(called == (y == 1)))}
-
-
-def summarize(items: Sequence[ImageItem], idx: np.ndarray, res: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Overall, per generator (vs all reals in the set), per real source (false positives), calibration."""
-    y = np.array([items[i].label for i in idx])
-    src = np.array([items[i].source for i in idx])
-    p, called = res["p"], res["fake"]
-    reals = y == 0
-    wild = reals & np.array([is_in_the_wild(s) for s in src], bool)
-    out = {"overall": _metrics(y, p, called),
-           "ece_before_ts": expected_calibration_error(y, res["p_raw"]),
-           "ece_after_ts": expected_calibration_error(y, p),
-           "in_the_wild_fp": float(called[wild].mean()) if wild.any() else None,
-           "per_generator": {}, "per_real_source": {}}
-    for s in sorted(set(src[~reals])):
-        m = (src == s) | reals
-        out["per_generator"][s] = {**_metrics(y[m], p[m], called[m]),
-                                   "tpr": float(called[src == s].mean())}
-    for s in sorted(set(src[reals])):
-        out["per_real_source"][s] = {"n": int((src == s).sum()), "fp": float(called[src == s].mean())}
-    return out
-
-
-def _concat(parts: list[tuple[np.ndarray, dict[str, np.ndarray]]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    idx = np.concatenate([i for i, _ in parts])
-    keys = parts[0][1].keys()
-    return idx, {k: np.concatenate([r[k] for _, r in parts]) for k in keys}
-
-
-def pooled_cv(fit_and_score, items, settings, subset: np.ndarray | None = None) -> dict[str, Any]:
-    """Grouped k-fold over ``subset`` (default: all): every image scored once by a model that never saw its group."""
-    subset = np.arange(len(items)) if subset is None else subset
-    fold = grouped_folds([items[i].group for i in subset], [items[i].label for i in subset], settings.folds, settings.seed)
-    per_view: dict[str, list] = {v: [] for v in VIEWS}
-    for k in range(int(fold.max()) + 1):
-        res = run_split(fit_and_score, items, subset[fold != k], subset[fold == k], settings)
-        for view in VIEWS:
-            per_view[view].append((subset[fold == k], res[view]))
-    return {view: summarize(items, *_concat(parts)) for view, parts in per_view.items()}
-
-
-def lofo(fit_and_score, items, settings, real_folds: int | None = None) -> dict[str, Any]:
-    """Leave one family out: train without the family (and without the held-out reals' groups), test on them."""
-    real_folds = real_folds or settings.real_folds
-    labels = np.array([i.label for i in items])
-    groups = np.array([i.group for i in items])
-    real_idx = np.flatnonzero(labels == 0)
-    rfold = grouped_folds(groups[real_idx], labels[real_idx], real_folds, settings.seed)
-    out: dict[str, Any] = {}
-    for family in FAMILIES:
-        fam_idx = np.array([j for j, it in enumerate(items) if it.family == family])
-        if fam_idx.size == 0:
-            continue
-        per_view: dict[str, list] = {v: [] for v in VIEWS}
-        fam_scores: dict[str, list] = {v: [] for v in VIEWS}
-        for r in range(int(rfold.max()) + 1):
-            test_reals = real_idx[rfold == r]
-            test_groups = set(groups[test_reals]) | set(groups[fam_idx])
-            train = np.array([j for j, it in enumerate(items) if it.family != family and it.group not in test_groups])
-            test = np.concatenate([fam_idx, test_reals])
-            res = run_split(fit_and_score, items, train, test, settings)
-            for view in VIEWS:
-                n = fam_idx.size
-                per_view[view].append((test_reals, {k: v[n:] for k, v in res[view].items()}))
-                fam_scores[view].append({k: v[:n] for k, v in res[view].items()})
-        out[family] = {}
-        for view in VIEWS:
-            # Each fake scored by every real fold's model: average p (and majority vote for the call).
-            fake = {k: np.mean([s[k] for s in fam_scores[view]], 0) for k in ("p_raw", "p", "temperature")}
-            fake["fake"] = np.mean([s["fake"] for s in fam_scores[view]], 0) >= 0.5
-            idx, res = _concat([(fam_idx, fake)] + per_view[view])
-            out[family][view] = summarize(items, idx, res)
-    return out
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -679,164 +543,3 @@ def judge_targets(data: dict[str, Any]) -> dict[str, Any]:
     out["in_the_wild_fp_met"] = out["in_the_wild_fp"] is not None and out["in_the_wild_fp"] <= TARGETS["in_the_wild_fp_max"]
     out["ece_met"] = out["ece_after_ts"] <= TARGETS["ece_after_ts_max"]
     return out
-
-
-# --------------------------------------------------------------------------- rendering
-
-def _f(value: Any, digits: int = 3) -> str:
-    return format_number(value, digits)
-
-
-def render_real_benchmark(data: dict[str, Any]) -> str:
-    env, ds, verdict = data["environment"], data["dataset"], data["verdict"]
-    rows = data["rows"]
-    families = list(ds["families"])  # the run's families (results written under an older grouping keep theirs)
-    lines = [
-        "# Real faces benchmark (faces-dev)", "",
-        f"Command: `{data['command']}`. Wall time {data['wall_seconds'] / 60:.1f} min"
-        f"{'' if data['cache_seconds'] > 60 else ' with the feature cache reused'}; the cache build took "
-        f"{sum(data['cache_breakdown_seconds'].values()) / 60:.1f} min (decode {data['cache_breakdown_seconds']['decode']:.0f} s, "
-        f"face stage {data['cache_breakdown_seconds']['faces']:.0f} s, features {data['cache_breakdown_seconds']['features']:.0f} s). "
-        f"CPU: {env.get('cpu')}, flags {', '.join(env.get('cpu_flags') or [])}; load average at start "
-        f"{', '.join(f'{x:.2f}' for x in env.get('load_average') or [])}, at end "
-        f"{', '.join(f'{x:.2f}' for x in data['load_average_after'])} (a shared 2-core machine).", "",
-        f"Data: {ds['images']} images ({ds['real']} real, {ds['fake']} fake) from `{data['settings']['data_dir']}`; "
-        f"face stage: {ds['face_regions']} face regions (at most {data['settings']['max_faces']} judgeable faces "
-        f"per image, largest first); {ds['no_face_images']} images with no face found are scored whole "
-        f"({', '.join(f'{k} {v}' for k, v in sorted(ds['no_face_by_source'].items())) or 'none'}). "
-        f"Face crop: `{json.dumps(data.get('face_crop'))}`.", "",
-        "## Targets (judged on the chosen default recipe)", "",
-        markdown_table(["target", "goal", "measured", "met"], [
-            ["leave-one-family-out AUC, every family (format-neutral test view)", f">= {TARGETS['lofo_auc_min']}",
-             ", ".join(f"{k} {_f(v)}" for k, v in verdict["lofo_auc_control"].items()), _yes(verdict["lofo_met"])],
-            ["140K pair alone (trained and tested on it), AUC", f">= {TARGETS['pair_140k_auc']}",
-             _f(verdict["pair_140k_auc"]), _yes(verdict["pair_140k_met"])],
-            ["false positives on in-the-wild reals at the model's threshold", f"<= {TARGETS['in_the_wild_fp_max']}",
-             _f(verdict["in_the_wild_fp"]), _yes(verdict["in_the_wild_fp_met"])],
-            ["ECE after temperature scaling", f"<= {TARGETS['ece_after_ts_max']}",
-             f"{_f(verdict['ece_before_ts'])} -> {_f(verdict['ece_after_ts'])}", _yes(verdict["ece_met"])],
-        ]), "",
-        f"Default recipe: **{verdict['recipe']}** (best mean leave-one-family-out AUC on the format-neutral test "
-        "view, real fold 0 protocol, among recipes a plain timm detector can carry).", "",
-        "## Leave one generator family out", "",
-        "Train without the family (and without the held-out reals' groups), test on the family's fakes against "
-        "held-out reals. `clean`: the test images as they are; `control`: the test images through the same "
-        "shortcut control (crop, rescale, JPEG 60-95), so format cannot help. AUC per family.", "",
-        markdown_table(
-            ["recipe", *[f"{f} clean" for f in families], *[f"{f} control" for f in families], "mean control",
-             "min control", "mean control, real fold 0 only"],
-            [[n, *[_lofo(r, f, "clean") for f in families], *[_lofo(r, f, "control") for f in families],
-              _f(lofo_score(r)[0]), _f(lofo_score(r)[1]), _f(lofo_score(r, key="lofo_fold0")[0])]
-             for n, r in rows.items() if "lofo" in r]), "",
-        "Probes: every family tested against all reals, each scored by the model that held out its real fold "
-        f"({data['settings']['real_folds']} folds). Fine-tunes: one held-out real fold (the CPU budget). The last "
-        "column puts every row on the fine-tunes' protocol; the default is chosen on it.", "",
-        "## Pooled grouped 5-fold cross-validation (probes) / grouped hold-out (fine-tunes)", "",
-        "Every image scored once by a model that never saw its group; AUC and AP over the whole pack, accuracy and "
-        "false positives at the model's threshold. The 140K column: trained and tested (grouped 5-fold) on the "
-        "format-matched pair stylegan1-140k / ffhq-140k alone.", "",
-        markdown_table(
-            ["recipe", "test view", "AUC", "AP", "accuracy", "in-the-wild FP", "ECE before TS", "ECE after TS",
-             "140K pair AUC (alone)", "s"],
-            [[n, view, _f(m["overall"]["auc"]), _f(m["overall"]["ap"]), _f(m["overall"]["accuracy"]),
-              _f(m["in_the_wild_fp"]), _f(m["ece_before_ts"]), _f(m["ece_after_ts"]),
-              _f(((r.get("pair_140k") or {}).get(view) or {}).get("overall", {}).get("auc")), f"{r['seconds']:.0f}"]
-             for n, r in rows.items() for view, m in (r.get("pooled") or r["holdout"]).items()]), "",
-    ]
-    lines += _per_source_section(data["default_recipe"], rows[data["default_recipe"]], ds)
-    lines += _notes(data)
-    return "\n".join(lines) + "\n"
-
-
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "**no**"
-
-
-def _lofo(row: dict[str, Any], family: str, view: str) -> str:
-    return _f(row["lofo"].get(family, {}).get(view, {}).get("overall", {}).get("auc"))
-
-
-def _per_source_section(name: str, row: dict[str, Any], ds: dict[str, Any]) -> list[str]:
-    main = row.get("pooled") or row["holdout"]
-    kinds = ds.get("real_kinds") or {}  # absent in results written before real sources had kinds
-
-    def wild(source: str) -> bool:
-        return kinds[source] == "in-the-wild" if source in kinds else is_in_the_wild(source)
-
-    m = main["clean"]
-    return [
-        f"## Per generator and per real source: {name} (clean test view)", "",
-        "Per generator: AUC and AP of that generator's fakes against all reals; TPR = share of its fakes "
-        "called fake at the model's threshold (fitted on validation at a 5 % target FPR).", "",
-        markdown_table(["generator", "fakes", "AUC", "AP", "TPR", "AUC control view"],
-                       [[g, v["n_fake"], _f(v["auc"]), _f(v["ap"]), _f(v["tpr"]),
-                         _f(main["control"]["per_generator"].get(g, {}).get("auc"))]
-                        for g, v in m["per_generator"].items()]), "",
-        markdown_table(["real source", "images", "false positives", "FP control view", "in the wild"],
-                       [[s, v["n"], _f(v["fp"]), _f(main["control"]["per_real_source"].get(s, {}).get("fp")),
-                         "yes" if wild(s) else "no"] for s, v in m["per_real_source"].items()]), "",
-    ]
-
-
-def _notes(data: dict[str, Any]) -> list[str]:
-    s = data["settings"]
-    return [
-        "## Setup", "",
-        f"- Probes: standardised features, logistic regression (C = {s['probe_c']}, balanced classes, fixed a priori, "
-        "not tuned on the pack), trained on the regions of the training images, each labelled by its image; `final` = "
-        "MobileNetV2's pooled 1280-d features (what a timm detector's linear head sees), `multi` = the pooled outputs of "
-        "blocks 1-6 instead (696-d, lower-level; a plain timm classifier cannot carry that head). `resize`: region "
-        "squashed to 224²; `native`: the centre 224² at native resolution (upscaled only if smaller).",
-        f"- Fine-tunes: face-stage regions resized to {s['finetune_size'] + s['finetune_size'] // 8}² and randomly "
-        f"cropped to {s['finetune_size']}², flips, half of each batch in the control view; AdamW, one-cycle; at most "
-        f"{s['finetune_max_train']} training regions; epochs {s['finetune_epochs']}. These are short baselines "
-        "cut to the CPU budget, not tuned recipes; their LOFO uses one held-out real fold per family and their 140K "
-        "figure one grouped hold-out fifth of the pair.",
-        f"- Thresholds: `choose_thresholds` at target FPR {s['target_fpr']} and `fit_temperature` on a grouped fifth "
-        "of the training side; ECE (15 bins) on the test side before and after that temperature.",
-        _groups_note(data["dataset"]),
-        _family_sizes_note(data["dataset"]),
-        "",
-    ]
-
-
-def _groups_note(ds: dict[str, Any]) -> str:
-    if "one_group_sources" not in ds:  # results written before faces-dev's third part: that run's rules
-        return ("- Groups: sd15-facechain, celebrity-photomaker and people-photos-humanlib are one group each "
-                "(recurring identities); each survey prompt (its laion photo and its six fakes) is one group; every "
-                "other image is its own.")
-    return (f"- Groups: {', '.join(ds['one_group_sources'])} are one group each (recurring identities); LFW photos "
-            "one group per person; ILVR samples one group per reference photo (the Obama reference joins "
-            "celebrity-facerec's group); each survey prompt (its laion photo and its six fakes) is one group; every "
-            "other image is its own.")
-
-
-def _family_sizes_note(ds: dict[str, Any]) -> str:
-    sizes = {f: sum(ds["sources"].get(s, 0) for s in sources) for f, sources in ds["families"].items()}
-    small = [f for f, n in sizes.items() if n < MIN_FAMILY_FAKES]
-    return (f"- Fakes per family: {', '.join(f'{f} {n}' for f, n in sizes.items())}. "
-            + (f"Under {MIN_FAMILY_FAKES} fakes ({', '.join(small)}) an AUC is anecdotal: a few images move it."
-               if small else f"Every family has at least {MIN_FAMILY_FAKES}."))
-
-
-def write_real_benchmark(data: dict[str, Any], results_dir: str | os.PathLike = "results") -> tuple[Path, Path]:
-    folder = Path(results_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = folder / "real_faces.json", folder / "real_faces.md"
-    write_atomic(json_path, (json.dumps(json_safe(data), indent=1) + "\n").encode())
-    write_atomic(md_path, render_real_benchmark(data).encode())
-    write_card_summary(data)
-    return json_path, md_path
-
-
-def write_card_summary(data: Mapping[str, Any], path: Path = Path(str(REAL_FACES_SUMMARY))) -> Path:
-    """The default recipe's real-face figures, shipped as package data for every release's model card."""
-    verdict = data["verdict"]
-    summary = {
-        "recipe": data["default_recipe"], "command": data.get("command"), "images": data["dataset"]["images"],
-        "cpu": data["environment"]["cpu"], "targets": data["targets"],
-        **{key: verdict[key] for key in ("lofo_auc_control", "pair_140k_auc", "in_the_wild_fp", "ece_before_ts",
-                                         "ece_after_ts")},
-    }
-    write_atomic(path, (json.dumps(json_safe(summary), indent=1) + "\n").encode())
-    return path

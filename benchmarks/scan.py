@@ -35,7 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.inference import collect_environment, create_benchmark_images, prepare_trained_releases
+from benchmarks.measure import collect_environment, create_benchmark_images, prepare_trained_releases
 
 TARGET_SPEEDUP = 1.8
 ARCH = "mobilenetv2_100"

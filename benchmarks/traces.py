@@ -37,7 +37,7 @@ from PIL import Image
 
 from benchmarks.recipe_fit import fit_product_recipe
 from benchmarks.cli import write_results
-from benchmarks.inference import collect_environment
+from benchmarks.measure import collect_environment
 from fakeface.data.images import load_image
 from fakeface.data.split import seeded_key
 from fakeface.data.twins import Twin, create_twin_maker, make_twin

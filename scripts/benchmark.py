@@ -72,10 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("onnx_ir", "onnxscript", "onnxruntime", "torch.onnx", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from benchmarks.inference import (
-        DEFAULT_ARCHITECTURES, BenchmarkConfig, collect_environment, prepare_trained_releases, run_benchmark,
-        write_benchmark_results,
-    )
+    from benchmarks.inference import DEFAULT_ARCHITECTURES, BenchmarkConfig, run_benchmark
+    from benchmarks.inference_report import write_benchmark_results
+    from benchmarks.measure import collect_environment, prepare_trained_releases
 
     print(json.dumps(collect_environment(), indent=2))
     if args.train_releases:

@@ -14,9 +14,8 @@ import functools
 import sys
 
 from benchmarks.cli import FACES_DEV, run_benchmark, settings_from, settings_parser
-from benchmarks.real_faces import (
-    RealBenchmarkSettings, UnknownSourcesError, render_real_benchmark, run_real_benchmark, write_real_benchmark,
-)
+from benchmarks.real_faces import RealBenchmarkSettings, UnknownSourcesError, run_real_benchmark
+from benchmarks.real_faces_report import render_real_benchmark, write_real_benchmark
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.inference import (
-    BASELINE, BATCHED_FAST, FAST_ALL, FAST_STEM, SERVING_FAST, SERVING_FP32, TARGETS, evaluate_targets, render_benchmark_markdown,
-    time_interleaved,
+    BASELINE, BATCHED_FAST, FAST_ALL, FAST_STEM, SERVING_FAST, SERVING_FP32, TARGETS, evaluate_targets,
 )
+from benchmarks.inference_report import render_benchmark_markdown
+from benchmarks.measure import time_interleaved
 from tests.test_fastpath import ARCH, build_trained_release
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

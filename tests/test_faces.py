@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from fakeface.data.images import load_image
 from fakeface.faces import FaceCrop, FaceScan, crop_face, crop_faces, detect_faces, draw_face_boxes
 
-from tests.helpers import GROUP_PHOTOS, SEED_FFHQ, SHARED, load_seed_photos, require_shared
+from tests.helpers import GROUP_PHOTOS, SHARED, load_seed_photos, require_shared
 
 FACE_CROP = FaceCrop()
 

@@ -12,9 +12,11 @@ from PIL import Image
 
 from benchmarks import real_faces
 from benchmarks.real_faces import (
-    ALIGNED_OR_STUDIO, FAMILIES, IN_THE_WILD, MIN_FAMILY_FAKES, RealBenchmarkSettings, UnknownRealSourceWarning,
-    UnknownSourceWarning, UnknownSourcesError, control_view, grouped_folds, image_max, load_manifest, run_real_benchmark, summarize,
+    ALIGNED_OR_STUDIO, FAMILIES, IN_THE_WILD, MIN_FAMILY_FAKES, UnknownRealSourceWarning,
+    UnknownSourceWarning, UnknownSourcesError, control_view, image_max, load_manifest,
 )
+from benchmarks.pack import is_in_the_wild
+from benchmarks.protocols import grouped_folds, summarize
 from tests.helpers import SHARED, require_shared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +170,7 @@ def test_an_unknown_real_source_is_scored_in_a_stated_kind_with_a_warning(tmp_pa
     assert "in-the-wild" in message and "[real_kinds]" in message and "docs/real_faces.md" in message
     new = [i for i in got if i.source == "web-invented"]
     assert len(new) == 4 and len({i.group for i in new}) == 4 and all(i.family is None for i in new)
-    assert not real_faces.is_in_the_wild("web-invented")
+    assert not is_in_the_wild("web-invented")
 
 
 def test_grouped_folds_never_split_a_group(items):
@@ -239,7 +241,7 @@ def test_training_on_face_crops_replaces_images_by_the_largest_face(tmp_path):
 
 def test_model_cards_state_the_real_face_figures_the_benchmark_wrote(tmp_path):
     """The benchmark's summary (package data) reaches every card: its numbers, and whether the release is that recipe."""
-    from benchmarks.real_faces import write_card_summary
+    from benchmarks.real_faces_report import write_card_summary
     from fakeface.training.card import REAL_FACES_SUMMARY, real_faces_section
 
     data = {

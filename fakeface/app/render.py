@@ -109,7 +109,7 @@ def render_verdict(result: Mapping[str, Any]) -> str:
             f'<div style="{_MUTED}">{_e(robustness.get("summary"))}</div>'
         )
     if not result.get("agreement", True):
-        parts.append(f'<div style="margin-top:8px;font-weight:600;color:#b54708">The models disagree; see the table.</div>')
+        parts.append('<div style="margin-top:8px;font-weight:600;color:#b54708">The models disagree; see the table.</div>')
     rows = result.get("models") or []
     if rows:
         header = "".join(f'<th style="{_CELL}">{h}</th>' for h in ("model", "p(fake)", "verdict", "thresholds (real / fake)", "runtime"))
