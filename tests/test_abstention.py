@@ -169,8 +169,13 @@ def test_verdict_card_and_face_rows_show_uncertain_with_the_reason():
               "models": [{"model": "m", "p_fake": 0.41, "verdict": "uncertain", "threshold_real": 0.3,
                           "threshold_fake": 0.7, "calibrated": True}],
               "faces": [{"face": 1, "box": [0, 0, 9, 9], "p_fake": 0.41, "verdict": "uncertain",
-                         "reason": decision.reason(0.41), "most_suspicious": True}]}
+                         "reason": decision.reason(0.41), "most_suspicious": True},
+                        {"face": 2, "box": [20, 0, 29, 9], "p_fake": 0.35, "verdict": "uncertain",
+                         "reason": decision.reason(0.35), "cut_by_border": True}]}
     html = render_verdict(result)
     assert 'data-testid="reason">Uncertain: p(fake) 0.41 lies in the band 0.30–0.70' in html
-    row = html[html.index('data-testid="face-row"'):]
-    assert "Uncertain: p(fake) 0.41 lies in the band" in row and "it abstains rather than guess" in row
+    first, second = html.split('data-testid="face-row"')[1:]
+    # The photo's face points to the card's reason instead of repeating it; another uncertain face gives its own.
+    assert "uncertain: the reason above" in first and "lies in the band" not in first
+    assert "Uncertain: p(fake) 0.35 lies in the band" in second
+    assert "rather than guess; cut by the photo&#x27;s border" in second   # html-escaped

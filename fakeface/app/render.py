@@ -189,7 +189,9 @@ def render_faces(result: Mapping[str, Any]) -> str:
                                         ("too_small", "too small to judge"),
                                         ("cut_by_border", "cut by the photo's border")) if face.get(key)]
         if face.get("verdict") == "uncertain" and face.get("reason"):
-            flags.insert(0, f"Uncertain: {face['reason']}")
+            # The photo's own uncertain reason is in the card above: the row points to it rather than repeat it.
+            shown_above = face.get("most_suspicious") and result.get("verdict") == "uncertain"
+            flags.insert(0, "uncertain: the reason above" if shown_above else f"Uncertain: {face['reason'].rstrip('.')}")
         if face.get("experts"):
             flags.append(" · ".join(f"{name} {_num(p, 2)}" for name, p in face["experts"].items()))
         verdict = "too small" if face.get("too_small") else face.get("verdict")
