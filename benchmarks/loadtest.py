@@ -1,8 +1,10 @@
-"""Load test of the launched app: many ``gradio_client`` clients, verdicts and full analyses, memory watched.
+"""Load test of the launched app: many clients, verdicts and full analyses, memory watched.
 
 The server runs in its own process (:func:`start_server`), so its resident
-memory is the app's alone; clients run as threads here. Three phases on the
-same server, each with the same clients:
+memory is the app's alone; clients run as threads here, speaking the browser's
+protocol (:class:`benchmarks.loadtest_clients.BrowserClient`, about 3 ms of CPU a
+request) unless ``client_kind="gradio_client"``. Four phases on the same server,
+each with the same clients:
 
 * ``detect``: the full-analysis mix (:data:`DETECT_MIX`), with p50/p95;
 * ``verdict``: verdict-only requests (``/verdict``, whose concurrent calls
@@ -246,6 +248,7 @@ class LoadReport:
     machine: dict[str, Any]
     phases: list[PhaseResult]
     rss_bound_mb: float = RSS_GROWTH_BOUND_MB
+    client_kind: str = "browser"          # CLIENT_KINDS: what drove the app
     notes: list[str] = field(default_factory=list)
 
     def phase(self, name: str) -> PhaseResult:
@@ -285,7 +288,8 @@ class LoadReport:
         return targets["zero_errors"]["met"] and targets["flat_memory"]["met"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"clients": self.clients, "requests_per_client": self.requests_per_client, "server": self.server,
+        return {"clients": self.clients, "client_kind": self.client_kind, "requests_per_client": self.requests_per_client,
+                "server": self.server,
                 "machine": self.machine, "rss_growth_bound_mb": self.rss_bound_mb, "passed": self.passed,
                 "targets": self.targets(), "phases": [p.summary() for p in self.phases], "notes": self.notes}
 
@@ -325,13 +329,13 @@ def _describe_model(model_dir: Path) -> dict[str, Any]:
 
 
 def _run_phases(url: str, watch: MemoryWatch, images: Sequence[Path], *, clients: int, requests_per_client: int,
-                seed: int, noop: bool, say: Callable[[str], None]) -> tuple[list[PhaseResult], list[str]]:
+                seed: int, noop: bool, say: Callable[[str], None], client_kind: str) -> tuple[list[PhaseResult], list[str]]:
     # Warm up at full concurrency: each worker thread's allocator arena and torch
     # buffers appear on first use, which is not growth.
     warm = max(len(DETECT_MIX) + 1, requests_per_client // 10)
     say(f"warm-up: {clients} clients x {warm} requests; RSS {watch.rss_mb():.0f} MiB")
     run_phase(url, "warmup", clients=clients, requests_per_client=warm,
-              call=detect_caller(images, every_kind_first=True), seed=seed + 99)
+              call=detect_caller(images, every_kind_first=True), seed=seed + 99, client_kind=client_kind)
     notes = [f"warm-up before measuring: {clients} clients x {warm} requests; RSS {watch.rss_mb():.0f} MiB after it"]
     # The full mix right after the warm-up (which took its every path), then verdicts and the no-op back to back,
     # so the ratio compares two phases under the same background load.
@@ -342,12 +346,12 @@ def _run_phases(url: str, watch: MemoryWatch, images: Sequence[Path], *, clients
     for name, call in plan:
         say(f"{name}: {clients} clients x {requests_per_client} requests")
         phases.append(run_phase(url, name, clients=clients, requests_per_client=requests_per_client, call=call,
-                                seed=seed, watch=watch))
+                                seed=seed, watch=watch, client_kind=client_kind))
     return phases, notes
 
 
 def run_load_test(*, clients: int = 8, requests_per_client: int = 200, model_dir: str | os.PathLike | None = None,
-                  workdir: str | os.PathLike | None = None, seed: int = 0, noop: bool = True,
+                  workdir: str | os.PathLike | None = None, seed: int = 0, noop: bool = True, client_kind: str = "browser",
                   server_log: str | os.PathLike | None = None, progress: Callable[[str], None] | None = None) -> LoadReport:
     """Start the app in a child process; drive it with ``clients`` x ``requests_per_client`` verdict-only calls,
     as many no-op calls and as many full-analysis mix calls, watching its resident memory; return the report.
@@ -363,12 +367,12 @@ def run_load_test(*, clients: int = 8, requests_per_client: int = 200, model_dir
         server = {"url": url, **_server_settings(url, process), "model": _describe_model(model_dir)}
         with MemoryWatch(process.pid) as watch:
             phases, notes = _run_phases(url, watch, images, clients=clients, requests_per_client=requests_per_client,
-                                        seed=seed, noop=noop, say=say)
+                                        seed=seed, noop=noop, say=say, client_kind=client_kind)
             server["alive_after"] = process.poll() is None
     finally:
         stop_server(process)
     machine = {**machine_before, "load_average_after": describe_machine()["load_average"]}
-    return LoadReport(clients, requests_per_client, server, machine, phases, notes=notes)
+    return LoadReport(clients, requests_per_client, server, machine, phases, notes=notes, client_kind=client_kind)
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -1,13 +1,20 @@
-"""The load test's clients and what they measure: ``gradio_client`` threads driving one phase, each kind of
-request, the server's resident memory and both sides' CPU time. The server and the whole run are in
-:mod:`benchmarks.loadtest`."""
+"""The load test's clients and what they measure: client threads driving one phase, each kind of request, the
+server's resident memory and both sides' CPU time. The server and the whole run are in :mod:`benchmarks.loadtest`.
+
+Two kinds of client drive the same calls. :class:`BrowserClient` (the default) sends what a visitor's browser
+sends: the photo to ``/gradio_api/upload``, the call to ``/gradio_api/queue/join``, the answer read from the
+session's event stream; it costs about 3 ms of CPU per request. ``gradio_client`` (``--client gradio_client``)
+does the same through its own machinery at 65-105 ms per request, on the cores the server needs: with it the
+load test measured mostly the clients."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -62,6 +69,83 @@ class MemoryWatch:
 
 
 # --------------------------------------------------------------------------- clients
+
+class BrowserClient:
+    """The Gradio queue protocol (``sse_v3``) as a browser speaks it, over one ``httpx`` connection.
+
+    ``predict(*args, api_name=...)`` takes and returns what ``gradio_client.Client.predict`` does (files as
+    ``handle_file`` dicts, one output or a tuple, ``gr.State`` left out), so every caller here drives either.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 300.0):
+        import httpx
+
+        self.url = url if url.endswith("/") else url + "/"
+        self.session_hash = uuid.uuid4().hex[:11]
+        self._http = httpx.Client(timeout=timeout_s)
+        config = self._http.get(self.url + "config")
+        config.raise_for_status()
+        config = config.json()
+        self._prefix = self.url + config.get("api_prefix", "/gradio_api").strip("/") + "/"
+        types = {c["id"]: c.get("type") for c in config["components"]}
+        self._endpoints = {d["api_name"]: (d["id"], [types[i] for i in d["inputs"]], [types[i] for i in d["outputs"]])
+                           for d in config["dependencies"] if d.get("api_name")}
+
+    def predict(self, *args: Any, api_name: str) -> Any:
+        fn_index, inputs, outputs = self._endpoints[api_name.lstrip("/")]
+        given = iter(args)
+        data = [None if kind == "state" else self._upload(next(given)) for kind in inputs]
+        joined = self._http.post(self._prefix + "queue/join", json={
+            "data": data, "fn_index": fn_index, "session_hash": self.session_hash, "event_data": None,
+            "trigger_id": None})
+        joined.raise_for_status()
+        event_id = joined.json()["event_id"]
+        answer = self._await(event_id)
+        shown = [value for value, kind in zip(answer, outputs) if kind != "state"]
+        return shown[0] if len(shown) == 1 else tuple(shown)
+
+    def _await(self, event_id: str) -> list:
+        """The session's event stream, read until this call's ``process_completed``."""
+        with self._http.stream("GET", self._prefix + "queue/data", params={"session_hash": self.session_hash}) as stream:
+            stream.raise_for_status()
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed" and message.get("event_id") == event_id:
+                    if not message.get("success"):
+                        raise RuntimeError(f"the app answered with an error: {str(message.get('output'))[:300]}")
+                    return message["output"]["data"]
+        raise RuntimeError(f"the event stream ended without the answer to {event_id}")
+
+    def _upload(self, value: Any) -> Any:
+        """A ``handle_file`` dict (or a list of them) sent as the browser does: uploaded, then named by path."""
+        if isinstance(value, list):
+            return [self._upload(v) for v in value]
+        if not (isinstance(value, dict) and value.get("meta", {}).get("_type") == "gradio.FileData"):
+            return value
+        path = Path(value["path"])
+        sent = self._http.post(self._prefix + "upload", files={"files": (path.name, path.read_bytes())})
+        sent.raise_for_status()
+        return {"path": sent.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def make_client(kind: str, url: str) -> Any:
+    """A client of ``kind`` (:data:`CLIENT_KINDS`) for the app at ``url``."""
+    if kind == "browser":
+        return BrowserClient(url)
+    if kind == "gradio_client":
+        from gradio_client import Client
+
+        return Client(url, verbose=False, download_files=False)
+    raise ValueError(f"unknown client kind {kind!r}; one of {', '.join(CLIENT_KINDS)}")
+
+
+CLIENT_KINDS = ("browser", "gradio_client")
+
 
 @dataclass
 class PhaseResult:
@@ -155,14 +239,12 @@ def _check_detect_result(kind: str, result: Any) -> None:
 
 def run_phase(url: str, name: str, *, clients: int, requests_per_client: int,
               call: Callable[[Any, random.Random], str], seed: int = 0,
-              watch: MemoryWatch | None = None) -> PhaseResult:
-    """``clients`` threads, each with its own ``gradio_client.Client`` (own session), ``requests_per_client`` calls.
+              watch: MemoryWatch | None = None, client_kind: str = "browser") -> PhaseResult:
+    """``clients`` threads, each with its own client of ``client_kind`` (own session), ``requests_per_client`` calls.
 
     ``call(client, rng)`` makes one request and returns its kind; any
     exception is an error for the report (the phase goes on).
     """
-    from gradio_client import Client
-
     result = PhaseResult(name, clients, requests_per_client)
     lock = threading.Lock()
     start_gate = threading.Barrier(clients + 1)
@@ -170,7 +252,7 @@ def run_phase(url: str, name: str, *, clients: int, requests_per_client: int,
     def worker(index: int) -> None:
         rng = random.Random(seed * 1000 + index)
         try:
-            client = Client(url, verbose=False, download_files=False)
+            client = make_client(client_kind, url)
         except Exception as error:  # noqa: BLE001
             with lock:
                 result.errors.append(f"client start: {type(error).__name__}: {error}"[:300])
@@ -190,6 +272,8 @@ def run_phase(url: str, name: str, *, clients: int, requests_per_client: int,
                 result.ok += 1
                 result.latencies_ms.append(elapsed)
                 result.calls[kind] = result.calls.get(kind, 0) + 1
+        if isinstance(client, BrowserClient):
+            client.close()
 
     threads = [threading.Thread(target=worker, args=(i,), name=f"load-client-{i}", daemon=True) for i in range(clients)]
     for thread in threads:

@@ -1,4 +1,4 @@
-"""A short load test: the launched app (own process) under 4 concurrent gradio_client clients.
+"""A short load test: the launched app (own process) under 4 concurrent browser-protocol clients.
 
 The full run (8 clients x 200 requests per phase) is ``scripts/load_test.py``;
 its numbers are in results/load_test.md. Same code, fewer requests; nothing
@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.loadtest import NOOP_API, NOOP_UPLOAD_API, RSS_GROWTH_BOUND_MB, VERDICT_API, run_load_test
+from benchmarks.loadtest import (
+    NOOP_API, NOOP_UPLOAD_API, RSS_GROWTH_BOUND_MB, VERDICT_API, build_load_images, run_load_test, save_load_model,
+    start_server, stop_server,
+)
+from benchmarks.loadtest_clients import BrowserClient, make_client
 from benchmarks.loadtest_report import render_report_markdown
 
 # 40 requests are too few to tell a leak from lazy first-use allocations (a
@@ -79,3 +83,43 @@ def test_noop_baseline_and_report(report):
     import json
 
     assert render_report_markdown(json.loads(json.dumps(report.to_dict()))) == text
+
+
+def _untimed(answer: dict) -> dict:
+    """An answer without its server timings (the one part two calls of the same photo may differ in)."""
+    return {k: v for k, v in answer.items() if k != "timings_ms"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    work = tmp_path_factory.mktemp("clients")
+    process, url = start_server(save_load_model(work / "model"))
+    try:
+        yield url, build_load_images(work / "images", n=3)
+    finally:
+        stop_server(process)
+
+
+def test_the_browser_client_gets_what_gradio_client_gets(served):
+    # The load test's default client is only a cheaper driver if it asks and answers exactly as gradio_client does.
+    from gradio_client import handle_file
+
+    url, images = served
+    browser, reference = make_client("browser", url), make_client("gradio_client", url)
+    assert isinstance(browser, BrowserClient)
+    try:
+        for image in images:
+            mine, theirs = (c.predict(handle_file(str(image)), api_name="/verdict") for c in (browser, reference))
+            assert _untimed(mine) == _untimed(theirs) and mine["verdict"] in ("real", "fake", "uncertain")
+        mine, theirs = (c.predict(handle_file(str(images[0])), False, False, api_name="/detect") for c in (browser, reference))
+        assert len(mine) == len(theirs) == 2 and _untimed(mine[0]) == _untimed(theirs[0])   # gr.State left out, as there
+        assert browser.predict(api_name="/noop") == "ok"
+        files = [handle_file(str(p)) for p in images[:2]]
+        table = browser.predict(files, api_name="/detect_batch")[0]
+        assert [row[0] for row in table["data"] if "photo" in row] == [p.name for p in images[:2]]
+        with pytest.raises(RuntimeError, match="error"):
+            browser.predict({"path": "/etc/hostname"}, api_name="/verdict")    # a server path no upload made: refused
+    finally:
+        browser.close()
+    with pytest.raises(ValueError, match="unknown client kind"):
+        make_client("curl", url)
