@@ -269,7 +269,20 @@ def test_tab_callbacks_run_without_a_server(space):
     assert verdict(ctx, _example("synthetic-fake-1.jpg"))["verdict"] == result["verdict"]
     panels = show_detection(result, _example("synthetic-fake-1.jpg"))
     assert len(panels) == 5 and ("Likely" in panels[0] or "Uncertain" in panels[0])
-    assert panels[1] is None, "no face stage in this model: no boxes to draw"
+    # No face stage in this model: the whole image was scored, and the panel frames the whole photo in its colour.
+    import numpy as np
+    from PIL import ImageColor
+
+    from fakeface.app.render import VERDICT_STYLE
+
+    with Image.open(_example("synthetic-fake-1.jpg")) as original:
+        assert panels[1] is not None and panels[1].size == original.size
+        framed, plain = np.asarray(panels[1]), np.asarray(original.convert("RGB"))
+    colour = ImageColor.getrgb(VERDICT_STYLE[result["verdict"]][1])
+    assert tuple(framed[-1, framed.shape[1] // 2]) == colour and tuple(framed[framed.shape[0] // 2, 0]) == colour
+    h, w = plain.shape[:2]
+    assert np.array_equal(framed[h // 3:2 * h // 3, w // 3:2 * w // 3], plain[h // 3:2 * h // 3, w // 3:2 * w // 3])
+    assert show_detection({**result, "mode": "faces", "faces": []}, _example("synthetic-fake-1.jpg"))[1] is None
     table, csv_path = detect_batch(ctx, [_example("synthetic-real-1.jpg")], progress=lambda *a, **k: None)
     assert table["data"][0][0] == "synthetic-real-1.jpg" and Path(csv_path).parent == ctx.output_dir
     with pytest.raises(gr.Error, match="Add an image first"):

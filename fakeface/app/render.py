@@ -220,15 +220,21 @@ def draw_result_faces(image: Image.Image, result: Mapping[str, Any],
                       max_side: int = FACES_MAX_SIDE) -> Image.Image | None:
     """The photo (at most ``max_side``) with each face's box in its verdict's colour, labelled with p(fake).
 
-    None when the result has no faces (the notes then say the whole image was scored).
+    With no face (no face stage, or none found) the whole image was scored: one frame round the photo says so,
+    in the photo's verdict colour, so the panel never sits empty beside a verdict. None when nothing was scored.
     """
     faces = result.get("faces") or []
-    if not faces:
+    if not faces and (result.get("mode") != "whole-image" or result.get("p_fake") is None):
         return None
     scale = min(1.0, max_side / max(image.size))
     if scale < 1.0:
         image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                              Image.Resampling.BILINEAR)
+    if not faces:
+        whole = {"face": "whole image", "verdict": result.get("verdict"), "p_fake": result.get("p_fake")}
+        # Pillow draws a rectangle's outline inwards from its corners: the frame stays on the photo.
+        return draw_face_boxes(image, [_Box((0, 0, image.width - 1, image.height - 1))], [_face_label(whole)],
+                               [_face_colour(whole)])
     boxes = [_Box(tuple(int(round(v * scale)) for v in face["box"])) for face in faces]
     return draw_face_boxes(image, boxes, [_face_label(f) for f in faces], [_face_colour(f) for f in faces])
 

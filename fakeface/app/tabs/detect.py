@@ -68,7 +68,7 @@ def show_detection(result: dict | None, image_path: str | None = None, photo: Im
     if not result:
         return render_placeholder("No result yet."), None, *(render_placeholder("No result yet."),) * 3
     faces_image = None
-    if result.get("faces") and (photo is not None or image_path):
+    if (result.get("faces") or result.get("mode") == "whole-image") and (photo is not None or image_path):
         faces_image = draw_result_faces(photo if photo is not None else decode_upload(read_upload(image_path)).image,
                                         result)
     return (render_verdict(result), faces_image, render_provenance(result.get("provenance")),
@@ -82,7 +82,7 @@ def _evidence_panels():
                                    format="jpeg", interactive=False, height=360, elem_id="detect-faces")
             gr.Markdown("Each face is judged on its own crop; the photo's verdict is that of its most suspicious "
                         "face. Grey boxes are faces too small to judge. With no face found, the whole image is "
-                        "scored and the verdict card says so.", elem_classes="ff-small")
+                        "scored: one frame round the photo, and the verdict card says so.", elem_classes="ff-small")
         with gr.Tab("Where the model looked"):
             gradcam = gr.Image(label="Grad-CAM (towards 'fake')", type="pil", format="png", interactive=False, height=360)
             gr.Markdown("Warm colours mark the regions that pushed the score towards *fake*: on the most "
