@@ -4,7 +4,7 @@ server's resident memory and both sides' CPU time. The server and the whole run 
 Two kinds of client drive the same calls. :class:`BrowserClient` (the default) sends what a visitor's browser
 sends: the photo to ``/gradio_api/upload``, the call to ``/gradio_api/queue/join``, the answer read from the
 session's event stream; it costs about 3 ms of CPU per request. ``gradio_client`` (``--client gradio_client``)
-does the same through its own machinery at 65-105 ms per request, on the cores the server needs: with it the
+does the same through its own machinery at 60-105 ms per request, on the cores the server needs: with it the
 load test measured mostly the clients."""
 from __future__ import annotations
 
@@ -70,6 +70,14 @@ class MemoryWatch:
 
 # --------------------------------------------------------------------------- clients
 
+class AppAnswerError(RuntimeError):
+    """The app answered a call with an error (``success: false`` on its event stream)."""
+
+    def __init__(self, api_name: str, event_id: str, output: Any):
+        super().__init__(f"/{api_name} answered with an error: {str(output)[:300]}")
+        self.api_name, self.event_id, self.output = api_name, event_id, output
+
+
 class BrowserClient:
     """The Gradio queue protocol (``sse_v3``) as a browser speaks it, over one ``httpx`` connection.
 
@@ -100,11 +108,11 @@ class BrowserClient:
             "trigger_id": None})
         joined.raise_for_status()
         event_id = joined.json()["event_id"]
-        answer = self._await(event_id)
+        answer = self._await(api_name.lstrip("/"), event_id)
         shown = [value for value, kind in zip(answer, outputs) if kind != "state"]
         return shown[0] if len(shown) == 1 else tuple(shown)
 
-    def _await(self, event_id: str) -> list:
+    def _await(self, api_name: str, event_id: str) -> list:
         """The session's event stream, read until this call's ``process_completed``."""
         with self._http.stream("GET", self._prefix + "queue/data", params={"session_hash": self.session_hash}) as stream:
             stream.raise_for_status()
@@ -114,7 +122,7 @@ class BrowserClient:
                 message = json.loads(line[5:])
                 if message.get("msg") == "process_completed" and message.get("event_id") == event_id:
                     if not message.get("success"):
-                        raise RuntimeError(f"the app answered with an error: {str(message.get('output'))[:300]}")
+                        raise AppAnswerError(api_name, event_id, message.get("output"))
                     return message["output"]["data"]
         raise RuntimeError(f"the event stream ended without the answer to {event_id}")
 

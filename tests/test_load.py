@@ -12,7 +12,7 @@ from benchmarks.loadtest import (
     NOOP_API, NOOP_UPLOAD_API, RSS_GROWTH_BOUND_MB, VERDICT_API, build_load_images, run_load_test, save_load_model,
     start_server, stop_server,
 )
-from benchmarks.loadtest_clients import BrowserClient, make_client
+from benchmarks.loadtest_clients import AppAnswerError, BrowserClient, make_client
 from benchmarks.loadtest_report import render_report_markdown
 
 # 40 requests are too few to tell a leak from lazy first-use allocations (a
@@ -117,8 +117,9 @@ def test_the_browser_client_gets_what_gradio_client_gets(served):
         files = [handle_file(str(p)) for p in images[:2]]
         table = browser.predict(files, api_name="/detect_batch")[0]
         assert [row[0] for row in table["data"] if "photo" in row] == [p.name for p in images[:2]]
-        with pytest.raises(RuntimeError, match="error"):
+        with pytest.raises(AppAnswerError, match="/verdict answered with an error") as refused:
             browser.predict({"path": "/etc/hostname"}, api_name="/verdict")    # a server path no upload made: refused
+        assert refused.value.api_name == "verdict" and refused.value.event_id
     finally:
         browser.close()
     with pytest.raises(ValueError, match="unknown client kind"):
